@@ -1,0 +1,589 @@
+//! The validated configuration (ripgrep's "HiArgs" stage).
+//!
+//! [`Config::build`] layers, for every setting, the command-line flag over the
+//! environment over the TOML config file over the default. This is the only
+//! place defaults live. The result is a [`Config`] whose values are already
+//! checked (an app that resolves, a worker count ≥ 1, durations in range), so
+//! the rest of the server never re-validates.
+//!
+//! Config file keys are the flag names with `_` for `-`, plus `app`, `workers`,
+//! `restart` and `listen` for the positional tokens:
+//!
+//! ```toml
+//! app = "apps/api"            # relative to this file
+//! workers = 4                 # or "auto", "half", "2x", "3x"
+//! restart = "5000,600s,10r"   # the r: token without its prefix
+//! listen = "http:5002"        # http, http:PORT, https, https:PORT or a bare port
+//! reload = "process"
+//! max_queue = 8192
+//! queue_timeout_ms = 2000
+//! json_logging = false
+//! ```
+
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::app::{App, ResolveError};
+use crate::cli::{ArgsError, JsRuntime, ListenSpec, ReloadMode, RestartSpec, ServeArgs, Token};
+use crate::cli::{Cli, WorkerCount};
+
+/// Everything the server needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Instance name: control socket, worker socket and log prefix.
+    pub name: String,
+    pub app: App,
+    pub workers: usize,
+    pub restart: RestartPolicy,
+    pub reload: ReloadMode,
+    pub listen: Listen,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub logging: Logging,
+    pub js_runtime: JsRuntime,
+    /// Private (0700) directory for the control and worker sockets.
+    pub runtime_dir: PathBuf,
+    /// The file the config came from, re-read on SIGHUP.
+    pub config_file: Option<PathBuf>,
+}
+
+/// When a worker is recycled; `None` means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub max_requests: Option<NonZeroU64>,
+    pub max_age: Option<Duration>,
+    pub max_reloads: Option<NonZeroU64>,
+}
+
+/// The public listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// Plain HTTP on this port (0: the kernel picks).
+    Http(PortChoice),
+}
+
+/// A fixed port, or "80 if free, else the first free port from 5000 up".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortChoice {
+    Fixed(u16),
+    FirstFree { preferred: u16, fallback_from: u16 },
+}
+
+/// Bounds on what clients may send and how long they may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_queue: usize,
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+}
+
+/// Every wait the server makes has a bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub queue: Duration,
+    pub connect: Duration,
+    pub read: Duration,
+    pub boot: Duration,
+    pub grace: Duration,
+    pub header: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logging {
+    pub json: bool,
+    pub access_log: bool,
+}
+
+/// The defaults, kept from the seed (DESIGN §6).
+pub mod defaults {
+    pub const MAX_REQUESTS: u64 = 10_000;
+    pub const MAX_SECONDS: u64 = 3_600;
+    pub const MAX_RELOADS: u64 = 10;
+    pub const MAX_QUEUE: usize = 8_192;
+    pub const QUEUE_TIMEOUT_MS: u64 = 2_000;
+    pub const CONNECT_TIMEOUT_MS: u64 = 200;
+    pub const READ_TIMEOUT_MS: u64 = 5_000;
+    pub const BOOT_TIMEOUT_MS: u64 = 30_000;
+    pub const GRACE_MS: u64 = 10_000;
+    pub const HEADER_TIMEOUT_MS: u64 = 30_000;
+    pub const MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+    pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+    pub const HTTP_PORT: u16 = 80;
+    pub const FALLBACK_PORT_FROM: u16 = 5_000;
+}
+
+/// A configuration problem, always naming the bad value and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    #[error(transparent)]
+    App(#[from] ResolveError),
+    #[error("cannot read config file '{path}': {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file '{path}': {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("environment variable {var}='{value}': {expected}")]
+    Env {
+        var: &'static str,
+        value: String,
+        expected: String,
+    },
+    #[error("{setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+    #[error(
+        "HTTPS is not available yet in this version of rip-server; \
+         serve plain HTTP with 'http' or 'http:PORT' (for example: rip-server apps/api http:5002)"
+    )]
+    HttpsUnavailable,
+}
+
+/// The TOML config file; every key is optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    app: Option<PathBuf>,
+    workers: Option<FileWorkers>,
+    restart: Option<String>,
+    listen: Option<FileListen>,
+    reload: Option<ReloadMode>,
+    max_queue: Option<usize>,
+    queue_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    read_timeout_ms: Option<u64>,
+    boot_timeout_ms: Option<u64>,
+    grace_ms: Option<u64>,
+    max_body_bytes: Option<u64>,
+    max_header_bytes: Option<usize>,
+    header_timeout_ms: Option<u64>,
+    runtime: Option<JsRuntime>,
+    json_logging: Option<bool>,
+    no_access_log: Option<bool>,
+    name: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum FileWorkers {
+    Count(u64),
+    Form(String),
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum FileListen {
+    Port(u16),
+    Form(String),
+}
+
+/// Where environment variables come from (the process, or a map in tests).
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+impl Config {
+    /// Builds the configuration for serving from the command line, `env` and
+    /// the config file (if `--config` names one).
+    pub fn build(cli: &Cli, args: &ServeArgs, env: &dyn Env) -> Result<Config, ConfigError> {
+        let (file, file_dir) = match &cli.config {
+            Some(path) => (read_file_config(path)?, path.parent().map(Path::to_path_buf)),
+            None => (FileConfig::default(), None),
+        };
+        let layers = Layers { cli, args, env, file: &file };
+
+        let app_path = match (&args.app, &file.app) {
+            (Some(path), _) => path.clone(),
+            (None, Some(path)) => file_dir.unwrap_or_default().join(path),
+            (None, None) => PathBuf::from("."),
+        };
+        let app = App::resolve(&app_path)?;
+        let name = match cli.name.clone().or_else(|| file.name.clone()) {
+            Some(name) => validate_name(name)?,
+            None => sanitize_name(&app.name),
+        };
+
+        Ok(Config {
+            workers: layers.workers()?,
+            restart: layers.restart()?,
+            reload: layers.reload()?,
+            listen: layers.listen()?,
+            limits: Limits {
+                max_queue: layers.number(cli.max_queue, "RIP_MAX_QUEUE", file.max_queue, defaults::MAX_QUEUE)?,
+                max_body_bytes: layers.number(cli.max_body_bytes, "", file.max_body_bytes, defaults::MAX_BODY_BYTES)?,
+                max_header_bytes: layers.header_bytes()?,
+            },
+            timeouts: layers.timeouts()?,
+            logging: Logging {
+                json: cli.json_logging || file.json_logging.unwrap_or(false),
+                access_log: !(cli.no_access_log || file.no_access_log.unwrap_or(false)),
+            },
+            js_runtime: cli.runtime.or(file.runtime).unwrap_or(JsRuntime::Node),
+            runtime_dir: runtime_dir(env),
+            config_file: cli.config.clone(),
+            name,
+            app,
+        })
+    }
+}
+
+/// The four sources of a setting, highest precedence first.
+struct Layers<'a> {
+    cli: &'a Cli,
+    args: &'a ServeArgs,
+    env: &'a dyn Env,
+    file: &'a FileConfig,
+}
+
+impl Layers<'_> {
+    fn env_parsed<T: std::str::FromStr>(&self, var: &'static str) -> Result<Option<T>, ConfigError> {
+        if var.is_empty() {
+            return Ok(None);
+        }
+        match self.env.var(var) {
+            None => Ok(None),
+            Some(value) => value.trim().parse().map(Some).map_err(|_| ConfigError::Env {
+                var,
+                value,
+                expected: "expected a whole number".into(),
+            }),
+        }
+    }
+
+    fn number<T: std::str::FromStr + Copy>(
+        &self,
+        flag: Option<T>,
+        var: &'static str,
+        file: Option<T>,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        Ok(match flag {
+            Some(v) => v,
+            None => self.env_parsed(var)?.or(file).unwrap_or(default),
+        })
+    }
+
+    fn millis(
+        &self,
+        flag: Option<u64>,
+        var: &'static str,
+        file: Option<u64>,
+        default: u64,
+        setting: &'static str,
+    ) -> Result<Duration, ConfigError> {
+        let ms = self.number(flag, var, file, default)?;
+        if ms == 0 || ms > 24 * 3600 * 1000 {
+            return Err(ConfigError::Invalid {
+                setting,
+                message: format!("{ms} ms is out of range: expected 1 to 86400000"),
+            });
+        }
+        Ok(Duration::from_millis(ms))
+    }
+
+    fn timeouts(&self) -> Result<Timeouts, ConfigError> {
+        let (cli, file) = (self.cli, self.file);
+        Ok(Timeouts {
+            queue: self.millis(cli.queue_timeout_ms, "RIP_QUEUE_TIMEOUT_MS", file.queue_timeout_ms, defaults::QUEUE_TIMEOUT_MS, "--queue-timeout-ms")?,
+            connect: self.millis(cli.connect_timeout_ms, "RIP_CONNECT_TIMEOUT_MS", file.connect_timeout_ms, defaults::CONNECT_TIMEOUT_MS, "--connect-timeout-ms")?,
+            read: self.millis(cli.read_timeout_ms, "RIP_READ_TIMEOUT_MS", file.read_timeout_ms, defaults::READ_TIMEOUT_MS, "--read-timeout-ms")?,
+            boot: self.millis(cli.boot_timeout_ms, "", file.boot_timeout_ms, defaults::BOOT_TIMEOUT_MS, "--boot-timeout-ms")?,
+            grace: self.millis(cli.grace_ms, "", file.grace_ms, defaults::GRACE_MS, "--grace-ms")?,
+            header: self.millis(cli.header_timeout_ms, "", file.header_timeout_ms, defaults::HEADER_TIMEOUT_MS, "--header-timeout-ms")?,
+        })
+    }
+
+    fn header_bytes(&self) -> Result<usize, ConfigError> {
+        let bytes = self.number(
+            self.cli.max_header_bytes,
+            "",
+            self.file.max_header_bytes,
+            defaults::MAX_HEADER_BYTES,
+        )?;
+        // hyper's HTTP/1 parser needs at least an 8 KiB read buffer.
+        if !(8192..=16 * 1024 * 1024).contains(&bytes) {
+            return Err(ConfigError::Invalid {
+                setting: "--max-header-bytes",
+                message: format!("{bytes} is out of range: expected 8192 to 16777216"),
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn workers(&self) -> Result<usize, ConfigError> {
+        let count = match (self.args.workers, &self.file.workers) {
+            (Some(w), _) => w,
+            (None, Some(FileWorkers::Count(n))) => WorkerCount::parse_value(&n.to_string())
+                .map_err(|message| ConfigError::Invalid { setting: "workers", message })?,
+            (None, Some(FileWorkers::Form(form))) => {
+                WorkerCount::parse_value(form.strip_prefix("w:").unwrap_or(form))
+                    .map_err(|message| ConfigError::Invalid { setting: "workers", message })?
+            }
+            (None, None) => WorkerCount::Half,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(count.resolve(cores))
+    }
+
+    fn restart(&self) -> Result<RestartPolicy, ConfigError> {
+        let from_file = match &self.file.restart {
+            Some(form) => RestartSpec::parse_value(form.strip_prefix("r:").unwrap_or(form))
+                .map_err(|message| ConfigError::Invalid { setting: "restart", message })?,
+            None => RestartSpec::default(),
+        };
+        let from_cli = self.args.restart.unwrap_or_default();
+        let pick = |cli: Option<u64>, var: &'static str, file: Option<u64>, default: u64| {
+            self.number(cli, var, file, default)
+        };
+        let requests = pick(from_cli.requests, "RIP_MAX_REQUESTS", from_file.requests, defaults::MAX_REQUESTS)?;
+        let seconds = pick(from_cli.seconds, "RIP_MAX_SECONDS", from_file.seconds, defaults::MAX_SECONDS)?;
+        let reloads = pick(from_cli.reloads, "RIP_MAX_RELOADS", from_file.reloads, defaults::MAX_RELOADS)?;
+        Ok(RestartPolicy {
+            max_requests: NonZeroU64::new(requests),
+            max_age: (seconds > 0).then(|| Duration::from_secs(seconds)),
+            max_reloads: NonZeroU64::new(reloads),
+        })
+    }
+
+    fn reload(&self) -> Result<ReloadMode, ConfigError> {
+        if let Some(mode) = self.cli.reload {
+            return Ok(mode);
+        }
+        if let Some(value) = self.env.var("RIP_RELOAD") {
+            return ReloadMode::parse(value.trim()).map_err(|expected| ConfigError::Env {
+                var: "RIP_RELOAD",
+                value,
+                expected,
+            });
+        }
+        Ok(self.file.reload.unwrap_or(ReloadMode::Process))
+    }
+
+    fn listen(&self) -> Result<Listen, ConfigError> {
+        let spec = match (self.args.listen, &self.file.listen) {
+            (Some(spec), _) => Some(spec),
+            (None, Some(FileListen::Port(port))) => Some(ListenSpec::Https(Some(*port))),
+            (None, Some(FileListen::Form(form))) => match Token::parse(form) {
+                Ok(Token::Listen(spec)) => Some(spec),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        setting: "listen",
+                        message: format!(
+                            "'{form}' is not a listener: expected http, http:PORT, https, https:PORT or a port number"
+                        ),
+                    })
+                }
+            },
+            (None, None) => None,
+        };
+        match spec {
+            Some(ListenSpec::Http(Some(port))) => Ok(Listen::Http(PortChoice::Fixed(port))),
+            Some(ListenSpec::Http(None)) => match self.env_port()? {
+                Some(port) => Ok(Listen::Http(PortChoice::Fixed(port))),
+                None => Ok(Listen::Http(PortChoice::FirstFree {
+                    preferred: defaults::HTTP_PORT,
+                    fallback_from: defaults::FALLBACK_PORT_FROM,
+                })),
+            },
+            Some(ListenSpec::Https(_)) | None => Err(ConfigError::HttpsUnavailable),
+        }
+    }
+
+    fn env_port(&self) -> Result<Option<u16>, ConfigError> {
+        match self.env.var("PORT") {
+            None => Ok(None),
+            Some(value) => value.trim().parse().map(Some).map_err(|_| ConfigError::Env {
+                var: "PORT",
+                value,
+                expected: "expected a port number 0-65535".into(),
+            }),
+        }
+    }
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        ConfigError::ParseFile {
+            path: path.to_path_buf(),
+            message: match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_string(),
+            },
+        }
+    })
+}
+
+/// Names become file names: keep them to a safe alphabet.
+fn validate_name(name: String) -> Result<String, ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !name.starts_with('.');
+    if ok {
+        Ok(name)
+    } else {
+        Err(ConfigError::Invalid {
+            setting: "--name",
+            message: format!(
+                "'{name}' is not a valid instance name: expected 1-64 letters, digits, '.', '_' or '-', not starting with '.'"
+            ),
+        })
+    }
+}
+
+fn sanitize_name(raw: &str) -> String {
+    let cleaned: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .take(64)
+        .collect();
+    match cleaned.trim_start_matches('.') {
+        "" => "app".to_string(),
+        name => name.to_string(),
+    }
+}
+
+/// The private directory for sockets (DESIGN §9).
+pub fn runtime_dir(env: &dyn Env) -> PathBuf {
+    if let Some(dir) = env.var("RUNTIME_DIRECTORY") {
+        // systemd may pass several, separated by ':'; the first is ours.
+        let first = dir.split(':').next().unwrap_or(&dir).to_string();
+        return PathBuf::from(first);
+    }
+    if let Some(dir) = env.var("XDG_RUNTIME_DIR") {
+        return PathBuf::from(dir).join("rip-server");
+    }
+    PathBuf::from(format!("/tmp/rip-server-{}", nix::unistd::getuid()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::collections::HashMap;
+
+    fn app_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.mjs"), "export default {}").unwrap();
+        dir
+    }
+
+    fn build(argv: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let cli = Cli::parse_from(std::iter::once("rip-server").chain(argv.iter().copied()));
+        let args = match cli.invocation()? {
+            crate::cli::Invocation::Serve(args) => args,
+            other => panic!("not a serve invocation: {other:?}"),
+        };
+        let env: HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::build(&cli, &args, &move |k: &str| env.get(k).cloned())
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let app = app_dir();
+        let file = app.path().join("rip.conf.toml");
+        std::fs::write(&file, "max_queue = 3\nqueue_timeout_ms = 30\nread_timeout_ms = 300\n").unwrap();
+        let dir = app.path().to_str().unwrap();
+        let config_flag = format!("--config={}", file.display());
+        let c = build(
+            &[dir, "http:0", &config_flag, "--max-queue=1"],
+            &[("RIP_MAX_QUEUE", "2"), ("RIP_QUEUE_TIMEOUT_MS", "20")],
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_queue, 1, "flag wins");
+        assert_eq!(c.timeouts.queue, Duration::from_millis(20), "env beats file");
+        assert_eq!(c.timeouts.read, Duration::from_millis(300), "file beats default");
+        assert_eq!(c.timeouts.connect, Duration::from_millis(defaults::CONNECT_TIMEOUT_MS));
+    }
+
+    #[test]
+    fn restart_parts_layer_independently() {
+        let app = app_dir();
+        let dir = app.path().to_str().unwrap();
+        let c = build(&[dir, "http:0", "r:50"], &[("RIP_MAX_SECONDS", "0")]).unwrap();
+        assert_eq!(c.restart.max_requests, NonZeroU64::new(50));
+        assert_eq!(c.restart.max_age, None);
+        assert_eq!(c.restart.max_reloads, NonZeroU64::new(defaults::MAX_RELOADS));
+    }
+
+    #[test]
+    fn bad_env_names_the_variable() {
+        let app = app_dir();
+        let dir = app.path().to_str().unwrap();
+        let err = build(&[dir, "http:0"], &[("RIP_MAX_QUEUE", "lots")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable RIP_MAX_QUEUE='lots': expected a whole number"
+        );
+        let err = build(&[dir, "http:0"], &[("RIP_RELOAD", "hot")]).unwrap_err();
+        assert!(err.to_string().contains("expected none, process or module"), "{err}");
+    }
+
+    #[test]
+    fn bad_file_names_the_file_and_line() {
+        let app = app_dir();
+        let file = app.path().join("bad.toml");
+        std::fs::write(&file, "max_queue = 3\nmax_qeue = 4\n").unwrap();
+        let dir = app.path().to_str().unwrap();
+        let err = build(&[dir, "http:0", &format!("--config={}", file.display())], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.toml") && err.contains("line 2") && err.contains("max_qeue"), "{err}");
+    }
+
+    #[test]
+    fn https_is_reported_as_unavailable() {
+        let app = app_dir();
+        let dir = app.path().to_str().unwrap();
+        let err = build(&[dir], &[]).unwrap_err().to_string();
+        assert!(err.contains("HTTPS is not available yet") && err.contains("http:PORT"), "{err}");
+    }
+
+    #[test]
+    fn port_env_is_the_default_http_port() {
+        let app = app_dir();
+        let dir = app.path().to_str().unwrap();
+        let c = build(&[dir, "http"], &[("PORT", "5123")]).unwrap();
+        assert_eq!(c.listen, Listen::Http(PortChoice::Fixed(5123)));
+    }
+
+    #[test]
+    fn app_in_config_file_is_relative_to_the_file() {
+        let app = app_dir();
+        let conf_dir = tempfile::tempdir().unwrap();
+        let file = conf_dir.path().join("rip.toml");
+        std::fs::write(&file, format!("app = {:?}\nlisten = \"http:0\"\nworkers = 3\n", app.path())).unwrap();
+        let c = build(&[&format!("--config={}", file.display())], &[]).unwrap();
+        assert_eq!(c.app.dir, app.path().canonicalize().unwrap());
+        assert_eq!(c.workers, 3);
+    }
+}

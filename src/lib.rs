@@ -1,0 +1,314 @@
+//! rip-server: a per-worker-socket application server.
+//!
+//! One process owns the public listener, supervises N worker processes of an
+//! app, and forwards each request to one idle worker over that worker's own
+//! Unix socket. Each worker handles one request at a time; the most recently
+//! freed worker goes next (LIFO) and the rest of the requests wait in a
+//! bounded FIFO queue.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line as typed: clap definitions and the pure parsers
+//!   for the `w:` / `r:` / `http:` tokens.
+//! - [`config`]: flags over environment over config file over defaults,
+//!   validated into a [`config::Config`].
+//! - [`app`]: resolving an app path to its entry and loader.
+//! - [`server`]: the data path: listener, routing, proxy, pool, bodies,
+//!   access log and metrics.
+//! - [`supervisor`]: worker processes: spawn, readiness, recycling, crash
+//!   backoff, drain and reaping.
+//! - [`control`]: the private control socket (status, metrics, join/quit, stop).
+//! - [`worker_kit`]: a library for writing workers in Rust that speak the
+//!   worker protocol (`docs/worker-protocol.md`).
+//! - [`logging`]: human or JSON logs.
+//!
+//! [`serve`] wires these together and runs until SIGTERM, SIGINT or
+//! `rip-server stop`.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod logging;
+pub mod server;
+pub mod supervisor;
+pub mod worker_kit;
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{oneshot, watch};
+
+use app::EntryKind;
+use cli::{Cli, Command, ServeArgs};
+use config::{Config, ConfigError, Listen, ProcessEnv};
+use server::listen::{self, ServeOptions};
+use server::metrics::Metrics;
+use server::pool::Pool;
+use server::proxy::Proxy;
+use server::routes::Router;
+use supervisor::{Settings, Spawner, Supervisor};
+
+/// Anything that stops rip-server from starting or finishing a command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Args(#[from] cli::ArgsError),
+    #[error("runtime directory {path}: {message}")]
+    RuntimeDir { path: PathBuf, message: String },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Control(#[from] control::CallError),
+    #[error("the instance answered {status}: {body}")]
+    Refused { status: http::StatusCode, body: String },
+}
+
+/// Longest Unix socket path the kernel accepts (sun_path, minus the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Serves the app until a stop is requested; returns once every worker has
+/// been reaped and every socket removed.
+pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
+    let config = Config::build(cli, args, &ProcessEnv)?;
+    let _log_guard = logging::init(config.logging);
+    prepare_runtime_dir(&config.runtime_dir)?;
+
+    let control_path = control::socket_path(&config.runtime_dir, &config.name);
+    check_socket_path(&config, &control_path)?;
+    let control_listener = control::bind(&control_path, &config.name).await?;
+    remove_stale_worker_sockets(&config.runtime_dir, &config.name);
+    let spawner = spawner(&config, &control_path)?;
+
+    let Listen::Http(port_choice) = config.listen;
+    let listener = listen::bind(port_choice).await?;
+    let port = listener.local_addr()?.port();
+    let url = format!("http://localhost:{port}");
+
+    let pool = Pool::new(config.limits.max_queue, config.timeouts.queue);
+    let metrics = Arc::new(Metrics::new(&config.name));
+    let proxy = Arc::new(Proxy {
+        pool: pool.clone(),
+        metrics: metrics.clone(),
+        timeouts: config.timeouts,
+        limits: config.limits,
+        access_log: config.logging.access_log,
+    });
+    let router = Arc::new(Router::new(proxy));
+
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let settings = Settings {
+        workers: config.workers,
+        restart: config.restart,
+        timeouts: config.timeouts,
+    };
+    let (supervisor, supervisor_task) =
+        Supervisor::start(settings, spawner, pool.clone(), metrics.clone(), ready_tx);
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (control_stop_tx, control_stop_rx) = watch::channel(false);
+    let control_state = Arc::new(control::ControlState {
+        name: config.name.clone(),
+        app_dir: config.app.dir.clone(),
+        entry: config.app.entry.clone(),
+        reload: config.reload.as_str(),
+        listeners: vec![url.clone()],
+        started: Instant::now(),
+        pool: pool.clone(),
+        metrics,
+        supervisor: supervisor.clone(),
+        stop: stop_tx.clone(),
+    });
+    let control_task = tokio::spawn(control::serve(control_listener, control_state, control_stop_rx));
+    let options = ServeOptions { limits: config.limits, timeouts: config.timeouts };
+    let listener_task = tokio::spawn(listen::serve(listener, router, options, stop_rx.clone()));
+
+    println!(
+        "rip-server {}: serving {} ({}, {}) with {} worker{}, reload={}",
+        env!("CARGO_PKG_VERSION"),
+        config.name,
+        config.app.entry.display(),
+        config.app.kind,
+        config.workers,
+        if config.workers == 1 { "" } else { "s" },
+        config.reload.as_str(),
+    );
+    println!("listening on {url}");
+    println!("control socket {}", control_path.display());
+    let workers = config.workers;
+    tokio::spawn(async move {
+        if ready_rx.await.is_ok() {
+            tracing::info!(workers, "all workers ready");
+            notify_systemd_ready();
+        }
+    });
+
+    wait_for_stop(&mut stop_rx).await?;
+    tracing::info!("stopping: no new connections; finishing requests in flight");
+    let _ = stop_tx.send(true);
+    let _ = listener_task.await;
+    supervisor.stop().await;
+    let _ = supervisor_task.await;
+    let _ = control_stop_tx.send(true);
+    let _ = control_task.await;
+    supervisor::remove_stale(&control_path);
+    if config.app.kind == EntryKind::JsModule {
+        supervisor::remove_stale(&loader_path(&config));
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves when SIGTERM or SIGINT arrives or a stop is requested.
+async fn wait_for_stop(stop: &mut watch::Receiver<bool>) -> io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = stop.wait_for(|stop| *stop) => {}
+    }
+    Ok(())
+}
+
+/// Runs `rip-server status|reload|stop` against a running instance.
+pub async fn control_command(cli: &Cli, command: Command) -> Result<(), Error> {
+    let runtime_dir = config::runtime_dir(&ProcessEnv);
+    let socket = control::find_socket(&runtime_dir, cli.name.as_deref())?;
+    let (method, path) = match command {
+        Command::Status => (http::Method::GET, "/status"),
+        Command::Stop => (http::Method::POST, "/stop"),
+        Command::Reload => (http::Method::POST, "/reload"),
+    };
+    let (status, body) = control::call(&socket, method, path, bytes::Bytes::new()).await?;
+    if !status.is_success() {
+        return Err(Error::Refused { status, body: body.trim().to_string() });
+    }
+    match command {
+        Command::Status => match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(value) => println!("{}", serde_json::to_string_pretty(&value).unwrap_or(body)),
+            Err(_) => println!("{body}"),
+        },
+        Command::Stop => {
+            wait_until_gone(&socket).await;
+            println!("stopped");
+        }
+        Command::Reload => println!("{}", body.trim()),
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until the instance has removed its control socket.
+async fn wait_until_gone(socket: &Path) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while socket.exists() && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn loader_path(config: &Config) -> PathBuf {
+    config.runtime_dir.join(format!("{}.loader.mjs", config.name))
+}
+
+/// How workers of this app are started.
+fn spawner(config: &Config, control_path: &Path) -> Result<Spawner, Error> {
+    let (program, args) = match config.app.kind {
+        EntryKind::JsModule => {
+            let loader = loader_path(config);
+            std::fs::write(&loader, app::NODE_LOADER).map_err(|e| Error::RuntimeDir {
+                path: loader.clone(),
+                message: format!("cannot write the node loader: {e}"),
+            })?;
+            (config.js_runtime.program().into(), vec![loader.into_os_string()])
+        }
+        EntryKind::Executable => (config.app.entry.clone().into_os_string(), Vec::new()),
+    };
+    Ok(Spawner {
+        name: config.name.clone(),
+        program,
+        args,
+        app_dir: config.app.dir.clone(),
+        entry: config.app.entry.clone(),
+        reload: config.reload,
+        runtime_dir: config.runtime_dir.clone(),
+        control_socket: control_path.to_path_buf(),
+    })
+}
+
+/// Creates the runtime directory 0700 and refuses one owned by someone else.
+fn prepare_runtime_dir(dir: &Path) -> Result<(), Error> {
+    let fail = |message: String| Error::RuntimeDir { path: dir.to_path_buf(), message };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| fail(format!("cannot create it: {e}")))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| fail(e.to_string()))?;
+    let uid = nix::unistd::getuid().as_raw();
+    if !meta.is_dir() || meta.uid() != uid {
+        return Err(fail(format!(
+            "it is not a directory owned by uid {uid}; set XDG_RUNTIME_DIR or RUNTIME_DIRECTORY to a private directory"
+        )));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail(format!("cannot make it private (0700): {e}")))?;
+    Ok(())
+}
+
+fn check_socket_path(config: &Config, control_path: &Path) -> Result<(), Error> {
+    // Worker sockets are `<name>.w<id>.sock`; leave room for a long id.
+    let longest = control_path.as_os_str().len().max(
+        config.runtime_dir.as_os_str().len() + config.name.len() + ".w18446744073709.sock".len() + 1,
+    );
+    if longest > MAX_SOCKET_PATH {
+        return Err(Error::RuntimeDir {
+            path: config.runtime_dir.clone(),
+            message: format!(
+                "socket paths under it would be {longest} bytes, over the kernel's limit of {MAX_SOCKET_PATH}; \
+                 use a shorter RUNTIME_DIRECTORY / XDG_RUNTIME_DIR or --name"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Removes worker sockets a killed instance of the same name left behind.
+fn remove_stale_worker_sockets(dir: &Path, name: &str) {
+    let prefix = format!("{name}.w");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        let is_worker_socket = file
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".sock"))
+            .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+        if is_worker_socket {
+            tracing::info!(socket = %file, "removing a stale worker socket from an earlier run");
+            supervisor::remove_stale(&entry.path());
+        }
+    }
+}
+
+/// Tells systemd (Type=notify) that the server is ready, if it is listening.
+fn notify_systemd_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| socket.send_to_addr(b"READY=1", &addr))
+    } else {
+        socket.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd of readiness");
+    }
+}

@@ -1,0 +1,18 @@
+//! The data path: from a client connection to a worker and back.
+//!
+//! - [`listen`]: bind, accept, serve each connection (HTTP/1.1 and HTTP/2), graceful stop.
+//! - [`routes`]: the server's own `/server`, else the app's proxy.
+//! - [`proxy`]: header hygiene, worker selection, outcome → status.
+//! - [`pool`]: LIFO idle stack and bounded FIFO queue, per app.
+//! - [`upstream`]: one persistent HTTP/1.1 connection per worker socket.
+//! - [`body`]: request/response bodies with limits, timeouts and the worker lease.
+//! - [`access_log`], [`metrics`]: what happened, per request and in total.
+
+pub mod access_log;
+pub mod body;
+pub mod listen;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod routes;
+pub mod upstream;

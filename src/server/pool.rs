@@ -1,0 +1,535 @@
+//! Admission to one app's workers: a LIFO stack of idle workers and a bounded
+//! FIFO queue of waiting requests (DESIGN §3).
+//!
+//! The pool owns each idle worker's connection (`C`); a request that checks a
+//! worker out holds it as a [`Lease`] until its response is complete. A
+//! released worker is handed straight to the oldest waiter, or pushed on top
+//! of the idle stack so the most recently used (warmest) worker goes next.
+//!
+//! Invariants, all kept under one short `std::sync::Mutex` (never held
+//! across an `.await`):
+//! - a worker is idle, leased to exactly one request, or gone: never two
+//!   requests on one worker;
+//! - a waiter is either in the queue or has been handed exactly one worker,
+//!   and a waiter that gives up (timeout, client gone) passes a worker it was
+//!   just handed on to the next waiter: no worker is lost;
+//! - waiters are served in arrival order;
+//! - only workers of the admitted generation take new requests; workers of a
+//!   newer generation wait on standby until [`Pool::switch_generation`].
+//!
+//! The supervisor learns what the pool noticed (a hung worker, an
+//! unreachable one, one that reached its request limit) through
+//! [`Pool::take_reports`], woken by a coalescing [`Notify`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+
+/// A worker's identity, unique for the life of the server.
+pub type WorkerId = u64;
+/// A rolling-restart generation; admission moves only forward.
+pub type Generation = u64;
+
+/// Why a request could not get a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The wait queue is at `--max-queue`.
+    QueueFull,
+    /// Waited `--queue-timeout-ms` without a worker.
+    QueueTimeout,
+    /// No live worker and none booting.
+    NoWorkers,
+    /// The server is stopping.
+    ShuttingDown,
+}
+
+/// Something the pool noticed that the supervisor must act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// No response headers within the read timeout: kill and replace.
+    Hung(WorkerId),
+    /// Its socket could not be dialled: kill and replace.
+    Unreachable(WorkerId),
+    /// Served its request allowance: recycle gracefully.
+    RequestLimit(WorkerId),
+}
+
+/// Where the pool stands, for `/status` and `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolStats {
+    pub generation: Generation,
+    pub idle: usize,
+    pub busy: usize,
+    pub standby: usize,
+    pub queued: usize,
+    pub booting: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemberState {
+    Idle,
+    Busy,
+    /// Ready, of a generation not yet admitted.
+    Standby,
+}
+
+#[derive(Debug)]
+struct Member {
+    generation: Generation,
+    state: MemberState,
+    served: u64,
+    request_limit: Option<u64>,
+}
+
+/// A worker's connection on its way to a request.
+struct Checkout<C> {
+    id: WorkerId,
+    conn: C,
+}
+
+struct Waiter<C> {
+    ticket: u64,
+    tx: oneshot::Sender<Checkout<C>>,
+}
+
+struct State<C> {
+    admitting: Generation,
+    /// LIFO: the top (end) is the most recently released worker.
+    idle: Vec<Checkout<C>>,
+    standby: Vec<Checkout<C>>,
+    waiters: VecDeque<Waiter<C>>,
+    members: HashMap<WorkerId, Member>,
+    reports: Vec<Report>,
+    booting: usize,
+    next_ticket: u64,
+    closed: bool,
+}
+
+/// One app's admission state. Cheap to share: wrap it in an `Arc`.
+pub struct Pool<C> {
+    state: Mutex<State<C>>,
+    max_queue: usize,
+    queue_timeout: Duration,
+    reported: Notify,
+}
+
+impl<C: Send + 'static> Pool<C> {
+    pub fn new(max_queue: usize, queue_timeout: Duration) -> Arc<Self> {
+        Arc::new(Pool {
+            state: Mutex::new(State {
+                admitting: 0,
+                idle: Vec::new(),
+                standby: Vec::new(),
+                waiters: VecDeque::new(),
+                members: HashMap::new(),
+                reports: Vec::new(),
+                booting: 0,
+                next_ticket: 0,
+                closed: false,
+            }),
+            max_queue,
+            queue_timeout,
+            reported: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<C>> {
+        // A panic while holding this lock would be a bug in this module; the
+        // state is still consistent between statements, so keep serving.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a worker: the warmest idle one, or the next to be released.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Lease<C>, Unavailable> {
+        let (ticket, rx) = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(Unavailable::ShuttingDown);
+            }
+            if let Some(checkout) = state.idle.pop() {
+                state.mark_busy(checkout.id);
+                return Ok(Lease::new(self.clone(), checkout));
+            }
+            if state.admitted_members() == 0 && state.booting == 0 {
+                return Err(Unavailable::NoWorkers);
+            }
+            if state.waiters.len() >= self.max_queue {
+                return Err(Unavailable::QueueFull);
+            }
+            let ticket = state.next_ticket;
+            state.next_ticket += 1;
+            let (tx, rx) = oneshot::channel();
+            state.waiters.push_back(Waiter { ticket, tx });
+            (ticket, rx)
+        };
+        let mut guard = QueueGuard { pool: self, ticket, rx: Some(rx) };
+        // Internal invariant: the receiver is taken only by `reclaim`, below or on drop.
+        let rx = guard.rx.as_mut().expect("waiter holds its receiver");
+        let outcome = tokio::time::timeout(self.queue_timeout, rx).await;
+        match outcome {
+            Ok(Ok(checkout)) => {
+                guard.rx = None;
+                Ok(Lease::new(self.clone(), checkout))
+            }
+            Ok(Err(_closed)) => Err(Unavailable::ShuttingDown),
+            // The guard removes the waiter; a worker handed over in that very
+            // instant is reclaimed by it and used rather than wasted.
+            Err(_elapsed) => match guard.reclaim() {
+                Some(checkout) => Ok(Lease::new(self.clone(), checkout)),
+                None => Err(Unavailable::QueueTimeout),
+            },
+        }
+    }
+
+    /// Adds a ready worker. Workers of a generation newer than the admitted
+    /// one wait on standby; older ones are refused (the connection is returned).
+    pub fn admit(
+        &self,
+        id: WorkerId,
+        generation: Generation,
+        request_limit: Option<u64>,
+        conn: C,
+    ) -> Result<(), C> {
+        let mut state = self.lock();
+        if state.closed || generation < state.admitting {
+            return Err(conn);
+        }
+        let standby = generation > state.admitting;
+        state.members.insert(
+            id,
+            Member {
+                generation,
+                state: if standby { MemberState::Standby } else { MemberState::Busy },
+                served: 0,
+                request_limit,
+            },
+        );
+        if standby {
+            state.standby.push(Checkout { id, conn });
+        } else {
+            state.hand_off(Checkout { id, conn }, Placement::Top);
+        }
+        Ok(())
+    }
+
+    /// Atomically admits `generation`: its standby workers take requests
+    /// (queued ones first) and older workers take nothing new. Returns the
+    /// older workers that were idle; busy ones finish what they hold.
+    pub fn switch_generation(&self, generation: Generation) -> Vec<WorkerId> {
+        let mut state = self.lock();
+        if generation <= state.admitting {
+            return Vec::new();
+        }
+        state.admitting = generation;
+        let old_idle: Vec<WorkerId> = state.idle.drain(..).map(|c| c.id).collect();
+        for id in &old_idle {
+            state.members.remove(id);
+        }
+        let (promote, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut state.standby)
+            .into_iter()
+            .partition(|c| state.members.get(&c.id).map(|m| m.generation) == Some(generation));
+        state.standby = keep;
+        for checkout in promote {
+            state.hand_off(checkout, Placement::Top);
+        }
+        old_idle
+    }
+
+    /// Stops admitting to `id` (recycling, draining, or its process died).
+    /// Returns true if it was idle or on standby (nothing in flight).
+    pub fn remove(&self, id: WorkerId) -> bool {
+        let mut state = self.lock();
+        let was_free = state.idle.iter().any(|c| c.id == id) || state.standby.iter().any(|c| c.id == id);
+        state.idle.retain(|c| c.id != id);
+        state.standby.retain(|c| c.id != id);
+        state.members.remove(&id);
+        was_free
+    }
+
+    /// How many workers of the admitted generation are booting (for the
+    /// "no live worker and none booting" answer).
+    pub fn set_booting(&self, booting: usize) {
+        self.lock().booting = booting;
+    }
+
+    /// The admitted generation.
+    pub fn generation(&self) -> Generation {
+        self.lock().admitting
+    }
+
+    /// Refuses everything from now on; queued requests get `ShuttingDown`.
+    pub fn close(&self) -> Vec<WorkerId> {
+        let mut state = self.lock();
+        state.closed = true;
+        state.waiters.clear();
+        state.idle.clear();
+        state.standby.clear();
+        state.members.keys().copied().collect()
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let state = self.lock();
+        let busy = state.members.values().filter(|m| m.state == MemberState::Busy).count();
+        PoolStats {
+            generation: state.admitting,
+            idle: state.idle.len(),
+            busy,
+            standby: state.standby.len(),
+            queued: state.waiters.len(),
+            booting: state.booting,
+        }
+    }
+
+    /// Requests served by each admitted worker.
+    pub fn served(&self) -> HashMap<WorkerId, u64> {
+        self.lock().members.iter().map(|(&id, m)| (id, m.served)).collect()
+    }
+
+    /// Everything reported since the last call.
+    pub fn take_reports(&self) -> Vec<Report> {
+        std::mem::take(&mut self.lock().reports)
+    }
+
+    /// Resolves when there may be new reports.
+    pub async fn reported(&self) {
+        self.reported.notified().await
+    }
+
+    fn report(&self, report: Report) {
+        self.lock().reports.push(report);
+        self.reported.notify_one();
+    }
+
+    fn release(&self, checkout: Checkout<C>, placement: Placement, served: Served) {
+        let mut state = self.lock();
+        let id = checkout.id;
+        let (admitting, closed) = (state.admitting, state.closed);
+        let limit_reached = match state.members.get_mut(&id) {
+            Some(member) if member.generation == admitting && !closed => {
+                member.served += u64::from(served == Served::Yes);
+                member.request_limit == Some(member.served)
+            }
+            // Removed, retired or of an older generation: it takes nothing new.
+            _ => {
+                state.members.remove(&id);
+                return;
+            }
+        };
+        state.hand_off(checkout, placement);
+        if limit_reached {
+            state.reports.push(Report::RequestLimit(id));
+            drop(state);
+            self.reported.notify_one();
+        }
+    }
+}
+
+/// Whether a returned worker served a request (counts toward `r:N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Yes,
+    No,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Next in line (LIFO).
+    Top,
+    /// Last in line: it just answered "busy", let others go first.
+    Bottom,
+}
+
+impl<C> State<C> {
+    fn admitted_members(&self) -> usize {
+        self.members.values().filter(|m| m.generation == self.admitting).count()
+    }
+
+    fn mark_busy(&mut self, id: WorkerId) {
+        if let Some(member) = self.members.get_mut(&id) {
+            debug_assert_eq!(member.state, MemberState::Idle, "worker {id} checked out twice");
+            member.state = MemberState::Busy;
+        }
+    }
+
+    /// Gives a free worker to the oldest waiter, else puts it on the stack.
+    fn hand_off(&mut self, mut checkout: Checkout<C>, placement: Placement) {
+        while let Some(waiter) = self.waiters.pop_front() {
+            self.set_member_state(checkout.id, MemberState::Busy);
+            match waiter.tx.send(checkout) {
+                Ok(()) => return,
+                // The waiter is gone (its guard removes it first, so this is rare).
+                Err(returned) => checkout = returned,
+            }
+        }
+        self.set_member_state(checkout.id, MemberState::Idle);
+        match placement {
+            Placement::Top => self.idle.push(checkout),
+            Placement::Bottom => self.idle.insert(0, checkout),
+        }
+    }
+
+    fn set_member_state(&mut self, id: WorkerId, new: MemberState) {
+        if let Some(member) = self.members.get_mut(&id) {
+            member.state = new;
+        }
+    }
+}
+
+/// Removes a waiter from the queue if its request goes away while waiting
+/// (queue timeout, client disconnected), and returns a worker it was handed
+/// in that instant to the pool, so no worker is ever lost in a dropped channel.
+struct QueueGuard<'a, C: Send + 'static> {
+    pool: &'a Arc<Pool<C>>,
+    ticket: u64,
+    rx: Option<oneshot::Receiver<Checkout<C>>>,
+}
+
+impl<C: Send + 'static> QueueGuard<'_, C> {
+    /// Leaves the queue; returns the worker if one was already handed over.
+    fn reclaim(&mut self) -> Option<Checkout<C>> {
+        let mut rx = self.rx.take()?;
+        let ticket = self.ticket;
+        self.pool.lock().waiters.retain(|w| w.ticket != ticket);
+        // Hand-offs happen under the lock, so after the removal above the
+        // channel holds either nothing or the one worker we were given.
+        rx.try_recv().ok()
+    }
+}
+
+impl<C: Send + 'static> Drop for QueueGuard<'_, C> {
+    fn drop(&mut self) {
+        if let Some(checkout) = self.reclaim() {
+            self.pool.release(checkout, Placement::Top, Served::No);
+        }
+    }
+}
+
+/// A worker checked out for one request. Dropping it returns the worker to
+/// the pool (or to the next waiter); [`Lease::retire`] takes it out for good.
+pub struct Lease<C: Send + 'static> {
+    pool: Arc<Pool<C>>,
+    checkout: Option<Checkout<C>>,
+    placement: Placement,
+}
+
+impl<C: Send + 'static> Lease<C> {
+    fn new(pool: Arc<Pool<C>>, checkout: Checkout<C>) -> Self {
+        Lease { pool, checkout: Some(checkout), placement: Placement::Top }
+    }
+
+    pub fn worker_id(&self) -> WorkerId {
+        self.checkout.as_ref().map_or(0, |c| c.id)
+    }
+
+    pub fn conn(&mut self) -> &mut C {
+        // Present from construction until drop or retire, which consume the lease.
+        &mut self.checkout.as_mut().expect("lease holds its checkout until consumed").conn
+    }
+
+    /// Returns the worker as the least preferred idle worker (it said "busy").
+    pub fn release_to_bottom(mut self) {
+        self.placement = Placement::Bottom;
+    }
+
+    /// Takes the worker out of the pool and tells the supervisor why.
+    pub fn retire(mut self, report: Report) {
+        if let Some(checkout) = self.checkout.take() {
+            self.pool.lock().members.remove(&checkout.id);
+            self.pool.report(report);
+        }
+    }
+}
+
+impl<C: Send + 'static> Drop for Lease<C> {
+    fn drop(&mut self) {
+        if let Some(checkout) = self.checkout.take() {
+            self.pool.release(checkout, self.placement, Served::Yes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(max_queue: usize) -> Arc<Pool<u32>> {
+        Pool::new(max_queue, Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn lifo_picks_the_most_recently_released() {
+        let p = pool(10);
+        for id in 1..=3 {
+            p.admit(id, 0, None, id as u32).unwrap();
+        }
+        let a = p.checkout().await.unwrap();
+        assert_eq!(a.worker_id(), 3);
+        let b = p.checkout().await.unwrap();
+        assert_eq!(b.worker_id(), 2);
+        drop(b);
+        drop(a);
+        assert_eq!(p.checkout().await.unwrap().worker_id(), 3);
+    }
+
+    #[tokio::test]
+    async fn queue_full_and_no_workers() {
+        let p = pool(1);
+        assert_eq!(p.checkout().await.err(), Some(Unavailable::NoWorkers));
+        p.admit(1, 0, None, 1).unwrap();
+        let _held = p.checkout().await.unwrap();
+        let p2 = p.clone();
+        let waiting = tokio::spawn(async move { p2.checkout().await.map(|l| l.worker_id()) });
+        while p.stats().queued == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(p.checkout().await.err(), Some(Unavailable::QueueFull));
+        drop(_held);
+        assert_eq!(waiting.await.unwrap(), Ok(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_timeout() {
+        let p = Pool::new(4, Duration::from_millis(100));
+        p.admit(1, 0, None, 1u32).unwrap();
+        let _held = p.checkout().await.unwrap();
+        assert_eq!(p.checkout().await.err(), Some(Unavailable::QueueTimeout));
+        assert_eq!(p.stats().queued, 0);
+    }
+
+    #[tokio::test]
+    async fn standby_generation_waits_for_switch() {
+        let p = pool(10);
+        p.admit(1, 0, None, 1).unwrap();
+        p.admit(2, 1, None, 2).unwrap();
+        assert_eq!(p.checkout().await.unwrap().worker_id(), 1);
+        let held = p.checkout().await.unwrap();
+        assert_eq!(held.worker_id(), 1);
+        assert_eq!(p.switch_generation(1), Vec::<WorkerId>::new());
+        drop(held); // generation 0: not re-admitted
+        assert_eq!(p.checkout().await.unwrap().worker_id(), 2);
+        let s = p.stats();
+        assert_eq!((s.idle, s.generation), (1, 1));
+        assert!(p.admit(3, 0, None, 3).is_err(), "older generation refused");
+    }
+
+    #[tokio::test]
+    async fn request_limit_is_reported_once() {
+        let p = pool(10);
+        p.admit(7, 0, Some(2), 7).unwrap();
+        for _ in 0..3 {
+            drop(p.checkout().await.unwrap());
+        }
+        assert_eq!(p.take_reports(), vec![Report::RequestLimit(7)]);
+    }
+
+    #[tokio::test]
+    async fn retire_removes_the_worker() {
+        let p = pool(10);
+        p.admit(1, 0, None, 1).unwrap();
+        p.checkout().await.unwrap().retire(Report::Hung(1));
+        assert_eq!(p.take_reports(), vec![Report::Hung(1)]);
+        assert_eq!(p.checkout().await.err(), Some(Unavailable::NoWorkers));
+    }
+}

@@ -1,0 +1,646 @@
+//! The supervisor: keeps the right number of ready workers in the pool
+//! (DESIGN §4).
+//!
+//! One task owns every worker record and makes every decision, so there are
+//! no locks here: worker tasks, the pool, the control socket and the signal
+//! handler talk to it through channels, and after each message it
+//! [`reconcile`](Supervisor::reconcile)s: every slot of the admitted
+//! generation should hold one booting or serving worker.
+//!
+//! - Boot: spawn, then poll `/ready` (or wake on `join`) until the boot
+//!   deadline; a ready worker is admitted to the pool with the probe's
+//!   connection.
+//! - Recycle (`r:` requests / seconds, with jitter): start the replacement
+//!   first, admit it when ready, then drain the old worker, so capacity never
+//!   drops.
+//! - Crash: respawn with exponential backoff (1 s doubling to 30 s); after
+//!   [`GIVE_UP_AFTER`] fast failures in a row the slot is given up, loudly,
+//!   and shown in `/status`.
+//! - Hung or unreachable (reported by the proxy): kill and replace at once.
+//! - Stop: drain every worker, `SIGKILL` after the grace period, reap all,
+//!   remove every socket file.
+
+mod worker;
+
+pub use worker::{remove_stale, Event, Spawner};
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::config::{RestartPolicy, Timeouts};
+use crate::server::metrics::Metrics;
+use crate::server::pool::{Generation, Pool, Report, WorkerId};
+use crate::server::upstream::Upstream;
+use worker::{BootError, ProcessHandle};
+
+/// Consecutive fast failures after which a slot stops respawning.
+pub const GIVE_UP_AFTER: u32 = 6;
+/// A worker that served this long resets its slot's failure count.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Recycle deadlines are spread over this fraction of the limit.
+const JITTER: f64 = 0.1;
+/// How often deadlines (boot, age, drain, backoff) are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A request to the supervisor.
+pub enum Command {
+    Status(oneshot::Sender<SupervisorStatus>),
+    /// A worker announced itself (`POST /worker {"op":"join"}`).
+    Join { id: WorkerId, pid: Option<u32> },
+    /// A worker announced it is leaving (`POST /worker {"op":"quit"}`).
+    Quit { id: WorkerId },
+    /// Stop every worker and return.
+    Stop(oneshot::Sender<()>),
+}
+
+/// Why a serving worker is to be replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecycleReason {
+    Requests,
+    Age,
+}
+
+#[derive(Debug)]
+enum WorkerState {
+    Booting { deadline: Instant, task: AbortHandle },
+    Serving { since: Instant, due: Option<RecycleReason> },
+    /// Told to finish and exit; killed at `kill_at`.
+    Draining { kill_at: Instant, killed: bool },
+}
+
+impl WorkerState {
+    fn name(&self) -> &'static str {
+        match self {
+            WorkerState::Booting { .. } => "booting",
+            WorkerState::Serving { due: None, .. } => "serving",
+            WorkerState::Serving { due: Some(_), .. } => "recycling",
+            WorkerState::Draining { .. } => "draining",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Worker {
+    slot: usize,
+    generation: Generation,
+    process: ProcessHandle,
+    started: Instant,
+    state: WorkerState,
+    /// The worker this one will replace once it is ready.
+    replaces: Option<WorkerId>,
+    age_deadline: Option<Instant>,
+    request_limit: Option<u64>,
+    joined: Arc<Notify>,
+    /// Fast failures of this slot before this worker started.
+    prior_failures: u32,
+}
+
+/// Whether a slot may be filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Fill it now (it has no worker or has one).
+    Open { failures: u32 },
+    /// Its last worker failed; try again at `at`.
+    Backoff { at: Instant, failures: u32 },
+    /// Failed too often; needs an operator (or a reload).
+    GaveUp { failures: u32 },
+}
+
+impl Slot {
+    fn failures(self) -> u32 {
+        match self {
+            Slot::Open { failures } | Slot::Backoff { failures, .. } | Slot::GaveUp { failures } => failures,
+        }
+    }
+}
+
+/// A snapshot for `/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SupervisorStatus {
+    pub generation: Generation,
+    pub desired_workers: usize,
+    pub workers: Vec<WorkerStatus>,
+    pub slots: Vec<SlotStatus>,
+    pub restarts: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerStatus {
+    pub id: WorkerId,
+    pub pid: u32,
+    pub generation: Generation,
+    pub slot: usize,
+    pub state: &'static str,
+    pub requests: u64,
+    pub age_s: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotStatus {
+    pub slot: usize,
+    pub state: &'static str,
+    pub failures: u32,
+}
+
+/// What the supervisor needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub workers: usize,
+    pub restart: RestartPolicy,
+    pub timeouts: Timeouts,
+}
+
+pub struct Supervisor {
+    settings: Settings,
+    spawner: Spawner,
+    pool: Arc<Pool<Upstream>>,
+    metrics: Arc<Metrics>,
+    workers: BTreeMap<WorkerId, Worker>,
+    slots: Vec<Slot>,
+    generation: Generation,
+    next_id: WorkerId,
+    restarts: u64,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
+    /// Fired once, when every slot first has a serving worker.
+    on_ready: Option<oneshot::Sender<()>>,
+}
+
+/// A cheap handle for talking to the supervisor task.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl SupervisorHandle {
+    pub async fn status(&self) -> Option<SupervisorStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn send(&self, command: Command) -> bool {
+        self.commands.send(command).await.is_ok()
+    }
+
+    /// Stops every worker; resolves when all are reaped.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+impl Supervisor {
+    /// Starts the supervisor task. `on_ready` fires once all workers first serve.
+    pub fn start(
+        settings: Settings,
+        spawner: Spawner,
+        pool: Arc<Pool<Upstream>>,
+        metrics: Arc<Metrics>,
+        on_ready: oneshot::Sender<()>,
+    ) -> (SupervisorHandle, tokio::task::JoinHandle<()>) {
+        let (commands_tx, commands) = mpsc::channel(64);
+        let (events_tx, events) = mpsc::channel(256);
+        let supervisor = Supervisor {
+            slots: vec![Slot::Open { failures: 0 }; settings.workers],
+            settings,
+            spawner,
+            pool,
+            metrics,
+            workers: BTreeMap::new(),
+            generation: 0,
+            next_id: 1,
+            restarts: 0,
+            events_tx,
+            events,
+            on_ready: Some(on_ready),
+        };
+        let task = tokio::spawn(supervisor.run(commands));
+        (SupervisorHandle { commands: commands_tx }, task)
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.reconcile();
+        let pool = self.pool.clone();
+        loop {
+            tokio::select! {
+                Some(event) = self.events.recv() => self.on_event(event),
+                () = pool.reported() => {
+                    for report in pool.take_reports() {
+                        self.on_report(report);
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(Command::Stop(done)) => {
+                        self.stop_all().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => {
+                        self.stop_all().await;
+                        return;
+                    }
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+            self.reconcile();
+        }
+    }
+
+    /// Fills every open slot and starts replacements for workers due to recycle.
+    fn reconcile(&mut self) {
+        let now = Instant::now();
+        for slot in 0..self.slots.len() {
+            match self.slots[slot] {
+                Slot::GaveUp { .. } => continue,
+                Slot::Backoff { at, failures } if now >= at => {
+                    self.slots[slot] = Slot::Open { failures };
+                }
+                Slot::Backoff { .. } => continue,
+                Slot::Open { .. } => {}
+            }
+            let mut occupant = None;
+            let mut booting = false;
+            for (&id, w) in &self.workers {
+                if w.slot != slot || w.generation != self.generation {
+                    continue;
+                }
+                match w.state {
+                    WorkerState::Booting { .. } => booting = true,
+                    WorkerState::Serving { due, .. } => occupant = Some((id, due)),
+                    WorkerState::Draining { .. } => {}
+                }
+            }
+            match (occupant, booting) {
+                (None, false) => self.spawn(slot, None),
+                (Some((id, Some(_))), false) => self.spawn(slot, Some(id)),
+                _ => {}
+            }
+        }
+        self.publish_booting();
+        self.check_ready();
+    }
+
+    fn spawn(&mut self, slot: usize, replaces: Option<WorkerId>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let process = match self.spawner.spawn(id, self.generation, self.events_tx.clone()) {
+            Ok(process) => process,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a worker; check the app entry and runtime (node) are installed");
+                self.record_failure(slot, Instant::now());
+                return;
+            }
+        };
+        Metrics::incr(&self.metrics.worker_starts);
+        let timeouts = self.settings.timeouts;
+        let now = Instant::now();
+        let deadline = now + timeouts.boot;
+        let joined = Arc::new(Notify::new());
+        let events = self.events_tx.clone();
+        let boot = worker::boot(process.socket.clone(), deadline, joined.clone(), timeouts.connect, timeouts.boot);
+        let task = tokio::spawn(async move {
+            let result = boot.await;
+            let _ = events.send(Event::Booted { id, result }).await;
+        });
+        tracing::debug!(worker = id, pid = process.pid, slot, "worker started");
+        let policy = self.settings.restart;
+        self.workers.insert(
+            id,
+            Worker {
+                slot,
+                generation: self.generation,
+                process,
+                started: now,
+                state: WorkerState::Booting { deadline, task: task.abort_handle() },
+                replaces,
+                age_deadline: policy.max_age.map(|age| now + jittered(age)),
+                request_limit: policy.max_requests.map(|n| jittered_count(n.get())),
+                joined,
+                prior_failures: self.slots[slot].failures(),
+            },
+        );
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Booted { id, result: Ok(upstream) } => self.on_ready(id, upstream),
+            Event::Booted { id, result: Err(e) } => self.on_boot_failed(id, e),
+            Event::Exited { id, status } => self.on_exit(id, status),
+        }
+    }
+
+    fn on_ready(&mut self, id: WorkerId, upstream: Box<Upstream>) {
+        let Some(worker) = self.workers.get_mut(&id) else { return };
+        if !matches!(worker.state, WorkerState::Booting { .. }) {
+            return;
+        }
+        if self.pool.admit(id, worker.generation, worker.request_limit, *upstream).is_err() {
+            // Its generation is no longer admitted: it is not needed.
+            self.drain(id);
+            return;
+        }
+        worker.state = WorkerState::Serving { since: Instant::now(), due: None };
+        tracing::info!(
+            worker = id,
+            pid = worker.process.pid,
+            boot_ms = worker.started.elapsed().as_millis() as u64,
+            "worker ready"
+        );
+        if let Some(old) = worker.replaces.take() {
+            tracing::info!(worker = old, replacement = id, "recycled worker replaced; draining it");
+            Metrics::incr(&self.metrics.worker_recycles);
+            self.drain(old);
+        }
+    }
+
+    fn on_boot_failed(&mut self, id: WorkerId, error: BootError) {
+        let Some(worker) = self.workers.get(&id) else { return };
+        tracing::error!(
+            worker = id,
+            pid = worker.process.pid,
+            error = %error,
+            "worker failed to start; its output is above. It will be retried with backoff"
+        );
+        Metrics::incr(&self.metrics.worker_crashes);
+        let slot = worker.slot;
+        self.kill(id);
+        self.record_failure(slot, Instant::now());
+    }
+
+    fn on_exit(&mut self, id: WorkerId, status: std::io::Result<std::process::ExitStatus>) {
+        let Some(worker) = self.workers.remove(&id) else { return };
+        worker::remove_stale(&worker.process.socket);
+        self.pool.remove(id);
+        let status = match status {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("unknown status ({e})"),
+        };
+        match worker.state {
+            WorkerState::Draining { .. } => {
+                tracing::debug!(worker = id, %status, "worker exited after draining");
+            }
+            WorkerState::Booting { task, .. } => {
+                task.abort();
+                tracing::error!(
+                    worker = id,
+                    pid = worker.process.pid,
+                    %status,
+                    "worker exited while starting; its output is above. It will be retried with backoff"
+                );
+                Metrics::incr(&self.metrics.worker_crashes);
+                self.record_failure(worker.slot, worker.started);
+            }
+            WorkerState::Serving { since, .. } => {
+                tracing::error!(
+                    worker = id,
+                    pid = worker.process.pid,
+                    %status,
+                    uptime_s = since.elapsed().as_secs(),
+                    "worker exited unexpectedly; a request it held got 502. Respawning"
+                );
+                Metrics::incr(&self.metrics.worker_crashes);
+                self.restarts += 1;
+                let failures = if since.elapsed() >= STABLE_AFTER { 0 } else { worker.prior_failures };
+                self.slots[worker.slot] = Slot::Open { failures };
+                self.record_failure(worker.slot, worker.started);
+            }
+        }
+    }
+
+    /// Counts a failed start or crash of `slot` and schedules its retry.
+    fn record_failure(&mut self, slot: usize, _started: Instant) {
+        let Some(current) = self.slots.get(slot).copied() else { return };
+        let failures = current.failures() + 1;
+        self.slots[slot] = if failures >= GIVE_UP_AFTER {
+            tracing::error!(
+                slot,
+                failures,
+                "giving up on this worker slot after repeated failures; fix the app and run 'rip-server reload'"
+            );
+            Slot::GaveUp { failures }
+        } else {
+            let delay = FIRST_BACKOFF.saturating_mul(1 << (failures - 1).min(5)).min(MAX_BACKOFF);
+            tracing::warn!(slot, failures, retry_in_ms = delay.as_millis() as u64, "worker slot backing off");
+            Slot::Backoff { at: Instant::now() + delay, failures }
+        };
+    }
+
+    fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Hung(id) | Report::Unreachable(id) => {
+                if let Some(worker) = self.workers.get(&id) {
+                    // Replaced at once: the slot stays open (this is not a crash).
+                    self.slots[worker.slot] = Slot::Open { failures: worker.prior_failures };
+                    self.restarts += 1;
+                    self.kill(id);
+                }
+            }
+            Report::RequestLimit(id) => self.mark_due(id, RecycleReason::Requests),
+        }
+    }
+
+    fn mark_due(&mut self, id: WorkerId, reason: RecycleReason) {
+        if let Some(Worker { state: WorkerState::Serving { due, .. }, .. }) = self.workers.get_mut(&id) {
+            if due.is_none() {
+                tracing::info!(worker = id, ?reason, "worker due for recycling; starting its replacement");
+                *due = Some(reason);
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Join { id, pid } => match self.workers.get(&id) {
+                Some(worker) if pid.is_none_or(|pid| pid == worker.process.pid) => worker.joined.notify_one(),
+                _ => tracing::warn!(worker = id, ?pid, "join from an unknown worker ignored"),
+            },
+            Command::Quit { id } => {
+                if self.workers.contains_key(&id) {
+                    tracing::info!(worker = id, "worker announced it is quitting");
+                    self.pool.remove(id);
+                }
+            }
+            Command::Stop(_) => {}
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let mut overdue_boots = Vec::new();
+        let mut aged = Vec::new();
+        let mut to_kill = Vec::new();
+        for (&id, worker) in &self.workers {
+            match worker.state {
+                WorkerState::Booting { deadline, .. } if now >= deadline => overdue_boots.push(id),
+                WorkerState::Serving { due: None, .. } if worker.age_deadline.is_some_and(|d| now >= d) => {
+                    aged.push(id)
+                }
+                WorkerState::Draining { kill_at, killed: false } if now >= kill_at => to_kill.push(id),
+                _ => {}
+            }
+        }
+        for id in overdue_boots {
+            let timeout = self.settings.timeouts.boot;
+            self.on_boot_failed(id, BootError::Deadline { timeout, last_error: None });
+        }
+        for id in aged {
+            self.mark_due(id, RecycleReason::Age);
+        }
+        for id in to_kill {
+            tracing::warn!(worker = id, "worker did not exit within the grace period; killing it");
+            self.kill(id);
+        }
+    }
+
+    /// Takes a worker out of admission and asks it to finish and exit.
+    fn drain(&mut self, id: WorkerId) {
+        self.pool.remove(id);
+        let grace = self.settings.timeouts.grace;
+        if let Some(worker) = self.workers.get_mut(&id) {
+            if let WorkerState::Booting { task, .. } = &worker.state {
+                task.abort();
+            }
+            if !matches!(worker.state, WorkerState::Draining { .. }) {
+                worker.state = WorkerState::Draining { kill_at: Instant::now() + grace, killed: false };
+                worker.process.signal(Signal::SIGTERM);
+            }
+        }
+    }
+
+    /// Kills a worker now (hung, failed boot, or past its grace period).
+    fn kill(&mut self, id: WorkerId) {
+        self.pool.remove(id);
+        if let Some(worker) = self.workers.get_mut(&id) {
+            if let WorkerState::Booting { task, .. } = &worker.state {
+                task.abort();
+            }
+            worker.state = WorkerState::Draining { kill_at: Instant::now(), killed: true };
+            worker.process.signal(Signal::SIGKILL);
+        }
+    }
+
+    fn publish_booting(&self) {
+        let booting = self
+            .workers
+            .values()
+            .filter(|w| w.generation == self.generation && matches!(w.state, WorkerState::Booting { .. }))
+            .count();
+        self.pool.set_booting(booting);
+    }
+
+    fn check_ready(&mut self) {
+        if self.on_ready.is_none() {
+            return;
+        }
+        let serving = self
+            .workers
+            .values()
+            .filter(|w| w.generation == self.generation && matches!(w.state, WorkerState::Serving { .. }))
+            .count();
+        if serving >= self.slots.len() {
+            if let Some(ready) = self.on_ready.take() {
+                let _ = ready.send(());
+            }
+        }
+    }
+
+    fn status(&self) -> SupervisorStatus {
+        let served = self.pool.served();
+        SupervisorStatus {
+            generation: self.generation,
+            desired_workers: self.slots.len(),
+            workers: self
+                .workers
+                .iter()
+                .map(|(&id, w)| WorkerStatus {
+                    id,
+                    pid: w.process.pid,
+                    generation: w.generation,
+                    slot: w.slot,
+                    state: w.state.name(),
+                    requests: served.get(&id).copied().unwrap_or(0),
+                    age_s: (w.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                })
+                .collect(),
+            slots: self
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(slot, s)| SlotStatus {
+                    slot,
+                    state: match s {
+                        Slot::Open { .. } => "open",
+                        Slot::Backoff { .. } => "backoff",
+                        Slot::GaveUp { .. } => "gave-up",
+                    },
+                    failures: s.failures(),
+                })
+                .collect(),
+            restarts: self.restarts,
+        }
+    }
+
+    /// Drains every worker, kills stragglers after the grace period, and
+    /// waits until every child is reaped and its socket removed.
+    async fn stop_all(&mut self) {
+        self.pool.close();
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            self.drain(id);
+        }
+        let grace_end = Instant::now() + self.settings.timeouts.grace;
+        let hard_end = grace_end + Duration::from_secs(5);
+        while !self.workers.is_empty() {
+            let deadline = if Instant::now() < grace_end { grace_end } else { hard_end };
+            tokio::select! {
+                Some(event) = self.events.recv() => {
+                    if let Event::Exited { id, status } = event {
+                        self.on_exit(id, status);
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    if deadline == hard_end {
+                        tracing::error!(left = self.workers.len(), "workers survived SIGKILL; giving up waiting");
+                        break;
+                    }
+                    let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+                    for id in ids {
+                        tracing::warn!(worker = id, "worker still running after the grace period; killing it");
+                        self.kill(id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Spreads a duration limit over [limit·(1−JITTER), limit].
+fn jittered(limit: Duration) -> Duration {
+    limit.mul_f64(1.0 - rand::thread_rng().gen_range(0.0..JITTER))
+}
+
+fn jittered_count(limit: u64) -> u64 {
+    let spread = (limit as f64 * JITTER) as u64;
+    if spread == 0 {
+        return limit;
+    }
+    limit - rand::thread_rng().gen_range(0..=spread)
+}

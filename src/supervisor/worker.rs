@@ -1,0 +1,243 @@
+//! One worker process: how it is started, watched, signalled and proven ready.
+//!
+//! [`Spawner::spawn`] starts the app's entry with the worker protocol's
+//! environment (docs/worker-protocol.md) in its own process group, with a
+//! parent-death signal so a `SIGKILL`ed server leaves no orphans. Each child
+//! gets one task that owns its `Child`: it reaps the child and reports the
+//! exit, and it delivers signals only while the child is unreaped, so a
+//! signal can never reach a recycled pid. stdout and stderr are forwarded to
+//! the server's log line by line, prefixed with the app and worker id.
+//!
+//! [`boot`] polls the worker's `/ready` probe (woken early by a `join`) until
+//! it answers 200 or the boot deadline passes; the probe's connection becomes
+//! the worker's persistent upstream connection.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use crate::cli::ReloadMode;
+use crate::server::pool::{Generation, WorkerId};
+use crate::server::upstream::{DialError, Upstream};
+
+/// What a worker's tasks tell the supervisor.
+#[derive(Debug)]
+pub enum Event {
+    Booted {
+        id: WorkerId,
+        result: Result<Box<Upstream>, BootError>,
+    },
+    Exited {
+        id: WorkerId,
+        status: std::io::Result<ExitStatus>,
+    },
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("socket", &self.socket()).finish()
+    }
+}
+
+/// Why a worker did not become ready.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(
+        "did not answer its readiness probe (GET /ready) within {timeout:?}{}",
+        last_error.as_ref().map(|e| format!("; last attempt: {e}")).unwrap_or_default()
+    )]
+    Deadline {
+        timeout: Duration,
+        last_error: Option<DialError>,
+    },
+}
+
+/// Everything needed to start workers of one app.
+#[derive(Debug, Clone)]
+pub struct Spawner {
+    pub name: String,
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub app_dir: PathBuf,
+    pub entry: PathBuf,
+    pub reload: ReloadMode,
+    pub runtime_dir: PathBuf,
+    pub control_socket: PathBuf,
+}
+
+/// The supervisor's grip on a running child.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    pub pid: u32,
+    pub socket: PathBuf,
+    signals: mpsc::Sender<Signal>,
+}
+
+impl ProcessHandle {
+    /// Sends `signal` to the worker's process group (if it is still running).
+    pub fn signal(&self, signal: Signal) {
+        // Capacity is ample for the handful of signals a worker ever gets;
+        // a full or closed channel means the child is already gone.
+        let _ = self.signals.try_send(signal);
+    }
+}
+
+impl Spawner {
+    /// The socket a worker binds.
+    pub fn socket_path(&self, id: WorkerId) -> PathBuf {
+        self.runtime_dir.join(format!("{}.w{id}.sock", self.name))
+    }
+
+    /// Starts worker `id` of `generation`; its exit is reported on `events`.
+    pub fn spawn(
+        &self,
+        id: WorkerId,
+        generation: Generation,
+        events: mpsc::Sender<Event>,
+    ) -> std::io::Result<ProcessHandle> {
+        let socket = self.socket_path(id);
+        remove_stale(&socket);
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .current_dir(&self.app_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RIP_SOCKET", &socket)
+            .env("RIP_WORKER_ID", id.to_string())
+            .env("RIP_APP_DIR", &self.app_dir)
+            .env("RIP_ENTRY", &self.entry)
+            .env("RIP_RELOAD", self.reload.as_str())
+            .env("RIP_CONTROL", &self.control_socket)
+            .env("RIP_VERSION", generation.to_string())
+            // Its own group: signals reach the worker and its children, and a
+            // Ctrl-C in the terminal reaches only the server, which drains.
+            .process_group(0);
+        let parent = std::process::id();
+        // SAFETY: the closure runs between fork and exec and calls only
+        // async-signal-safe functions (prctl, getppid, kill).
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                // The server may have died before prctl took effect.
+                if nix::unistd::getppid().as_raw() as u32 != parent {
+                    let _ = nix::sys::signal::kill(Pid::this(), Signal::SIGKILL);
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot start {}: {e}", Path::new(&self.program).display()),
+            )
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let label = format!("{} w{id}", self.name);
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(forward_lines(out, label.clone(), Stream::Stdout));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(forward_lines(err, label, Stream::Stderr));
+        }
+        let (signals, mut inbox) = mpsc::channel::<Signal>(8);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    status = child.wait() => {
+                        let _ = events.send(Event::Exited { id, status }).await;
+                        break;
+                    }
+                    Some(signal) = inbox.recv() => {
+                        // `id()` is None once reaped: never signal a recycled pid.
+                        if let Some(pid) = child.id() {
+                            let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), signal);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(ProcessHandle { pid, socket, signals })
+    }
+}
+
+/// Removes a socket file left by an earlier run (ignoring "not found").
+pub fn remove_stale(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove stale socket");
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Longest worker log line kept; the rest of a longer line is dropped.
+const MAX_LINE: usize = 16 * 1024;
+
+async fn forward_lines(pipe: impl AsyncRead + Unpin, label: String, stream: Stream) {
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                line.truncate(MAX_LINE);
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end();
+                match stream {
+                    Stream::Stdout => tracing::info!(target: "worker", "[{label}] {text}"),
+                    Stream::Stderr => tracing::warn!(target: "worker", "[{label}] {text}"),
+                }
+            }
+        }
+    }
+}
+
+/// Polls a new worker until its app is loaded, or the deadline passes.
+pub async fn boot(
+    socket: PathBuf,
+    deadline: Instant,
+    joined: Arc<Notify>,
+    connect_timeout: Duration,
+    boot_timeout: Duration,
+) -> Result<Box<Upstream>, BootError> {
+    let mut upstream = Box::new(Upstream::new(&socket));
+    let mut delay = Duration::from_millis(5);
+    let mut last_error = None;
+    while Instant::now() < deadline {
+        if socket.exists() {
+            let probe_timeout = connect_timeout.max(Duration::from_secs(1));
+            match upstream.probe(probe_timeout).await {
+                Ok(true) => return Ok(upstream),
+                Ok(false) => last_error = None,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = joined.notified() => {}
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+    Err(BootError::Deadline {
+        timeout: boot_timeout,
+        last_error,
+    })
+}
