@@ -113,7 +113,11 @@ impl App {
                         message: format!("entry '{}' does not exist", entry.display()),
                     }
                 })?)
-                .map(|app| App { dir: dir.clone(), name: base_name(&dir), ..app });
+                .map(|app| App {
+                    dir: dir.clone(),
+                    name: base_name(&dir),
+                    ..app
+                });
             }
         }
         let candidates = ["index.mjs", "index.js", "serve"];
@@ -227,7 +231,12 @@ mod tests {
 
     #[test]
     fn missing_path() {
-        let err = App::resolve(Path::new("/nonexistent/app")).unwrap_err().to_string();
-        assert_eq!(err, "no app at '/nonexistent/app': no such file or directory");
+        let err = App::resolve(Path::new("/nonexistent/app"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "no app at '/nonexistent/app': no such file or directory"
+        );
     }
 }

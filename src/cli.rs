@@ -336,10 +336,14 @@ impl Token {
             expected,
         };
         if let Some(value) = token.strip_prefix("w:") {
-            return WorkerCount::parse_value(value).map(Token::Workers).map_err(fail);
+            return WorkerCount::parse_value(value)
+                .map(Token::Workers)
+                .map_err(fail);
         }
         if let Some(value) = token.strip_prefix("r:") {
-            return RestartSpec::parse_value(value).map(Token::Restart).map_err(fail);
+            return RestartSpec::parse_value(value)
+                .map(Token::Restart)
+                .map_err(fail);
         }
         if token == "http" {
             return Ok(Token::Listen(ListenSpec::Http(None)));
@@ -401,7 +405,9 @@ pub enum ArgsError {
          either HTTPS (PORT, https:PORT) or plain HTTP (http:PORT)"
     )]
     TwoListeners { first: String, second: String },
-    #[error("'{command}' takes no arguments, but '{extra}' was given (use --name to pick the instance)")]
+    #[error(
+        "'{command}' takes no arguments, but '{extra}' was given (use --name to pick the instance)"
+    )]
     CommandArgs { command: String, extra: String },
 }
 
@@ -482,12 +488,17 @@ mod tests {
 
     #[test]
     fn worker_forms() {
-        assert_eq!(workers("4"), Ok(WorkerCount::Fixed(NonZeroUsize::new(4).unwrap())));
+        assert_eq!(
+            workers("4"),
+            Ok(WorkerCount::Fixed(NonZeroUsize::new(4).unwrap()))
+        );
         assert_eq!(workers("auto"), Ok(WorkerCount::Auto));
         assert_eq!(workers("half"), Ok(WorkerCount::Half));
         assert_eq!(workers("2x"), Ok(WorkerCount::PerCore(2)));
         assert_eq!(workers("3x"), Ok(WorkerCount::PerCore(3)));
-        assert!(workers("abc").unwrap_err().contains("w: expects a worker count or 'auto'"));
+        assert!(workers("abc")
+            .unwrap_err()
+            .contains("w: expects a worker count or 'auto'"));
         assert!(workers("0").is_err());
         assert!(workers("").is_err());
         assert!(workers("-1").is_err());
@@ -507,15 +518,27 @@ mod tests {
         let r = |s: &str| RestartSpec::parse_value(s);
         assert_eq!(
             r("100"),
-            Ok(RestartSpec { requests: Some(100), seconds: None, reloads: None })
+            Ok(RestartSpec {
+                requests: Some(100),
+                seconds: None,
+                reloads: None
+            })
         );
         assert_eq!(
             r("60s,100"),
-            Ok(RestartSpec { requests: Some(100), seconds: Some(60), reloads: None })
+            Ok(RestartSpec {
+                requests: Some(100),
+                seconds: Some(60),
+                reloads: None
+            })
         );
         assert_eq!(
             r("5r,60s,100"),
-            Ok(RestartSpec { requests: Some(100), seconds: Some(60), reloads: Some(5) })
+            Ok(RestartSpec {
+                requests: Some(100),
+                seconds: Some(60),
+                reloads: Some(5)
+            })
         );
         assert!(r("100,200").unwrap_err().contains("requests given twice"));
         assert!(r("x").unwrap_err().contains("'x' is not one of those"));
@@ -525,10 +548,22 @@ mod tests {
 
     #[test]
     fn token_classification() {
-        assert_eq!(Token::parse("http"), Ok(Token::Listen(ListenSpec::Http(None))));
-        assert_eq!(Token::parse("http:5002"), Ok(Token::Listen(ListenSpec::Http(Some(5002)))));
-        assert_eq!(Token::parse("5700"), Ok(Token::Listen(ListenSpec::Https(Some(5700)))));
-        assert_eq!(Token::parse("https"), Ok(Token::Listen(ListenSpec::Https(None))));
+        assert_eq!(
+            Token::parse("http"),
+            Ok(Token::Listen(ListenSpec::Http(None)))
+        );
+        assert_eq!(
+            Token::parse("http:5002"),
+            Ok(Token::Listen(ListenSpec::Http(Some(5002))))
+        );
+        assert_eq!(
+            Token::parse("5700"),
+            Ok(Token::Listen(ListenSpec::Https(Some(5700))))
+        );
+        assert_eq!(
+            Token::parse("https"),
+            Ok(Token::Listen(ListenSpec::Https(None)))
+        );
         assert_eq!(Token::parse("apps/api"), Ok(Token::App("apps/api".into())));
         let err = Token::parse("http:99999").unwrap_err();
         assert_eq!(err.token, "http:99999");
@@ -555,7 +590,10 @@ mod tests {
         let cli = Cli::parse_from(["rip-server", "stop"]);
         assert_eq!(cli.invocation(), Ok(Invocation::Control(Command::Stop)));
         let cli = Cli::parse_from(["rip-server", "stop", "api"]);
-        assert!(matches!(cli.invocation(), Err(ArgsError::CommandArgs { .. })));
+        assert!(matches!(
+            cli.invocation(),
+            Err(ArgsError::CommandArgs { .. })
+        ));
     }
 
     fn arb_workers() -> impl Strategy<Value = WorkerCount> {
@@ -577,7 +615,11 @@ mod tests {
             .prop_filter("at least one part", |(a, b, c)| {
                 a.is_some() || b.is_some() || c.is_some()
             })
-            .prop_map(|(requests, seconds, reloads)| RestartSpec { requests, seconds, reloads })
+            .prop_map(|(requests, seconds, reloads)| RestartSpec {
+                requests,
+                seconds,
+                reloads,
+            })
     }
 
     proptest! {

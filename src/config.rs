@@ -208,10 +208,18 @@ impl Config {
     /// the config file (if `--config` names one).
     pub fn build(cli: &Cli, args: &ServeArgs, env: &dyn Env) -> Result<Config, ConfigError> {
         let (file, file_dir) = match &cli.config {
-            Some(path) => (read_file_config(path)?, path.parent().map(Path::to_path_buf)),
+            Some(path) => (
+                read_file_config(path)?,
+                path.parent().map(Path::to_path_buf),
+            ),
             None => (FileConfig::default(), None),
         };
-        let layers = Layers { cli, args, env, file: &file };
+        let layers = Layers {
+            cli,
+            args,
+            env,
+            file: &file,
+        };
 
         let app_path = match (&args.app, &file.app) {
             (Some(path), _) => path.clone(),
@@ -230,8 +238,18 @@ impl Config {
             reload: layers.reload()?,
             listen: layers.listen()?,
             limits: Limits {
-                max_queue: layers.number(cli.max_queue, "RIP_MAX_QUEUE", file.max_queue, defaults::MAX_QUEUE)?,
-                max_body_bytes: layers.number(cli.max_body_bytes, "", file.max_body_bytes, defaults::MAX_BODY_BYTES)?,
+                max_queue: layers.number(
+                    cli.max_queue,
+                    "RIP_MAX_QUEUE",
+                    file.max_queue,
+                    defaults::MAX_QUEUE,
+                )?,
+                max_body_bytes: layers.number(
+                    cli.max_body_bytes,
+                    "",
+                    file.max_body_bytes,
+                    defaults::MAX_BODY_BYTES,
+                )?,
                 max_header_bytes: layers.header_bytes()?,
             },
             timeouts: layers.timeouts()?,
@@ -257,17 +275,24 @@ struct Layers<'a> {
 }
 
 impl Layers<'_> {
-    fn env_parsed<T: std::str::FromStr>(&self, var: &'static str) -> Result<Option<T>, ConfigError> {
+    fn env_parsed<T: std::str::FromStr>(
+        &self,
+        var: &'static str,
+    ) -> Result<Option<T>, ConfigError> {
         if var.is_empty() {
             return Ok(None);
         }
         match self.env.var(var) {
             None => Ok(None),
-            Some(value) => value.trim().parse().map(Some).map_err(|_| ConfigError::Env {
-                var,
-                value,
-                expected: "expected a whole number".into(),
-            }),
+            Some(value) => value
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| ConfigError::Env {
+                    var,
+                    value,
+                    expected: "expected a whole number".into(),
+                }),
         }
     }
 
@@ -305,12 +330,48 @@ impl Layers<'_> {
     fn timeouts(&self) -> Result<Timeouts, ConfigError> {
         let (cli, file) = (self.cli, self.file);
         Ok(Timeouts {
-            queue: self.millis(cli.queue_timeout_ms, "RIP_QUEUE_TIMEOUT_MS", file.queue_timeout_ms, defaults::QUEUE_TIMEOUT_MS, "--queue-timeout-ms")?,
-            connect: self.millis(cli.connect_timeout_ms, "RIP_CONNECT_TIMEOUT_MS", file.connect_timeout_ms, defaults::CONNECT_TIMEOUT_MS, "--connect-timeout-ms")?,
-            read: self.millis(cli.read_timeout_ms, "RIP_READ_TIMEOUT_MS", file.read_timeout_ms, defaults::READ_TIMEOUT_MS, "--read-timeout-ms")?,
-            boot: self.millis(cli.boot_timeout_ms, "", file.boot_timeout_ms, defaults::BOOT_TIMEOUT_MS, "--boot-timeout-ms")?,
-            grace: self.millis(cli.grace_ms, "", file.grace_ms, defaults::GRACE_MS, "--grace-ms")?,
-            header: self.millis(cli.header_timeout_ms, "", file.header_timeout_ms, defaults::HEADER_TIMEOUT_MS, "--header-timeout-ms")?,
+            queue: self.millis(
+                cli.queue_timeout_ms,
+                "RIP_QUEUE_TIMEOUT_MS",
+                file.queue_timeout_ms,
+                defaults::QUEUE_TIMEOUT_MS,
+                "--queue-timeout-ms",
+            )?,
+            connect: self.millis(
+                cli.connect_timeout_ms,
+                "RIP_CONNECT_TIMEOUT_MS",
+                file.connect_timeout_ms,
+                defaults::CONNECT_TIMEOUT_MS,
+                "--connect-timeout-ms",
+            )?,
+            read: self.millis(
+                cli.read_timeout_ms,
+                "RIP_READ_TIMEOUT_MS",
+                file.read_timeout_ms,
+                defaults::READ_TIMEOUT_MS,
+                "--read-timeout-ms",
+            )?,
+            boot: self.millis(
+                cli.boot_timeout_ms,
+                "",
+                file.boot_timeout_ms,
+                defaults::BOOT_TIMEOUT_MS,
+                "--boot-timeout-ms",
+            )?,
+            grace: self.millis(
+                cli.grace_ms,
+                "",
+                file.grace_ms,
+                defaults::GRACE_MS,
+                "--grace-ms",
+            )?,
+            header: self.millis(
+                cli.header_timeout_ms,
+                "",
+                file.header_timeout_ms,
+                defaults::HEADER_TIMEOUT_MS,
+                "--header-timeout-ms",
+            )?,
         })
     }
 
@@ -335,11 +396,17 @@ impl Layers<'_> {
         let count = match (self.args.workers, &self.file.workers) {
             (Some(w), _) => w,
             (None, Some(FileWorkers::Count(n))) => WorkerCount::parse_value(&n.to_string())
-                .map_err(|message| ConfigError::Invalid { setting: "workers", message })?,
-            (None, Some(FileWorkers::Form(form))) => {
-                WorkerCount::parse_value(form.strip_prefix("w:").unwrap_or(form))
-                    .map_err(|message| ConfigError::Invalid { setting: "workers", message })?
-            }
+                .map_err(|message| ConfigError::Invalid {
+                    setting: "workers",
+                    message,
+                })?,
+            (None, Some(FileWorkers::Form(form))) => WorkerCount::parse_value(
+                form.strip_prefix("w:").unwrap_or(form),
+            )
+            .map_err(|message| ConfigError::Invalid {
+                setting: "workers",
+                message,
+            })?,
             (None, None) => WorkerCount::Half,
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -349,16 +416,34 @@ impl Layers<'_> {
     fn restart(&self) -> Result<RestartPolicy, ConfigError> {
         let from_file = match &self.file.restart {
             Some(form) => RestartSpec::parse_value(form.strip_prefix("r:").unwrap_or(form))
-                .map_err(|message| ConfigError::Invalid { setting: "restart", message })?,
+                .map_err(|message| ConfigError::Invalid {
+                    setting: "restart",
+                    message,
+                })?,
             None => RestartSpec::default(),
         };
         let from_cli = self.args.restart.unwrap_or_default();
         let pick = |cli: Option<u64>, var: &'static str, file: Option<u64>, default: u64| {
             self.number(cli, var, file, default)
         };
-        let requests = pick(from_cli.requests, "RIP_MAX_REQUESTS", from_file.requests, defaults::MAX_REQUESTS)?;
-        let seconds = pick(from_cli.seconds, "RIP_MAX_SECONDS", from_file.seconds, defaults::MAX_SECONDS)?;
-        let reloads = pick(from_cli.reloads, "RIP_MAX_RELOADS", from_file.reloads, defaults::MAX_RELOADS)?;
+        let requests = pick(
+            from_cli.requests,
+            "RIP_MAX_REQUESTS",
+            from_file.requests,
+            defaults::MAX_REQUESTS,
+        )?;
+        let seconds = pick(
+            from_cli.seconds,
+            "RIP_MAX_SECONDS",
+            from_file.seconds,
+            defaults::MAX_SECONDS,
+        )?;
+        let reloads = pick(
+            from_cli.reloads,
+            "RIP_MAX_RELOADS",
+            from_file.reloads,
+            defaults::MAX_RELOADS,
+        )?;
         Ok(RestartPolicy {
             max_requests: NonZeroU64::new(requests),
             max_age: (seconds > 0).then(|| Duration::from_secs(seconds)),
@@ -413,11 +498,15 @@ impl Layers<'_> {
     fn env_port(&self) -> Result<Option<u16>, ConfigError> {
         match self.env.var("PORT") {
             None => Ok(None),
-            Some(value) => value.trim().parse().map(Some).map_err(|_| ConfigError::Env {
-                var: "PORT",
-                value,
-                expected: "expected a port number 0-65535".into(),
-            }),
+            Some(value) => value
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| ConfigError::Env {
+                    var: "PORT",
+                    value,
+                    expected: "expected a port number 0-65535".into(),
+                }),
         }
     }
 }
@@ -428,9 +517,13 @@ fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
         source,
     })?;
     toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        let line = e.span().map(|span| {
+            text.as_bytes()[..span.start.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        });
         ConfigError::ParseFile {
             path: path.to_path_buf(),
             message: match line {
@@ -445,7 +538,9 @@ fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
 fn validate_name(name: String) -> Result<String, ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && !name.starts_with('.');
     if ok {
         Ok(name)
@@ -462,7 +557,13 @@ fn validate_name(name: String) -> Result<String, ConfigError> {
 fn sanitize_name(raw: &str) -> String {
     let cleaned: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(64)
         .collect();
     match cleaned.trim_start_matches('.') {
@@ -502,8 +603,10 @@ mod tests {
             crate::cli::Invocation::Serve(args) => args,
             other => panic!("not a serve invocation: {other:?}"),
         };
-        let env: HashMap<String, String> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::build(&cli, &args, &move |k: &str| env.get(k).cloned())
     }
 
@@ -511,7 +614,11 @@ mod tests {
     fn flag_beats_env_beats_file_beats_default() {
         let app = app_dir();
         let file = app.path().join("rip.conf.toml");
-        std::fs::write(&file, "max_queue = 3\nqueue_timeout_ms = 30\nread_timeout_ms = 300\n").unwrap();
+        std::fs::write(
+            &file,
+            "max_queue = 3\nqueue_timeout_ms = 30\nread_timeout_ms = 300\n",
+        )
+        .unwrap();
         let dir = app.path().to_str().unwrap();
         let config_flag = format!("--config={}", file.display());
         let c = build(
@@ -520,9 +627,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.limits.max_queue, 1, "flag wins");
-        assert_eq!(c.timeouts.queue, Duration::from_millis(20), "env beats file");
-        assert_eq!(c.timeouts.read, Duration::from_millis(300), "file beats default");
-        assert_eq!(c.timeouts.connect, Duration::from_millis(defaults::CONNECT_TIMEOUT_MS));
+        assert_eq!(
+            c.timeouts.queue,
+            Duration::from_millis(20),
+            "env beats file"
+        );
+        assert_eq!(
+            c.timeouts.read,
+            Duration::from_millis(300),
+            "file beats default"
+        );
+        assert_eq!(
+            c.timeouts.connect,
+            Duration::from_millis(defaults::CONNECT_TIMEOUT_MS)
+        );
     }
 
     #[test]
@@ -532,7 +650,10 @@ mod tests {
         let c = build(&[dir, "http:0", "r:50"], &[("RIP_MAX_SECONDS", "0")]).unwrap();
         assert_eq!(c.restart.max_requests, NonZeroU64::new(50));
         assert_eq!(c.restart.max_age, None);
-        assert_eq!(c.restart.max_reloads, NonZeroU64::new(defaults::MAX_RELOADS));
+        assert_eq!(
+            c.restart.max_reloads,
+            NonZeroU64::new(defaults::MAX_RELOADS)
+        );
     }
 
     #[test]
@@ -545,7 +666,10 @@ mod tests {
             "environment variable RIP_MAX_QUEUE='lots': expected a whole number"
         );
         let err = build(&[dir, "http:0"], &[("RIP_RELOAD", "hot")]).unwrap_err();
-        assert!(err.to_string().contains("expected none, process or module"), "{err}");
+        assert!(
+            err.to_string().contains("expected none, process or module"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -554,10 +678,16 @@ mod tests {
         let file = app.path().join("bad.toml");
         std::fs::write(&file, "max_queue = 3\nmax_qeue = 4\n").unwrap();
         let dir = app.path().to_str().unwrap();
-        let err = build(&[dir, "http:0", &format!("--config={}", file.display())], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("bad.toml") && err.contains("line 2") && err.contains("max_qeue"), "{err}");
+        let err = build(
+            &[dir, "http:0", &format!("--config={}", file.display())],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("bad.toml") && err.contains("line 2") && err.contains("max_qeue"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -565,7 +695,10 @@ mod tests {
         let app = app_dir();
         let dir = app.path().to_str().unwrap();
         let err = build(&[dir], &[]).unwrap_err().to_string();
-        assert!(err.contains("HTTPS is not available yet") && err.contains("http:PORT"), "{err}");
+        assert!(
+            err.contains("HTTPS is not available yet") && err.contains("http:PORT"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -581,7 +714,11 @@ mod tests {
         let app = app_dir();
         let conf_dir = tempfile::tempdir().unwrap();
         let file = conf_dir.path().join("rip.toml");
-        std::fs::write(&file, format!("app = {:?}\nlisten = \"http:0\"\nworkers = 3\n", app.path())).unwrap();
+        std::fs::write(
+            &file,
+            format!("app = {:?}\nlisten = \"http:0\"\nworkers = 3\n", app.path()),
+        )
+        .unwrap();
         let c = build(&[&format!("--config={}", file.display())], &[]).unwrap();
         assert_eq!(c.app.dir, app.path().canonicalize().unwrap());
         assert_eq!(c.workers, 3);

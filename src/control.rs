@@ -79,7 +79,11 @@ pub async fn bind(path: &Path, name: &str) -> io::Result<UnixListener> {
 }
 
 /// Serves control requests until `shutdown` fires.
-pub async fn serve(listener: UnixListener, state: Arc<ControlState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: UnixListener,
+    state: Arc<ControlState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -123,18 +127,27 @@ async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Ful
         (&Method::POST, "/stop") => {
             tracing::info!("stop requested over the control socket");
             let _ = state.stop.send(true);
-            json(StatusCode::ACCEPTED, &serde_json::json!({ "ok": true, "stopping": true }))
+            json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "ok": true, "stopping": true }),
+            )
         }
         (_, "/server" | "/status" | "/metrics" | "/worker" | "/stop") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /status, /metrics, /stop\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /status, /metrics, /stop\n",
+        ),
     }
 }
 
 async fn status(state: &ControlState) -> Response<Full<Bytes>> {
     let Some(supervisor) = state.supervisor.status().await else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "the supervisor is stopping\n");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor is stopping\n",
+        );
     };
     let body = serde_json::json!({
         "name": state.name,
@@ -181,7 +194,10 @@ async fn worker_op(state: &ControlState, request: Request<Incoming>) -> Response
         }
     };
     let command = match op.op.as_str() {
-        "join" => Command::Join { id: op.worker_id, pid: op.pid },
+        "join" => Command::Join {
+            id: op.worker_id,
+            pid: op.pid,
+        },
         "quit" => Command::Quit { id: op.worker_id },
         other => {
             return text(
@@ -193,24 +209,29 @@ async fn worker_op(state: &ControlState, request: Request<Incoming>) -> Response
     if state.supervisor.send(command).await {
         json(StatusCode::OK, &serde_json::json!({ "ok": true }))
     } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, "the supervisor is stopping\n")
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor is stopping\n",
+        )
     }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = text(status, value.to_string());
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -256,14 +277,23 @@ pub async fn call(
     path: &str,
     body: Bytes,
 ) -> Result<(StatusCode, String), CallError> {
-    let io_error = |message: String| CallError::Io { path: socket.to_path_buf(), message };
-    let stream = UnixStream::connect(socket).await.map_err(|_| CallError::NotRunning {
-        name: socket
-            .file_name()
-            .map(|f| f.to_string_lossy().trim_end_matches(".ctl.sock").to_string())
-            .unwrap_or_default(),
+    let io_error = |message: String| CallError::Io {
         path: socket.to_path_buf(),
-    })?;
+        message,
+    };
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|_| CallError::NotRunning {
+            name: socket
+                .file_name()
+                .map(|f| {
+                    f.to_string_lossy()
+                        .trim_end_matches(".ctl.sock")
+                        .to_string()
+                })
+                .unwrap_or_default(),
+            path: socket.to_path_buf(),
+        })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| io_error(e.to_string()))?;
@@ -275,7 +305,10 @@ pub async fn call(
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(body))
         .map_err(|e| io_error(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(|e| io_error(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| io_error(e.to_string()))?;
     let status = response.status();
     let body = response
         .into_body()

@@ -67,7 +67,10 @@ pub enum Error {
     #[error(transparent)]
     Control(#[from] control::CallError),
     #[error("the instance answered {status}: {body}")]
-    Refused { status: http::StatusCode, body: String },
+    Refused {
+        status: http::StatusCode,
+        body: String,
+    },
 }
 
 /// Longest Unix socket path the kernel accepts (sun_path, minus the NUL).
@@ -125,8 +128,15 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         supervisor: supervisor.clone(),
         stop: stop_tx.clone(),
     });
-    let control_task = tokio::spawn(control::serve(control_listener, control_state, control_stop_rx));
-    let options = ServeOptions { limits: config.limits, timeouts: config.timeouts };
+    let control_task = tokio::spawn(control::serve(
+        control_listener,
+        control_state,
+        control_stop_rx,
+    ));
+    let options = ServeOptions {
+        limits: config.limits,
+        timeouts: config.timeouts,
+    };
     let listener_task = tokio::spawn(listen::serve(listener, router, options, stop_rx.clone()));
 
     println!(
@@ -188,7 +198,10 @@ pub async fn control_command(cli: &Cli, command: Command) -> Result<(), Error> {
     };
     let (status, body) = control::call(&socket, method, path, bytes::Bytes::new()).await?;
     if !status.is_success() {
-        return Err(Error::Refused { status, body: body.trim().to_string() });
+        return Err(Error::Refused {
+            status,
+            body: body.trim().to_string(),
+        });
     }
     match command {
         Command::Status => match serde_json::from_str::<serde_json::Value>(&body) {
@@ -213,7 +226,9 @@ async fn wait_until_gone(socket: &Path) {
 }
 
 fn loader_path(config: &Config) -> PathBuf {
-    config.runtime_dir.join(format!("{}.loader.mjs", config.name))
+    config
+        .runtime_dir
+        .join(format!("{}.loader.mjs", config.name))
 }
 
 /// How workers of this app are started.
@@ -225,7 +240,10 @@ fn spawner(config: &Config, control_path: &Path) -> Result<Spawner, Error> {
                 path: loader.clone(),
                 message: format!("cannot write the node loader: {e}"),
             })?;
-            (config.js_runtime.program().into(), vec![loader.into_os_string()])
+            (
+                config.js_runtime.program().into(),
+                vec![loader.into_os_string()],
+            )
         }
         EntryKind::Executable => (config.app.entry.clone().into_os_string(), Vec::new()),
     };
@@ -243,7 +261,10 @@ fn spawner(config: &Config, control_path: &Path) -> Result<Spawner, Error> {
 
 /// Creates the runtime directory 0700 and refuses one owned by someone else.
 fn prepare_runtime_dir(dir: &Path) -> Result<(), Error> {
-    let fail = |message: String| Error::RuntimeDir { path: dir.to_path_buf(), message };
+    let fail = |message: String| Error::RuntimeDir {
+        path: dir.to_path_buf(),
+        message,
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -264,7 +285,10 @@ fn prepare_runtime_dir(dir: &Path) -> Result<(), Error> {
 fn check_socket_path(config: &Config, control_path: &Path) -> Result<(), Error> {
     // Worker sockets are `<name>.w<id>.sock`; leave room for a long id.
     let longest = control_path.as_os_str().len().max(
-        config.runtime_dir.as_os_str().len() + config.name.len() + ".w18446744073709.sock".len() + 1,
+        config.runtime_dir.as_os_str().len()
+            + config.name.len()
+            + ".w18446744073709.sock".len()
+            + 1,
     );
     if longest > MAX_SOCKET_PATH {
         return Err(Error::RuntimeDir {
@@ -281,7 +305,9 @@ fn check_socket_path(config: &Config, control_path: &Path) -> Result<(), Error> 
 /// Removes worker sockets a killed instance of the same name left behind.
 fn remove_stale_worker_sockets(dir: &Path, name: &str) {
     let prefix = format!("{name}.w");
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let file = entry.file_name();
         let file = file.to_string_lossy();
@@ -298,8 +324,12 @@ fn remove_stale_worker_sockets(dir: &Path, name: &str) {
 
 /// Tells systemd (Type=notify) that the server is ready, if it is listening.
 fn notify_systemd_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
     let bytes = path.as_encoded_bytes();
     let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;

@@ -23,7 +23,9 @@ pub fn init(logging: Logging) -> WorkerGuard {
             filter = filter.add_directive(directive);
         }
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     let installed = if logging.json {
         builder.json().flatten_event(true).try_init()
     } else {

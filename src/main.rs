@@ -8,13 +8,18 @@ use rip_server::cli::{Cli, Invocation};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
     let result = match cli.invocation() {
         Ok(Invocation::Serve(args)) => runtime.block_on(rip_server::serve(&cli, &args)),
-        Ok(Invocation::Control(command)) => runtime.block_on(rip_server::control_command(&cli, command)),
+        Ok(Invocation::Control(command)) => {
+            runtime.block_on(rip_server::control_command(&cli, command))
+        }
         Err(e) => Err(e.into()),
     };
     match result {

@@ -43,12 +43,14 @@ pub struct WorkerEnv {
 impl WorkerEnv {
     /// Reads `RIP_SOCKET`, `RIP_WORKER_ID`, `RIP_VERSION` and `RIP_CONTROL`.
     pub fn from_env() -> Result<Self, String> {
-        let socket = std::env::var_os("RIP_SOCKET")
-            .map(PathBuf::from)
-            .ok_or("RIP_SOCKET is not set: this program is a rip-server worker; run it with rip-server")?;
+        let socket = std::env::var_os("RIP_SOCKET").map(PathBuf::from).ok_or(
+            "RIP_SOCKET is not set: this program is a rip-server worker; run it with rip-server",
+        )?;
         let number = |name: &str| -> Result<u64, String> {
             match std::env::var(name) {
-                Ok(v) => v.parse().map_err(|_| format!("{name}='{v}': expected a whole number")),
+                Ok(v) => v
+                    .parse()
+                    .map_err(|_| format!("{name}='{v}': expected a whole number")),
                 Err(_) => Ok(0),
             }
         };
@@ -64,7 +66,8 @@ impl WorkerEnv {
 /// A plain-text response.
 pub fn text(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -110,7 +113,9 @@ where
             let service = service_fn(move |request| {
                 let shared = shared.clone();
                 let handler = handler.clone();
-                async move { Ok::<_, std::convert::Infallible>(dispatch(&shared, &*handler, request).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(dispatch(&shared, &*handler, request).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -132,7 +137,11 @@ where
     Ok(())
 }
 
-async fn dispatch<H, F>(shared: &Shared, handler: &H, request: Request<Incoming>) -> Response<Full<Bytes>>
+async fn dispatch<H, F>(
+    shared: &Shared,
+    handler: &H,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>>
 where
     H: Fn(Request<Incoming>) -> F,
     F: Future<Output = Response<Full<Bytes>>>,
@@ -156,13 +165,17 @@ where
         shared.idle.notify_waiters();
         response
     };
-    response.headers_mut().insert("rip-worker-id", shared.worker_id.clone());
+    response
+        .headers_mut()
+        .insert("rip-worker-id", shared.worker_id.clone());
     response
 }
 
 fn signal_response(header: &'static str) -> Response<Full<Bytes>> {
     let mut response = text(503, "worker unavailable\n");
-    response.headers_mut().insert(header, HeaderValue::from_static("1"));
+    response
+        .headers_mut()
+        .insert(header, HeaderValue::from_static("1"));
     response
 }
 
@@ -176,6 +189,11 @@ async fn announce(env: &WorkerEnv, op: &str) {
         "pid": std::process::id(),
         "version": env.version,
     });
-    let call = crate::control::call(control, Method::POST, "/worker", Bytes::from(body.to_string()));
+    let call = crate::control::call(
+        control,
+        Method::POST,
+        "/worker",
+        Bytes::from(body.to_string()),
+    );
     let _ = tokio::time::timeout(Duration::from_secs(1), call).await;
 }

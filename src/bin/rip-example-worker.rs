@@ -32,7 +32,10 @@ async fn handle(request: Request<Incoming>, id: u64, version: u64) -> Response<F
     let query = request.uri().query().unwrap_or("").to_string();
     match path.as_str() {
         "/ping" => text(200, "pong"),
-        "/" => text(200, format!("{{\"hello\":\"rip-server\",\"worker\":{id},\"version\":{version}}}")),
+        "/" => text(
+            200,
+            format!("{{\"hello\":\"rip-server\",\"worker\":{id},\"version\":{version}}}"),
+        ),
         "/sleep" => {
             let ms = query_number(&query, "ms").unwrap_or(100).min(60_000);
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
@@ -47,7 +50,10 @@ async fn handle(request: Request<Incoming>, id: u64, version: u64) -> Response<F
             text(200, format!("{method} {path} {}", body.len()))
         }
         "/exit" => std::process::exit(1),
-        _ => match path.strip_prefix("/status/").and_then(|s| s.parse::<u16>().ok()) {
+        _ => match path
+            .strip_prefix("/status/")
+            .and_then(|s| s.parse::<u16>().ok())
+        {
             Some(code) => text(code, ""),
             None => text(404, "not found"),
         },

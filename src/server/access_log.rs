@@ -33,10 +33,10 @@ impl AccessRecord {
         AccessRecord {
             host,
             method: parts.method.clone(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.path().to_string(), |pq| pq.as_str().to_string()),
+            path: parts.uri.path_and_query().map_or_else(
+                || parts.uri.path().to_string(),
+                |pq| pq.as_str().to_string(),
+            ),
             status: 0,
             bytes: 0,
             started,

@@ -12,9 +12,9 @@
 //! worker is in an unknown state and is re-dialled before its next use.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -192,7 +192,11 @@ impl WorkerBody {
 impl Drop for WorkerBody {
     fn drop(&mut self) {
         // hyper may stop polling once `is_end_stream` says the body is over.
-        let outcome = if self.inner.is_end_stream() { "ok" } else { "client-closed" };
+        let outcome = if self.inner.is_end_stream() {
+            "ok"
+        } else {
+            "client-closed"
+        };
         self.finish(outcome);
     }
 }
@@ -207,7 +211,9 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let body = match self.get_mut() {
             ResponseBody::Local(full) => {
-                return Pin::new(full).poll_frame(cx).map_err(|never| match never {})
+                return Pin::new(full)
+                    .poll_frame(cx)
+                    .map_err(|never| match never {})
             }
             ResponseBody::Worker(body) => body,
         };

@@ -35,10 +35,13 @@ const FALLBACK_PORTS: u16 = 1_000;
 pub async fn bind(choice: PortChoice) -> io::Result<TcpListener> {
     let bind_port = |port: u16| TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)));
     match choice {
-        PortChoice::Fixed(port) => bind_port(port).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on port {port}: {e}"))
-        }),
-        PortChoice::FirstFree { preferred, fallback_from } => {
+        PortChoice::Fixed(port) => bind_port(port)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on port {port}: {e}"))),
+        PortChoice::FirstFree {
+            preferred,
+            fallback_from,
+        } => {
             if let Ok(listener) = bind_port(preferred).await {
                 return Ok(listener);
             }
@@ -100,14 +103,19 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         backoff = Duration::from_millis(5);
-        let client = ClientInfo { ip: peer.ip(), scheme: Scheme::Http };
+        let client = ClientInfo {
+            ip: peer.ip(),
+            scheme: Scheme::Http,
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let service = service_fn(move |request| {
             let router = router.clone();
             async move { Ok::<_, Infallible>(router.handle(request, client).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let watched = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = watched.await {
@@ -117,7 +125,10 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(options.timeouts.grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(options.timeouts.grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             grace_ms = options.timeouts.grace.as_millis() as u64,
             "client connections still open after the grace period; closing them"

@@ -41,7 +41,10 @@ impl Histogram {
         cumulative += self.overflow.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {cumulative}"
+        );
     }
 }
 
@@ -59,6 +62,7 @@ pub struct Metrics {
     pub rolls_succeeded: AtomicU64,
     pub rolls_failed: AtomicU64,
     pub module_reloads: AtomicU64,
+    pub busy_retries: AtomicU64,
 }
 
 impl Metrics {
@@ -75,6 +79,7 @@ impl Metrics {
             rolls_succeeded: AtomicU64::new(0),
             rolls_failed: AtomicU64::new(0),
             module_reloads: AtomicU64::new(0),
+            busy_retries: AtomicU64::new(0),
         }
     }
 
@@ -98,24 +103,65 @@ impl Metrics {
         for (status, count) in self.responses.iter().enumerate() {
             let count = count.load(Ordering::Relaxed);
             if count > 0 {
-                let _ = writeln!(out, "rip_requests_total{{{labels},status=\"{status}\"}} {count}");
+                let _ = writeln!(
+                    out,
+                    "rip_requests_total{{{labels},status=\"{status}\"}} {count}"
+                );
             }
         }
-        self.queue_wait.render(out, "rip_queue_wait_seconds", "Time requests waited for a worker.", &labels);
+        self.queue_wait.render(
+            out,
+            "rip_queue_wait_seconds",
+            "Time requests waited for a worker.",
+            &labels,
+        );
         self.upstream_latency.render(
             out,
             "rip_upstream_latency_seconds",
             "Time from sending a request to a worker to its response headers.",
             &labels,
         );
-        let counters: [(&str, &str, &AtomicU64); 7] = [
-            ("rip_worker_starts_total", "Worker processes started.", &self.worker_starts),
-            ("rip_worker_crashes_total", "Workers that exited unexpectedly or failed to boot.", &self.worker_crashes),
-            ("rip_worker_recycles_total", "Workers recycled by the restart policy.", &self.worker_recycles),
-            ("rip_rolls_started_total", "Rolling restarts started.", &self.rolls_started),
-            ("rip_rolls_succeeded_total", "Rolling restarts that switched to a new generation.", &self.rolls_succeeded),
-            ("rip_rolls_failed_total", "Rolling restarts abandoned; the old generation kept serving.", &self.rolls_failed),
-            ("rip_module_reloads_total", "In-worker module reloads signalled.", &self.module_reloads),
+        let counters: [(&str, &str, &AtomicU64); 8] = [
+            (
+                "rip_busy_retries_total",
+                "Requests moved to another worker after a busy answer.",
+                &self.busy_retries,
+            ),
+            (
+                "rip_worker_starts_total",
+                "Worker processes started.",
+                &self.worker_starts,
+            ),
+            (
+                "rip_worker_crashes_total",
+                "Workers that exited unexpectedly or failed to boot.",
+                &self.worker_crashes,
+            ),
+            (
+                "rip_worker_recycles_total",
+                "Workers recycled by the restart policy.",
+                &self.worker_recycles,
+            ),
+            (
+                "rip_rolls_started_total",
+                "Rolling restarts started.",
+                &self.rolls_started,
+            ),
+            (
+                "rip_rolls_succeeded_total",
+                "Rolling restarts that switched to a new generation.",
+                &self.rolls_succeeded,
+            ),
+            (
+                "rip_rolls_failed_total",
+                "Rolling restarts abandoned; the old generation kept serving.",
+                &self.rolls_failed,
+            ),
+            (
+                "rip_module_reloads_total",
+                "In-worker module reloads signalled.",
+                &self.module_reloads,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -125,13 +171,24 @@ impl Metrics {
             );
         }
         let gauges = [
-            ("rip_workers_idle", "Workers waiting for a request.", pool.idle),
+            (
+                "rip_workers_idle",
+                "Workers waiting for a request.",
+                pool.idle,
+            ),
             ("rip_workers_busy", "Workers serving a request.", pool.busy),
             ("rip_workers_booting", "Workers starting.", pool.booting),
-            ("rip_queue_depth", "Requests waiting for a worker.", pool.queued),
+            (
+                "rip_queue_depth",
+                "Requests waiting for a worker.",
+                pool.queued,
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}"
+            );
         }
         let _ = writeln!(
             out,

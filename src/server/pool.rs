@@ -138,7 +138,9 @@ impl<C: Send + 'static> Pool<C> {
     fn lock(&self) -> MutexGuard<'_, State<C>> {
         // A panic while holding this lock would be a bug in this module; the
         // state is still consistent between statements, so keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Takes a worker: the warmest idle one, or the next to be released.
@@ -164,7 +166,11 @@ impl<C: Send + 'static> Pool<C> {
             state.waiters.push_back(Waiter { ticket, tx });
             (ticket, rx)
         };
-        let mut guard = QueueGuard { pool: self, ticket, rx: Some(rx) };
+        let mut guard = QueueGuard {
+            pool: self,
+            ticket,
+            rx: Some(rx),
+        };
         // Internal invariant: the receiver is taken only by `reclaim`, below or on drop.
         let rx = guard.rx.as_mut().expect("waiter holds its receiver");
         let outcome = tokio::time::timeout(self.queue_timeout, rx).await;
@@ -201,7 +207,11 @@ impl<C: Send + 'static> Pool<C> {
             id,
             Member {
                 generation,
-                state: if standby { MemberState::Standby } else { MemberState::Busy },
+                state: if standby {
+                    MemberState::Standby
+                } else {
+                    MemberState::Busy
+                },
                 served: 0,
                 request_limit,
             },
@@ -241,7 +251,8 @@ impl<C: Send + 'static> Pool<C> {
     /// Returns true if it was idle or on standby (nothing in flight).
     pub fn remove(&self, id: WorkerId) -> bool {
         let mut state = self.lock();
-        let was_free = state.idle.iter().any(|c| c.id == id) || state.standby.iter().any(|c| c.id == id);
+        let was_free =
+            state.idle.iter().any(|c| c.id == id) || state.standby.iter().any(|c| c.id == id);
         state.idle.retain(|c| c.id != id);
         state.standby.retain(|c| c.id != id);
         state.members.remove(&id);
@@ -271,7 +282,11 @@ impl<C: Send + 'static> Pool<C> {
 
     pub fn stats(&self) -> PoolStats {
         let state = self.lock();
-        let busy = state.members.values().filter(|m| m.state == MemberState::Busy).count();
+        let busy = state
+            .members
+            .values()
+            .filter(|m| m.state == MemberState::Busy)
+            .count();
         PoolStats {
             generation: state.admitting,
             idle: state.idle.len(),
@@ -284,7 +299,11 @@ impl<C: Send + 'static> Pool<C> {
 
     /// Requests served by each admitted worker.
     pub fn served(&self) -> HashMap<WorkerId, u64> {
-        self.lock().members.iter().map(|(&id, m)| (id, m.served)).collect()
+        self.lock()
+            .members
+            .iter()
+            .map(|(&id, m)| (id, m.served))
+            .collect()
     }
 
     /// Everything reported since the last call.
@@ -343,12 +362,19 @@ enum Placement {
 
 impl<C> State<C> {
     fn admitted_members(&self) -> usize {
-        self.members.values().filter(|m| m.generation == self.admitting).count()
+        self.members
+            .values()
+            .filter(|m| m.generation == self.admitting)
+            .count()
     }
 
     fn mark_busy(&mut self, id: WorkerId) {
         if let Some(member) = self.members.get_mut(&id) {
-            debug_assert_eq!(member.state, MemberState::Idle, "worker {id} checked out twice");
+            debug_assert_eq!(
+                member.state,
+                MemberState::Idle,
+                "worker {id} checked out twice"
+            );
             member.state = MemberState::Busy;
         }
     }
@@ -416,7 +442,11 @@ pub struct Lease<C: Send + 'static> {
 
 impl<C: Send + 'static> Lease<C> {
     fn new(pool: Arc<Pool<C>>, checkout: Checkout<C>) -> Self {
-        Lease { pool, checkout: Some(checkout), placement: Placement::Top }
+        Lease {
+            pool,
+            checkout: Some(checkout),
+            placement: Placement::Top,
+        }
     }
 
     pub fn worker_id(&self) -> WorkerId {
@@ -425,7 +455,11 @@ impl<C: Send + 'static> Lease<C> {
 
     pub fn conn(&mut self) -> &mut C {
         // Present from construction until drop or retire, which consume the lease.
-        &mut self.checkout.as_mut().expect("lease holds its checkout until consumed").conn
+        &mut self
+            .checkout
+            .as_mut()
+            .expect("lease holds its checkout until consumed")
+            .conn
     }
 
     /// Returns the worker as the least preferred idle worker (it said "busy").

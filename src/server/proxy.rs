@@ -84,8 +84,12 @@ impl Rejection {
 
     fn message(self) -> &'static str {
         match self {
-            Rejection::Unavailable(Unavailable::QueueFull) => "server busy: the request queue is full, retry shortly\n",
-            Rejection::Unavailable(Unavailable::QueueTimeout) => "timed out waiting for a free worker\n",
+            Rejection::Unavailable(Unavailable::QueueFull) => {
+                "server busy: the request queue is full, retry shortly\n"
+            }
+            Rejection::Unavailable(Unavailable::QueueTimeout) => {
+                "timed out waiting for a free worker\n"
+            }
             Rejection::Unavailable(Unavailable::NoWorkers) => "no worker is running for this app\n",
             Rejection::Unavailable(Unavailable::ShuttingDown) => "server is shutting down\n",
             Rejection::NoWorkerTook => "no worker could take the request, retry shortly\n",
@@ -99,7 +103,10 @@ impl Rejection {
         let mut response = Response::new(ResponseBody::text(self.message()));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -145,10 +152,16 @@ enum Attempt {
 
 impl Proxy {
     /// Answers one client request through a worker.
-    pub async fn forward(&self, request: Request<Incoming>, client: ClientInfo) -> Response<ResponseBody> {
+    pub async fn forward(
+        &self,
+        request: Request<Incoming>,
+        client: ClientInfo,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
-        let mut record = self.access_log.then(|| AccessRecord::begin(&parts, started));
+        let mut record = self
+            .access_log
+            .then(|| AccessRecord::begin(&parts, started));
 
         let response = match self.exchange(parts, body, client, &mut record).await {
             Ok(response) => response,
@@ -186,14 +199,18 @@ impl Proxy {
         let mut pending = Some(if replay.is_some() {
             build(parts.method, uri, headers, RequestBody::Empty)
         } else {
-            let (body, sent) = RequestBody::client(body, self.limits.max_body_bytes, self.timeouts.header);
+            let (body, sent) =
+                RequestBody::client(body, self.limits.max_body_bytes, self.timeouts.header);
             body_sent = Some(sent);
             build(parts.method, uri, headers, body)
         });
 
         let mut queued = Duration::ZERO;
         for _ in 0..MAX_ATTEMPTS {
-            let request = match pending.take().or_else(|| replay.as_ref().map(Replay::request)) {
+            let request = match pending
+                .take()
+                .or_else(|| replay.as_ref().map(Replay::request))
+            {
                 Some(request) => request,
                 None => break,
             };
@@ -214,11 +231,19 @@ impl Proxy {
                 }
                 Attempt::NotSent(request) => {
                     let id = lease.worker_id();
-                    tracing::warn!(worker = id, "worker unreachable before the request was sent; trying another");
+                    tracing::warn!(
+                        worker = id,
+                        "worker unreachable before the request was sent; trying another"
+                    );
                     lease.retire(Report::Unreachable(id));
                     pending = Some(request);
                 }
                 Attempt::Busy(response) if replay.is_some() => {
+                    tracing::debug!(
+                        worker = lease.worker_id(),
+                        "worker answered busy; trying another"
+                    );
+                    Metrics::incr(&self.metrics.busy_retries);
                     discard_body(&mut lease, response, self.timeouts.connect).await;
                     lease.release_to_bottom();
                 }
@@ -299,7 +324,11 @@ impl Proxy {
                     let error = e.into_error();
                     let too_large = error_chain_has::<super::body::BodyTooLarge>(&error);
                     tracing::warn!(worker = lease.worker_id(), error = %error, "request to worker failed");
-                    Attempt::Failed(if too_large { Rejection::BodyTooLarge } else { Rejection::WorkerFailed })
+                    Attempt::Failed(if too_large {
+                        Rejection::BodyTooLarge
+                    } else {
+                        Rejection::WorkerFailed
+                    })
                 }
             },
         }
@@ -343,7 +372,11 @@ fn forwarded_headers(parts: &http::request::Parts, client: ClientInfo) -> Header
     strip_hop_by_hop(&mut headers);
     strip_internal(&mut headers);
     if !headers.contains_key(header::HOST) {
-        if let Some(host) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        if let Some(host) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             headers.insert(header::HOST, host);
         }
     }
@@ -355,7 +388,10 @@ fn forwarded_headers(parts: &http::request::Parts, client: ClientInfo) -> Header
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(client.scheme.as_str()));
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(client.scheme.as_str()),
+    );
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert("x-forwarded-host", host);
     }
@@ -415,7 +451,9 @@ async fn discard_body(lease: &mut Lease<Upstream>, response: Response<Incoming>,
     }
 }
 
-fn error_chain_has<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+fn error_chain_has<E: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
     let mut current = Some(error);
     while let Some(e) = current {
         if e.is::<E>() {
@@ -442,7 +480,10 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = request.into_parts();
-        let client = ClientInfo { ip: "127.0.0.1".parse().unwrap(), scheme: Scheme::Http };
+        let client = ClientInfo {
+            ip: "127.0.0.1".parse().unwrap(),
+            scheme: Scheme::Http,
+        };
         let headers = forwarded_headers(&parts, client);
         assert!(headers.get("rip-worker-busy").is_none());
         assert!(headers.get("rip-probe").is_none());
@@ -459,7 +500,10 @@ mod tests {
     #[test]
     fn statuses_follow_the_design_table() {
         assert_eq!(Rejection::Unavailable(Unavailable::QueueFull).status(), 503);
-        assert_eq!(Rejection::Unavailable(Unavailable::QueueTimeout).status(), 504);
+        assert_eq!(
+            Rejection::Unavailable(Unavailable::QueueTimeout).status(),
+            504
+        );
         assert_eq!(Rejection::Unavailable(Unavailable::NoWorkers).status(), 503);
         assert_eq!(Rejection::WorkerTimeout.status(), 504);
         assert_eq!(Rejection::WorkerFailed.status(), 502);

@@ -21,8 +21,14 @@ impl Router {
         Router { proxy }
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, client: ClientInfo) -> Response<ResponseBody> {
-        if request.uri().path() == "/server" && matches!(*request.method(), Method::GET | Method::HEAD) {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client: ClientInfo,
+    ) -> Response<ResponseBody> {
+        if request.uri().path() == "/server"
+            && matches!(*request.method(), Method::GET | Method::HEAD)
+        {
             return server_ok();
         }
         self.proxy.forward(request, client).await

@@ -101,7 +101,12 @@ impl Upstream {
             .body(RequestBody::Empty);
         let request = match request {
             Ok(request) => request,
-            Err(e) => return Err(DialError::Io { socket, source: io::Error::other(e) }),
+            Err(e) => {
+                return Err(DialError::Io {
+                    socket,
+                    source: io::Error::other(e),
+                })
+            }
         };
         let exchange = async {
             let response = sender.send_request(request).await?;
@@ -125,10 +130,12 @@ impl Upstream {
 
 async fn dial(socket: &Path, timeout: Duration) -> Result<SendRequest<RequestBody>, DialError> {
     let connect = async {
-        let stream = UnixStream::connect(socket).await.map_err(|source| DialError::Io {
-            socket: socket.to_path_buf(),
-            source,
-        })?;
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|source| DialError::Io {
+                socket: socket.to_path_buf(),
+                source,
+            })?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -55,9 +55,14 @@ const TICK: Duration = Duration::from_millis(100);
 pub enum Command {
     Status(oneshot::Sender<SupervisorStatus>),
     /// A worker announced itself (`POST /worker {"op":"join"}`).
-    Join { id: WorkerId, pid: Option<u32> },
+    Join {
+        id: WorkerId,
+        pid: Option<u32>,
+    },
     /// A worker announced it is leaving (`POST /worker {"op":"quit"}`).
-    Quit { id: WorkerId },
+    Quit {
+        id: WorkerId,
+    },
     /// Stop every worker and return.
     Stop(oneshot::Sender<()>),
 }
@@ -71,8 +76,14 @@ enum RecycleReason {
 
 #[derive(Debug)]
 enum WorkerState {
-    Booting { deadline: Instant, task: AbortHandle },
-    Serving { since: Instant, due: Option<RecycleReason> },
+    Booting {
+        deadline: Instant,
+        task: AbortHandle,
+    },
+    Serving {
+        since: Instant,
+        due: Option<RecycleReason>,
+    },
     /// Told to finish and exit; killed at `kill_at`.
     Draining { kill_at: Instant, killed: bool },
 }
@@ -118,7 +129,9 @@ enum Slot {
 impl Slot {
     fn failures(self) -> u32 {
         match self {
-            Slot::Open { failures } | Slot::Backoff { failures, .. } | Slot::GaveUp { failures } => failures,
+            Slot::Open { failures }
+            | Slot::Backoff { failures, .. }
+            | Slot::GaveUp { failures } => failures,
         }
     }
 }
@@ -212,7 +225,7 @@ impl Supervisor {
     ) -> (SupervisorHandle, tokio::task::JoinHandle<()>) {
         let (commands_tx, commands) = mpsc::channel(64);
         let (events_tx, events) = mpsc::channel(256);
-        let supervisor = Supervisor {
+        let mut supervisor = Supervisor {
             slots: vec![Slot::Open { failures: 0 }; settings.workers],
             settings,
             spawner,
@@ -226,14 +239,21 @@ impl Supervisor {
             events,
             on_ready: Some(on_ready),
         };
+        // Spawn the first workers now, so the pool counts them as booting
+        // before the listener takes its first request.
+        supervisor.reconcile();
         let task = tokio::spawn(supervisor.run(commands));
-        (SupervisorHandle { commands: commands_tx }, task)
+        (
+            SupervisorHandle {
+                commands: commands_tx,
+            },
+            task,
+        )
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.reconcile();
         let pool = self.pool.clone();
         loop {
             tokio::select! {
@@ -298,11 +318,14 @@ impl Supervisor {
     fn spawn(&mut self, slot: usize, replaces: Option<WorkerId>) {
         let id = self.next_id;
         self.next_id += 1;
-        let process = match self.spawner.spawn(id, self.generation, self.events_tx.clone()) {
+        let process = match self
+            .spawner
+            .spawn(id, self.generation, self.events_tx.clone())
+        {
             Ok(process) => process,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start a worker; check the app entry and runtime (node) are installed");
-                self.record_failure(slot, Instant::now());
+                self.record_failure(slot);
                 return;
             }
         };
@@ -312,7 +335,13 @@ impl Supervisor {
         let deadline = now + timeouts.boot;
         let joined = Arc::new(Notify::new());
         let events = self.events_tx.clone();
-        let boot = worker::boot(process.socket.clone(), deadline, joined.clone(), timeouts.connect, timeouts.boot);
+        let boot = worker::boot(
+            process.socket.clone(),
+            deadline,
+            joined.clone(),
+            timeouts.connect,
+            timeouts.boot,
+        );
         let task = tokio::spawn(async move {
             let result = boot.await;
             let _ = events.send(Event::Booted { id, result }).await;
@@ -326,7 +355,10 @@ impl Supervisor {
                 generation: self.generation,
                 process,
                 started: now,
-                state: WorkerState::Booting { deadline, task: task.abort_handle() },
+                state: WorkerState::Booting {
+                    deadline,
+                    task: task.abort_handle(),
+                },
                 replaces,
                 age_deadline: policy.max_age.map(|age| now + jittered(age)),
                 request_limit: policy.max_requests.map(|n| jittered_count(n.get())),
@@ -338,23 +370,35 @@ impl Supervisor {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Booted { id, result: Ok(upstream) } => self.on_ready(id, upstream),
+            Event::Booted {
+                id,
+                result: Ok(upstream),
+            } => self.on_ready(id, *upstream),
             Event::Booted { id, result: Err(e) } => self.on_boot_failed(id, e),
             Event::Exited { id, status } => self.on_exit(id, status),
         }
     }
 
-    fn on_ready(&mut self, id: WorkerId, upstream: Box<Upstream>) {
-        let Some(worker) = self.workers.get_mut(&id) else { return };
+    fn on_ready(&mut self, id: WorkerId, upstream: Upstream) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
         if !matches!(worker.state, WorkerState::Booting { .. }) {
             return;
         }
-        if self.pool.admit(id, worker.generation, worker.request_limit, *upstream).is_err() {
+        if self
+            .pool
+            .admit(id, worker.generation, worker.request_limit, upstream)
+            .is_err()
+        {
             // Its generation is no longer admitted: it is not needed.
             self.drain(id);
             return;
         }
-        worker.state = WorkerState::Serving { since: Instant::now(), due: None };
+        worker.state = WorkerState::Serving {
+            since: Instant::now(),
+            due: None,
+        };
         tracing::info!(
             worker = id,
             pid = worker.process.pid,
@@ -362,14 +406,20 @@ impl Supervisor {
             "worker ready"
         );
         if let Some(old) = worker.replaces.take() {
-            tracing::info!(worker = old, replacement = id, "recycled worker replaced; draining it");
+            tracing::info!(
+                worker = old,
+                replacement = id,
+                "recycled worker replaced; draining it"
+            );
             Metrics::incr(&self.metrics.worker_recycles);
             self.drain(old);
         }
     }
 
     fn on_boot_failed(&mut self, id: WorkerId, error: BootError) {
-        let Some(worker) = self.workers.get(&id) else { return };
+        let Some(worker) = self.workers.get(&id) else {
+            return;
+        };
         tracing::error!(
             worker = id,
             pid = worker.process.pid,
@@ -379,11 +429,13 @@ impl Supervisor {
         Metrics::incr(&self.metrics.worker_crashes);
         let slot = worker.slot;
         self.kill(id);
-        self.record_failure(slot, Instant::now());
+        self.record_failure(slot);
     }
 
     fn on_exit(&mut self, id: WorkerId, status: std::io::Result<std::process::ExitStatus>) {
-        let Some(worker) = self.workers.remove(&id) else { return };
+        let Some(worker) = self.workers.remove(&id) else {
+            return;
+        };
         worker::remove_stale(&worker.process.socket);
         self.pool.remove(id);
         let status = match status {
@@ -403,7 +455,7 @@ impl Supervisor {
                     "worker exited while starting; its output is above. It will be retried with backoff"
                 );
                 Metrics::incr(&self.metrics.worker_crashes);
-                self.record_failure(worker.slot, worker.started);
+                self.record_failure(worker.slot);
             }
             WorkerState::Serving { since, .. } => {
                 tracing::error!(
@@ -415,16 +467,22 @@ impl Supervisor {
                 );
                 Metrics::incr(&self.metrics.worker_crashes);
                 self.restarts += 1;
-                let failures = if since.elapsed() >= STABLE_AFTER { 0 } else { worker.prior_failures };
+                let failures = if since.elapsed() >= STABLE_AFTER {
+                    0
+                } else {
+                    worker.prior_failures
+                };
                 self.slots[worker.slot] = Slot::Open { failures };
-                self.record_failure(worker.slot, worker.started);
+                self.record_failure(worker.slot);
             }
         }
     }
 
     /// Counts a failed start or crash of `slot` and schedules its retry.
-    fn record_failure(&mut self, slot: usize, _started: Instant) {
-        let Some(current) = self.slots.get(slot).copied() else { return };
+    fn record_failure(&mut self, slot: usize) {
+        let Some(current) = self.slots.get(slot).copied() else {
+            return;
+        };
         let failures = current.failures() + 1;
         self.slots[slot] = if failures >= GIVE_UP_AFTER {
             tracing::error!(
@@ -434,9 +492,19 @@ impl Supervisor {
             );
             Slot::GaveUp { failures }
         } else {
-            let delay = FIRST_BACKOFF.saturating_mul(1 << (failures - 1).min(5)).min(MAX_BACKOFF);
-            tracing::warn!(slot, failures, retry_in_ms = delay.as_millis() as u64, "worker slot backing off");
-            Slot::Backoff { at: Instant::now() + delay, failures }
+            let delay = FIRST_BACKOFF
+                .saturating_mul(1 << (failures - 1).min(5))
+                .min(MAX_BACKOFF);
+            tracing::warn!(
+                slot,
+                failures,
+                retry_in_ms = delay.as_millis() as u64,
+                "worker slot backing off"
+            );
+            Slot::Backoff {
+                at: Instant::now() + delay,
+                failures,
+            }
         };
     }
 
@@ -445,7 +513,9 @@ impl Supervisor {
             Report::Hung(id) | Report::Unreachable(id) => {
                 if let Some(worker) = self.workers.get(&id) {
                     // Replaced at once: the slot stays open (this is not a crash).
-                    self.slots[worker.slot] = Slot::Open { failures: worker.prior_failures };
+                    self.slots[worker.slot] = Slot::Open {
+                        failures: worker.prior_failures,
+                    };
                     self.restarts += 1;
                     self.kill(id);
                 }
@@ -455,9 +525,17 @@ impl Supervisor {
     }
 
     fn mark_due(&mut self, id: WorkerId, reason: RecycleReason) {
-        if let Some(Worker { state: WorkerState::Serving { due, .. }, .. }) = self.workers.get_mut(&id) {
+        if let Some(Worker {
+            state: WorkerState::Serving { due, .. },
+            ..
+        }) = self.workers.get_mut(&id)
+        {
             if due.is_none() {
-                tracing::info!(worker = id, ?reason, "worker due for recycling; starting its replacement");
+                tracing::info!(
+                    worker = id,
+                    ?reason,
+                    "worker due for recycling; starting its replacement"
+                );
                 *due = Some(reason);
             }
         }
@@ -469,7 +547,9 @@ impl Supervisor {
                 let _ = reply.send(self.status());
             }
             Command::Join { id, pid } => match self.workers.get(&id) {
-                Some(worker) if pid.is_none_or(|pid| pid == worker.process.pid) => worker.joined.notify_one(),
+                Some(worker) if pid.is_none_or(|pid| pid == worker.process.pid) => {
+                    worker.joined.notify_one()
+                }
                 _ => tracing::warn!(worker = id, ?pid, "join from an unknown worker ignored"),
             },
             Command::Quit { id } => {
@@ -490,22 +570,36 @@ impl Supervisor {
         for (&id, worker) in &self.workers {
             match worker.state {
                 WorkerState::Booting { deadline, .. } if now >= deadline => overdue_boots.push(id),
-                WorkerState::Serving { due: None, .. } if worker.age_deadline.is_some_and(|d| now >= d) => {
+                WorkerState::Serving { due: None, .. }
+                    if worker.age_deadline.is_some_and(|d| now >= d) =>
+                {
                     aged.push(id)
                 }
-                WorkerState::Draining { kill_at, killed: false } if now >= kill_at => to_kill.push(id),
+                WorkerState::Draining {
+                    kill_at,
+                    killed: false,
+                } if now >= kill_at => to_kill.push(id),
                 _ => {}
             }
         }
         for id in overdue_boots {
             let timeout = self.settings.timeouts.boot;
-            self.on_boot_failed(id, BootError::Deadline { timeout, last_error: None });
+            self.on_boot_failed(
+                id,
+                BootError::Deadline {
+                    timeout,
+                    last_error: None,
+                },
+            );
         }
         for id in aged {
             self.mark_due(id, RecycleReason::Age);
         }
         for id in to_kill {
-            tracing::warn!(worker = id, "worker did not exit within the grace period; killing it");
+            tracing::warn!(
+                worker = id,
+                "worker did not exit within the grace period; killing it"
+            );
             self.kill(id);
         }
     }
@@ -519,7 +613,10 @@ impl Supervisor {
                 task.abort();
             }
             if !matches!(worker.state, WorkerState::Draining { .. }) {
-                worker.state = WorkerState::Draining { kill_at: Instant::now() + grace, killed: false };
+                worker.state = WorkerState::Draining {
+                    kill_at: Instant::now() + grace,
+                    killed: false,
+                };
                 worker.process.signal(Signal::SIGTERM);
             }
         }
@@ -532,7 +629,10 @@ impl Supervisor {
             if let WorkerState::Booting { task, .. } = &worker.state {
                 task.abort();
             }
-            worker.state = WorkerState::Draining { kill_at: Instant::now(), killed: true };
+            worker.state = WorkerState::Draining {
+                kill_at: Instant::now(),
+                killed: true,
+            };
             worker.process.signal(Signal::SIGKILL);
         }
     }
@@ -541,7 +641,9 @@ impl Supervisor {
         let booting = self
             .workers
             .values()
-            .filter(|w| w.generation == self.generation && matches!(w.state, WorkerState::Booting { .. }))
+            .filter(|w| {
+                w.generation == self.generation && matches!(w.state, WorkerState::Booting { .. })
+            })
             .count();
         self.pool.set_booting(booting);
     }
@@ -553,7 +655,9 @@ impl Supervisor {
         let serving = self
             .workers
             .values()
-            .filter(|w| w.generation == self.generation && matches!(w.state, WorkerState::Serving { .. }))
+            .filter(|w| {
+                w.generation == self.generation && matches!(w.state, WorkerState::Serving { .. })
+            })
             .count();
         if serving >= self.slots.len() {
             if let Some(ready) = self.on_ready.take() {
@@ -609,7 +713,11 @@ impl Supervisor {
         let grace_end = Instant::now() + self.settings.timeouts.grace;
         let hard_end = grace_end + Duration::from_secs(5);
         while !self.workers.is_empty() {
-            let deadline = if Instant::now() < grace_end { grace_end } else { hard_end };
+            let deadline = if Instant::now() < grace_end {
+                grace_end
+            } else {
+                hard_end
+            };
             tokio::select! {
                 Some(event) = self.events.recv() => {
                     if let Event::Exited { id, status } = event {

@@ -44,7 +44,9 @@ pub enum Event {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("socket", &self.socket()).finish()
+        f.debug_struct("Upstream")
+            .field("socket", &self.socket())
+            .finish()
     }
 }
 
@@ -167,7 +169,11 @@ impl Spawner {
                 }
             }
         });
-        Ok(ProcessHandle { pid, socket, signals })
+        Ok(ProcessHandle {
+            pid,
+            socket,
+            signals,
+        })
     }
 }
 

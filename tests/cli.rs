@@ -1,0 +1,153 @@
+//! Bad command lines and config files: exit 2 with a message that names the
+//! bad token and what was expected; nothing starts.
+
+use crate::harness::{clean_command, node_app, BIN};
+
+fn run(args: &[&str]) -> (i32, String) {
+    let runtime = tempfile::tempdir().unwrap();
+    let output = clean_command(BIN, runtime.path())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn malformed_tokens_exit_2_naming_the_token() {
+    let app = node_app();
+    let app = app.to_str().unwrap();
+    let cases = [
+        (
+            "w:abc",
+            "invalid argument 'w:abc': w: expects a worker count or 'auto'",
+        ),
+        ("r:10m", "invalid argument 'r:10m': r: expects N[,Ss][,Rr]"),
+        (
+            "http:99999",
+            "invalid argument 'http:99999': http: expects a port number",
+        ),
+    ];
+    for (token, expected) in cases {
+        let (code, stderr) = run(&[app, token, "http:0"]);
+        assert_eq!(code, 2, "{token}: {stderr}");
+        assert!(stderr.starts_with("rip-server: "), "{stderr}");
+        assert!(stderr.contains(expected), "{token}: {stderr}");
+    }
+}
+
+#[test]
+fn two_listeners_are_an_error() {
+    let (code, stderr) = run(&["http:5002", "5700"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("'http:5002' and '5700' ask for two listeners"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_flag_is_an_error() {
+    let (code, stderr) = run(&["--max-qeue=4"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--max-qeue"), "{stderr}");
+}
+
+#[test]
+fn https_without_tls_support_says_how_to_run_http() {
+    let app = node_app();
+    let (code, stderr) = run(&[app.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("HTTPS is not available yet"), "{stderr}");
+    assert!(stderr.contains("http:PORT"), "{stderr}");
+}
+
+#[test]
+fn missing_app_lists_what_was_looked_for() {
+    let empty = tempfile::tempdir().unwrap();
+    let (code, stderr) = run(&[empty.path().to_str().unwrap(), "http:0"]);
+    assert_eq!(code, 2);
+    for looked_for in ["rip.toml", "index.mjs", "index.js", "serve"] {
+        assert!(stderr.contains(looked_for), "{stderr}");
+    }
+}
+
+#[test]
+fn bad_config_file_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rip.toml");
+    std::fs::write(&file, "max_queue = 10\nworkers = \"lots\"\n").unwrap();
+    let flag = format!("--config={}", file.display());
+    let app = node_app();
+    let (code, stderr) = run(&[app.to_str().unwrap(), "http:0", &flag]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("workers: w: expects a worker count or 'auto'"),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, "max_queue = 10\nmax_queeu = 4\n").unwrap();
+    let (code, stderr) = run(&[app.to_str().unwrap(), "http:0", &flag]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("rip.toml") && stderr.contains("line 2") && stderr.contains("max_queeu"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_environment_names_the_variable() {
+    let runtime = tempfile::tempdir().unwrap();
+    let app = node_app();
+    let output = clean_command(BIN, runtime.path())
+        .args([app.to_str().unwrap(), "http:0"])
+        .env("RIP_MAX_QUEUE", "many")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("RIP_MAX_QUEUE='many': expected a whole number"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn commands_fail_clearly_when_nothing_runs() {
+    let (code, stderr) = run(&["status"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("no rip-server instance is running"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&["stop", "--name", "ghost"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("no instance named 'ghost' is running"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_documents_every_form() {
+    let output = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for form in [
+        "w:N",
+        "w:auto",
+        "r:N[,Ss][,Rr]",
+        "http[:PORT]",
+        "--reload",
+        "--max-queue",
+        "--config",
+        "EXAMPLES",
+    ] {
+        assert!(help.contains(form), "--help lacks {form}");
+    }
+}

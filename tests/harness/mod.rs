@@ -1,0 +1,442 @@
+//! The integration-test harness: start the real `rip-server` binary with real
+//! workers on real sockets, talk to it over HTTP and its control socket, and
+//! stop it by PID when the test ends.
+//!
+//! Each [`Server`] gets a fresh temporary runtime directory (its private
+//! socket directory) and an environment without `RIP_*`, `PORT` or
+//! `RUNTIME_DIRECTORY`, listens on a kernel-chosen port (`http:0`), and is
+//! stopped on drop. When a test fails, the server's captured log is printed.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rip-server");
+pub const EXAMPLE_WORKER: &str = env!("CARGO_BIN_EXE_rip-example-worker");
+
+/// The bundled Node example app.
+pub fn node_app() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/api")
+}
+
+/// A running rip-server.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub name: String,
+    pub runtime: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+/// Builds a server command line.
+pub struct Builder {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    name: String,
+    runtime: Option<tempfile::TempDir>,
+}
+
+impl Builder {
+    pub fn node() -> Self {
+        Builder::app(node_app().to_str().unwrap(), "api")
+    }
+
+    pub fn rust() -> Self {
+        Builder::app(EXAMPLE_WORKER, "rust")
+    }
+
+    pub fn app(path: &str, name: &str) -> Self {
+        Builder {
+            args: vec![
+                path.to_string(),
+                "http:0".to_string(),
+                format!("--name={name}"),
+            ],
+            env: Vec::new(),
+            name: name.to_string(),
+            runtime: None,
+        }
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Reuses a runtime directory (to test stale-socket cleanup).
+    pub fn runtime(mut self, dir: tempfile::TempDir) -> Self {
+        self.runtime = Some(dir);
+        self
+    }
+
+    /// Starts the server and waits until it prints its URL.
+    pub fn start(self) -> Server {
+        let runtime = self.runtime.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        let mut command = clean_command(BIN, runtime.path());
+        command.args(&self.args);
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start rip-server");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        capture(child.stdout.take().unwrap(), log.clone(), Some(port_tx));
+        capture(child.stderr.take().unwrap(), log.clone(), None);
+        let port = match port_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(port) => port,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "rip-server printed no URL within 20 s; log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Server {
+            child: Some(child),
+            port,
+            name: self.name,
+            runtime,
+            log,
+        }
+    }
+}
+
+/// A command for the rip-server binary with a clean environment.
+pub fn clean_command(bin: &str, runtime: &Path) -> Command {
+    let mut command = Command::new(bin);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RIP_")
+            || key == "PORT"
+            || key == "RUNTIME_DIRECTORY"
+            || key == "NOTIFY_SOCKET"
+        {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("XDG_RUNTIME_DIR", runtime)
+        .env("RIP_LOG", "info")
+        .stdin(Stdio::null());
+    command
+}
+
+fn capture(
+    pipe: impl std::io::Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+    port_tx: Option<std::sync::mpsc::Sender<u16>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if let Some(tx) = &port_tx {
+                if let Some(rest) = line.strip_prefix("listening on http://localhost:") {
+                    if let Ok(port) = rest.trim().parse() {
+                        let _ = tx.send(port);
+                    }
+                }
+            }
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.runtime.path().join("rip-server")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.runtime_dir().join(format!("{}.ctl.sock", self.name))
+    }
+
+    /// GET `path` on a fresh connection.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(http::Method::GET, path, &[], Bytes::new())
+            .await
+    }
+
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", format!("localhost:{}", self.port));
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        send(self.port, builder.body(Full::new(body)).unwrap()).await
+    }
+
+    /// The control socket's `/status`, parsed.
+    pub async fn status(&self) -> serde_json::Value {
+        let (status, body) = rip_server::control::call(
+            &self.control_socket(),
+            http::Method::GET,
+            "/status",
+            Bytes::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("status: {e}\nlog:\n{}", self.log()));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (_, body) = rip_server::control::call(
+            &self.control_socket(),
+            http::Method::GET,
+            "/metrics",
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        body
+    }
+
+    /// Waits until `check(status)` holds, or fails the test with the log.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.status().await;
+            if check(&status) {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; last status:\n{status:#}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every desired worker is serving.
+    pub async fn wait_ready(&self) -> serde_json::Value {
+        self.wait_status("all workers serving", |s| {
+            let desired = s["desired_workers"].as_u64().unwrap_or(0);
+            serving_workers(s).len() as u64 >= desired && desired > 0
+        })
+        .await
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log().contains(needle) {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for log line '{needle}'; log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status (bounded).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        wait_child(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "rip-server did not exit within 30 s of SIGTERM; log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// Kills the server with SIGKILL (no cleanup) and reaps it.
+    pub fn kill_hard(&mut self) {
+        let mut child = self.child.take().expect("server running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Waits for the server to exit on its own (after `rip-server stop`).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        wait_child(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rip-server did not exit within 30 s; log:\n{}", self.log())
+        })
+    }
+
+    /// Runs `rip-server ARGS` against this instance's runtime directory.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        clean_command(BIN, self.runtime.path())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if wait_child(&mut child, Duration::from_secs(15)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- rip-server log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Sends one request on a fresh connection to 127.0.0.1:`port`.
+pub async fn send(port: u16, request: http::Request<Full<Bytes>>) -> Reply {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// The ids of serving workers in a status document.
+pub fn serving_workers(status: &serde_json::Value) -> Vec<u64> {
+    status["workers"]
+        .as_array()
+        .map(|workers| {
+            workers
+                .iter()
+                .filter(|w| w["state"] == "serving")
+                .filter_map(|w| w["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pids of every worker in a status document.
+pub fn worker_pids(status: &serde_json::Value) -> Vec<u32> {
+    status["workers"]
+        .as_array()
+        .map(|workers| {
+            workers
+                .iter()
+                .filter_map(|w| w["pid"].as_u64())
+                .map(|p| p as u32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    // A zombie still has /proc/PID; read its state to tell.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .split_whitespace()
+            .nth(2)
+            .is_none_or(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Waits (bounded) until `pid` is gone.
+pub async fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while process_alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Socket files left in a directory.
+pub fn sockets_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".sock"))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real binary, real worker processes (the bundled
+//! Node app and the Rust example worker), real sockets. One module per area.
+
+mod harness;
+
+mod cli;
+mod limits;
+mod proxy;
+mod queue;
+mod shutdown;
+mod supervision;

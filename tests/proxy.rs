@@ -1,0 +1,281 @@
+//! The data path: forwarding, header hygiene, streaming, LIFO selection,
+//! single-inflight workers and the busy retry.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use crate::harness::{Builder, Server};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_app_answers_through_the_server() {
+    let server = Builder::node().arg("w:2").start();
+    let reply = server.get("/ping").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "pong"));
+    let reply = server.get("/").await;
+    let hello: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(hello["hello"], "rip-server");
+    assert!(hello["worker"].as_u64().unwrap() >= 1);
+    let reply = server.get("/server").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
+    let reply = server.get("/missing").await;
+    assert_eq!(reply.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn internal_headers_never_cross_and_forwarded_headers_are_set() {
+    let server = Builder::node().arg("w:1").start();
+    let reply = server
+        .request(
+            Method::POST,
+            "/echo?x=1",
+            &[
+                ("rip-probe", "1"),
+                ("rip-worker-id", "99"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("connection", "keep-alive, x-hop"),
+                ("x-hop", "1"),
+            ],
+            Bytes::from_static(b"hello body"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply
+            .headers
+            .keys()
+            .all(|k| !k.as_str().starts_with("rip-")),
+        "internal header leaked to the client: {:?}",
+        reply.headers
+    );
+    let echo: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    let headers = echo["headers"].as_object().unwrap();
+    assert!(
+        headers.keys().all(|k| !k.starts_with("rip-")),
+        "client Rip-* header reached the worker: {headers:?}"
+    );
+    assert!(
+        !headers.contains_key("x-hop"),
+        "hop-by-hop header reached the worker"
+    );
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(
+        headers["x-forwarded-host"],
+        format!("localhost:{}", server.port)
+    );
+    assert_eq!(echo["body"], "hello body");
+    assert_eq!(echo["method"], "POST");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_app_keeps_its_own_ready_route() {
+    let server = Builder::node().arg("w:1").start();
+    let reply = server.get("/ready").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "app ready route")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_stream_without_buffering() {
+    let server = Builder::node().arg("w:1").start();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("/stream?n=5&ms=200")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    // A buffering proxy would deliver all five events at once.
+    assert_eq!(&first[..], b"data: 0\n\n");
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"data: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sequential_requests_stay_on_the_warmest_worker() {
+    let server = Builder::node().arg("w:3").start();
+    server.wait_ready().await;
+    let mut workers = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let reply = server.get("/").await;
+        let hello: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        workers.insert(hello["worker"].as_u64().unwrap());
+    }
+    assert_eq!(
+        workers.len(),
+        1,
+        "LIFO should reuse one worker for sequential requests, saw {workers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_worker_serves_one_request_at_a_time() {
+    let server = Builder::node().arg("w:1").start();
+    server.wait_ready().await;
+    let started = std::time::Instant::now();
+    let a = server.get("/sleep?ms=400");
+    let b = server.get("/sleep?ms=400");
+    let watch = async {
+        // While both are in flight: one on the worker, one queued.
+        server
+            .wait_status("one busy, one queued", |s| {
+                s["pool"]["busy"] == 1 && s["pool"]["queued"] == 1
+            })
+            .await
+    };
+    let (a, b, _) = tokio::join!(a, b, watch);
+    assert_eq!((a.status, b.status), (200, 200));
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "served concurrently on one worker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_serve_in_parallel() {
+    let server = Builder::node().arg("w:2").start();
+    server.wait_ready().await;
+    let a = server.get("/sleep?ms=1500");
+    let b = server.get("/sleep?ms=1500");
+    let watch = async {
+        server
+            .wait_status("both workers busy, nothing queued", |s| {
+                s["pool"]["busy"] == 2 && s["pool"]["queued"] == 0
+            })
+            .await
+    };
+    let (a, b, _) = tokio::join!(a, b, watch);
+    assert_eq!((a.status, b.status), (200, 200));
+}
+
+/// Leaves a worker busy with a request whose client has gone away, so the
+/// pool sees it idle while the worker is still working.
+async fn abandon_request_on_warmest_worker(server: &Server, ms: u64) {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn_task = tokio::spawn(connection);
+    let request = http::Request::get(format!("/sleep?ms={ms}"))
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let pending = tokio::spawn(async move { sender.send_request(request).await });
+    server
+        .wait_status("the request reached a worker", |s| s["pool"]["busy"] == 1)
+        .await;
+    pending.abort();
+    conn_task.abort();
+    server
+        .wait_status("the abandoned worker is back in the pool", |s| {
+            s["pool"]["busy"] == 0
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_worker_is_skipped_for_a_bodiless_request() {
+    let server = Builder::node().arg("w:2").start();
+    server.wait_ready().await;
+    abandon_request_on_warmest_worker(&server, 3000).await;
+    // LIFO picks the abandoned (still busy) worker first; it answers busy and
+    // the request moves to the other worker.
+    let reply = server.get("/ping").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "pong"));
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("rip_busy_retries_total{app=\"api\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_answer_is_passed_on_for_a_request_with_a_body() {
+    let server = Builder::node().arg("w:2").start();
+    server.wait_ready().await;
+    abandon_request_on_warmest_worker(&server, 3000).await;
+    let reply = server
+        .request(Method::POST, "/echo", &[], Bytes::from_static(b"payload"))
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        reply
+            .headers
+            .keys()
+            .all(|k| !k.as_str().starts_with("rip-")),
+        "{:?}",
+        reply.headers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_as_json_lines() {
+    let server = Builder::rust().arg("w:1").arg("--json-logging").start();
+    assert_eq!(server.get("/ping").await.status, 200);
+    server.wait_log("\"target\":\"access\"").await;
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("\"target\":\"access\""))
+        .unwrap()
+        .to_string();
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["path"], "/ping");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["bytes"], 4);
+    assert_eq!(record["method"], "GET");
+    assert!(record["worker"].as_u64().is_some(), "{line}");
+    assert!(
+        record["queue_ms"].as_f64().is_some() && record["worker_ms"].as_f64().is_some(),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_access_log_writes_none() {
+    let server = Builder::rust().arg("w:1").arg("--no-access-log").start();
+    assert_eq!(server.get("/ping").await.status, 200);
+    assert_eq!(server.get("/server").await.status, 200);
+    let status = server.status().await; // a round trip after the requests
+    assert_eq!(status["name"], "rust");
+    assert!(!server.log().contains("access"), "{}", server.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_responses_by_status() {
+    let server = Builder::rust().arg("w:1").start();
+    for _ in 0..3 {
+        assert_eq!(server.get("/ping").await.status, 200);
+    }
+    assert_eq!(server.get("/status/418").await.status, 418);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("rip_requests_total{app=\"rust\",status=\"200\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rip_requests_total{app=\"rust\",status=\"418\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rip_upstream_latency_seconds_count{app=\"rust\"} 4"),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,124 @@
+//! Stopping: `rip-server stop` and SIGTERM finish requests in flight, stop
+//! every worker, remove every socket and exit 0; the runtime directory and
+//! sockets are private to the server's user.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use crate::harness::{sockets_in, wait_gone, worker_pids, Builder};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_command_leaves_no_process_and_no_socket() {
+    let mut server = Builder::node().arg("w:2").start();
+    let pids = worker_pids(&server.wait_ready().await);
+    assert!(!sockets_in(&server.runtime_dir()).is_empty());
+    let output = server.cli(&["stop", "--name", "api"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(server.wait_exit().code(), Some(0));
+    for pid in pids {
+        assert!(
+            wait_gone(pid, Duration::from_secs(5)).await,
+            "worker {pid} still running after stop"
+        );
+    }
+    assert_eq!(sockets_in(&server.runtime_dir()), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_request_in_flight() {
+    let mut server = Builder::node().arg("w:1").start();
+    server.wait_ready().await;
+    let port = server.port;
+    let in_flight = tokio::spawn(async move {
+        let request = http::Request::get("/sleep?ms=700")
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        crate::harness::send(port, request).await
+    });
+    server
+        .wait_status("the worker busy", |s| s["pool"]["busy"] == 1)
+        .await;
+    let pid = server.pid();
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (status, server)
+    });
+    let reply = in_flight.await.unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (200, "slept 700"));
+    let (status, server) = exit.await.unwrap();
+    assert_eq!(status.code(), Some(0), "rip-server {pid} exit");
+    assert_eq!(sockets_in(&server.runtime_dir()), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_command_prints_json() {
+    let server = Builder::rust().arg("w:2").start();
+    server.wait_ready().await;
+    let output = server.cli(&["status"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["name"], "rust");
+    assert_eq!(status["workers"].as_array().unwrap().len(), 2);
+    assert!(status["workers"][0]["pid"].as_u64().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sockets_are_private_to_the_server_user() {
+    // Let other users traverse the temporary root, so only rip-server's own
+    // modes stand between them and the sockets.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = Builder::node().arg("w:1").runtime(root).start();
+    server.wait_ready().await;
+    let dir = server.runtime_dir();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "runtime directory mode");
+    let control = std::fs::metadata(server.control_socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(control, 0o600, "control socket mode");
+
+    // Another user cannot reach the control socket or a worker socket.
+    if !nix::unistd::getuid().is_root()
+        || std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        return;
+    }
+    for socket in sockets_in(&dir) {
+        let path = dir.join(&socket);
+        let probe = format!(
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect({:?})\nexcept PermissionError:\n sys.exit(13)\nsys.exit(0)",
+            path.to_str().unwrap()
+        );
+        let output = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                &probe,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(13),
+            "user 65534 could connect to {socket}"
+        );
+    }
+}
