@@ -44,7 +44,7 @@ ENVIRONMENT:
   Precedence: flag > environment > config file > default.";
 
 /// The raw command line.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "rip-server",
     version,

@@ -10,6 +10,7 @@
 //! | `GET /status` | JSON: name, version, pid, uptime, app, listeners, pool, workers, slots |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /worker` | `{"op":"join","workerId":N,"pid":P,…}` or `{"op":"quit","workerId":N}` → `{"ok":true}` |
+//! | `POST /reload` | a rolling restart; answers when it ends: `200` + the outcome JSON, or `409` + the outcome with its `error` (the old generation keeps serving) |
 //! | `POST /stop` | `202`, then a graceful stop |
 //!
 //! [`call`] is the client side used by `rip-server status|stop`.
@@ -31,7 +32,7 @@ use tokio::sync::watch;
 use crate::server::metrics::Metrics;
 use crate::server::pool::Pool;
 use crate::server::upstream::Upstream;
-use crate::supervisor::{Command, SupervisorHandle};
+use crate::supervisor::{Command, SupervisorHandle, Trigger};
 
 /// Largest control request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -124,6 +125,7 @@ async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Ful
             response
         }
         (&Method::POST, "/worker") => worker_op(state, request).await,
+        (&Method::POST, "/reload") => reload(state).await,
         (&Method::POST, "/stop") => {
             tracing::info!("stop requested over the control socket");
             let _ = state.stop.send(true);
@@ -132,12 +134,12 @@ async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Ful
                 &serde_json::json!({ "ok": true, "stopping": true }),
             )
         }
-        (_, "/server" | "/status" | "/metrics" | "/worker" | "/stop") => {
+        (_, "/server" | "/status" | "/metrics" | "/worker" | "/reload" | "/stop") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /status, /metrics, /stop\n",
+            "not found: try /status, /metrics, /reload, /stop\n",
         ),
     }
 }
@@ -166,9 +168,52 @@ async fn status(state: &ControlState) -> Response<Full<Bytes>> {
         "workers": supervisor.workers,
         "slots": supervisor.slots,
         "restarts": supervisor.restarts,
+        "roll": supervisor.roll,
+        "last_roll": supervisor.last_roll,
+        "rolls": {
+            "started": state.metrics.rolls_started.load(std::sync::atomic::Ordering::Relaxed),
+            "succeeded": state.metrics.rolls_succeeded.load(std::sync::atomic::Ordering::Relaxed),
+            "failed": state.metrics.rolls_failed.load(std::sync::atomic::Ordering::Relaxed),
+        },
+        "module_reloads": state.metrics.module_reloads.load(std::sync::atomic::Ordering::Relaxed),
         "hosts": [],
     });
     json(StatusCode::OK, &body)
+}
+
+/// Longest a `POST /reload` waits for its roll to end before answering 202.
+const ROLL_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+async fn reload(state: &ControlState) -> Response<Full<Bytes>> {
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    let command = Command::Reload {
+        trigger: Trigger::Command,
+        reply: Some(reply),
+    };
+    if !state.supervisor.send(command).await {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor is stopping\n",
+        );
+    }
+    match tokio::time::timeout(ROLL_WAIT, outcome).await {
+        Ok(Ok(outcome)) => {
+            let status = if outcome.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
+            json(status, &serde_json::to_value(&outcome).unwrap_or_default())
+        }
+        Ok(Err(_)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor is stopping\n",
+        ),
+        Err(_) => json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({ "ok": true, "rolling": true }),
+        ),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -66,6 +66,8 @@ pub enum Error {
     Io(#[from] io::Error),
     #[error(transparent)]
     Control(#[from] control::CallError),
+    #[error("rolling restart failed, the old workers keep serving: {0}")]
+    RollFailed(String),
     #[error("the instance answered {status}: {body}")]
     Refused {
         status: http::StatusCode,
@@ -96,21 +98,17 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
 
     let pool = Pool::new(config.limits.max_queue, config.timeouts.queue);
     let metrics = Arc::new(Metrics::new(&config.name));
-    let proxy = Arc::new(Proxy {
-        pool: pool.clone(),
-        metrics: metrics.clone(),
-        timeouts: config.timeouts,
-        limits: config.limits,
-        access_log: config.logging.access_log,
-    });
-    let router = Arc::new(Router::new(proxy));
+    let proxy = Arc::new(Proxy::new(
+        pool.clone(),
+        metrics.clone(),
+        config.limits,
+        config.timeouts,
+        config.logging.access_log,
+    ));
+    let router = Arc::new(Router::new(proxy.clone()));
 
     let (ready_tx, ready_rx) = oneshot::channel();
-    let settings = Settings {
-        workers: config.workers,
-        restart: config.restart,
-        timeouts: config.timeouts,
-    };
+    let settings = supervisor_settings(&config);
     let (supervisor, supervisor_task) =
         Supervisor::start(settings, spawner, pool.clone(), metrics.clone(), ready_tx);
 
@@ -159,7 +157,16 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         }
     });
 
-    wait_for_stop(&mut stop_rx).await?;
+    let reconfigure = Reconfigure {
+        cli: cli.clone(),
+        args: args.clone(),
+        running: config.clone(),
+        proxy,
+        pool: pool.clone(),
+        supervisor: supervisor.clone(),
+        control_path: control_path.clone(),
+    };
+    run_until_stopped(&mut stop_rx, &reconfigure).await?;
     tracing::info!("stopping: no new connections; finishing requests in flight");
     let _ = stop_tx.send(true);
     let _ = listener_task.await;
@@ -175,16 +182,88 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// Resolves when SIGTERM or SIGINT arrives or a stop is requested.
-async fn wait_for_stop(stop: &mut watch::Receiver<bool>) -> io::Result<()> {
+/// Handles signals until SIGTERM or SIGINT arrives or a stop is requested:
+/// SIGHUP re-reads the config file and rolls the workers.
+async fn run_until_stopped(
+    stop: &mut watch::Receiver<bool>,
+    reconfigure: &Reconfigure,
+) -> io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-        _ = stop.wait_for(|stop| *stop) => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received");
+                return Ok(());
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT received");
+                return Ok(());
+            }
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: re-reading the configuration and rolling the workers");
+                reconfigure.apply().await;
+            }
+        }
     }
-    Ok(())
+}
+
+/// What SIGHUP needs to re-read the configuration and apply it.
+struct Reconfigure {
+    cli: Cli,
+    args: ServeArgs,
+    running: Config,
+    proxy: Arc<Proxy>,
+    pool: Arc<Pool<server::upstream::Upstream>>,
+    supervisor: supervisor::SupervisorHandle,
+    control_path: PathBuf,
+}
+
+impl Reconfigure {
+    /// Rebuilds the config (flags > env > file > defaults, as at start) and
+    /// applies what can change live: app, workers, restart policy, reload
+    /// mode, queue and timeouts. A bad config keeps the running one.
+    async fn apply(&self) {
+        let config = match Config::build(&self.cli, &self.args, &ProcessEnv) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; keeping the running configuration and workers");
+                return;
+            }
+        };
+        if config.listen != self.running.listen || config.name != self.running.name {
+            tracing::warn!(
+                "the listener and instance name change only on restart; keeping the running ones"
+            );
+        }
+        let spawner = match spawner(&config, &self.control_path) {
+            Ok(spawner) => spawner,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; keeping the running configuration and workers");
+                return;
+            }
+        };
+        self.proxy.retune(config.limits, config.timeouts);
+        self.pool
+            .set_queue_limits(config.limits.max_queue, config.timeouts.queue);
+        let command = supervisor::Command::Reconfigure {
+            settings: Box::new(supervisor_settings(&config)),
+            spawner: Box::new(spawner),
+            reply: None,
+        };
+        self.supervisor.send(command).await;
+    }
+}
+
+fn supervisor_settings(config: &Config) -> Settings {
+    Settings {
+        workers: config.workers,
+        restart: config.restart,
+        timeouts: config.timeouts,
+        reload: config.reload,
+    }
 }
 
 /// Runs `rip-server status|reload|stop` against a running instance.
@@ -197,6 +276,12 @@ pub async fn control_command(cli: &Cli, command: Command) -> Result<(), Error> {
         Command::Reload => (http::Method::POST, "/reload"),
     };
     let (status, body) = control::call(&socket, method, path, bytes::Bytes::new()).await?;
+    if command == Command::Reload && status == http::StatusCode::CONFLICT {
+        let outcome: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        return Err(Error::RollFailed(
+            outcome["error"].as_str().unwrap_or(&body).to_string(),
+        ));
+    }
     if !status.is_success() {
         return Err(Error::Refused {
             status,
@@ -212,7 +297,13 @@ pub async fn control_command(cli: &Cli, command: Command) -> Result<(), Error> {
             wait_until_gone(&socket).await;
             println!("stopped");
         }
-        Command::Reload => println!("{}", body.trim()),
+        Command::Reload => {
+            let outcome: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            println!(
+                "rolled to generation {} in {} ms",
+                outcome["generation"], outcome["duration_ms"]
+            );
+        }
     }
     Ok(())
 }

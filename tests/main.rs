@@ -7,5 +7,6 @@ mod cli;
 mod limits;
 mod proxy;
 mod queue;
+mod rolling;
 mod shutdown;
 mod supervision;

@@ -22,6 +22,7 @@
 //! [`Pool::take_reports`], woken by a coalescing [`Notify`].
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -54,6 +55,8 @@ pub enum Report {
     Unreachable(WorkerId),
     /// Served its request allowance: recycle gracefully.
     RequestLimit(WorkerId),
+    /// A retiring worker finished its last request; it holds nothing now.
+    Released(WorkerId),
 }
 
 /// Where the pool stands, for `/status` and `/metrics`.
@@ -73,6 +76,9 @@ enum MemberState {
     Busy,
     /// Ready, of a generation not yet admitted.
     Standby,
+    /// Serving its last request: on release it leaves the pool and is
+    /// reported as [`Report::Released`].
+    Retiring,
 }
 
 #[derive(Debug)]
@@ -110,8 +116,9 @@ struct State<C> {
 /// One app's admission state. Cheap to share: wrap it in an `Arc`.
 pub struct Pool<C> {
     state: Mutex<State<C>>,
-    max_queue: usize,
-    queue_timeout: Duration,
+    /// Tunable while running (SIGHUP re-reads the config).
+    max_queue: AtomicUsize,
+    queue_timeout_ms: AtomicU64,
     reported: Notify,
 }
 
@@ -129,8 +136,8 @@ impl<C: Send + 'static> Pool<C> {
                 next_ticket: 0,
                 closed: false,
             }),
-            max_queue,
-            queue_timeout,
+            max_queue: AtomicUsize::new(max_queue),
+            queue_timeout_ms: AtomicU64::new(queue_timeout.as_millis() as u64),
             reported: Notify::new(),
         })
     }
@@ -157,7 +164,7 @@ impl<C: Send + 'static> Pool<C> {
             if state.admitted_members() == 0 && state.booting == 0 {
                 return Err(Unavailable::NoWorkers);
             }
-            if state.waiters.len() >= self.max_queue {
+            if state.waiters.len() >= self.max_queue.load(Ordering::Relaxed) {
                 return Err(Unavailable::QueueFull);
             }
             let ticket = state.next_ticket;
@@ -173,7 +180,8 @@ impl<C: Send + 'static> Pool<C> {
         };
         // Internal invariant: the receiver is taken only by `reclaim`, below or on drop.
         let rx = guard.rx.as_mut().expect("waiter holds its receiver");
-        let outcome = tokio::time::timeout(self.queue_timeout, rx).await;
+        let queue_timeout = Duration::from_millis(self.queue_timeout_ms.load(Ordering::Relaxed));
+        let outcome = tokio::time::timeout(queue_timeout, rx).await;
         match outcome {
             Ok(Ok(checkout)) => {
                 guard.rx = None;
@@ -226,7 +234,8 @@ impl<C: Send + 'static> Pool<C> {
 
     /// Atomically admits `generation`: its standby workers take requests
     /// (queued ones first) and older workers take nothing new. Returns the
-    /// older workers that were idle; busy ones finish what they hold.
+    /// older workers that were idle; busy ones retire when they finish what
+    /// they hold (reported as [`Report::Released`]).
     pub fn switch_generation(&self, generation: Generation) -> Vec<WorkerId> {
         let mut state = self.lock();
         if generation <= state.admitting {
@@ -236,6 +245,11 @@ impl<C: Send + 'static> Pool<C> {
         let old_idle: Vec<WorkerId> = state.idle.drain(..).map(|c| c.id).collect();
         for id in &old_idle {
             state.members.remove(id);
+        }
+        for member in state.members.values_mut() {
+            if member.generation < generation && member.state == MemberState::Busy {
+                member.state = MemberState::Retiring;
+            }
         }
         let (promote, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut state.standby)
             .into_iter()
@@ -247,16 +261,38 @@ impl<C: Send + 'static> Pool<C> {
         old_idle
     }
 
-    /// Stops admitting to `id` (recycling, draining, or its process died).
-    /// Returns true if it was idle or on standby (nothing in flight).
-    pub fn remove(&self, id: WorkerId) -> bool {
+    /// Forgets `id` at once (its process died, or it is being killed).
+    pub fn remove(&self, id: WorkerId) {
         let mut state = self.lock();
-        let was_free =
-            state.idle.iter().any(|c| c.id == id) || state.standby.iter().any(|c| c.id == id);
         state.idle.retain(|c| c.id != id);
         state.standby.retain(|c| c.id != id);
         state.members.remove(&id);
-        was_free
+    }
+
+    /// Stops admitting to `id`. Returns [`Retire::Now`] if it holds nothing
+    /// (it left the pool), or [`Retire::AfterRelease`] if it is serving a
+    /// request: it leaves when that ends, reported as [`Report::Released`].
+    pub fn retire(&self, id: WorkerId) -> Retire {
+        let mut state = self.lock();
+        match state.members.get_mut(&id) {
+            Some(member) if matches!(member.state, MemberState::Busy | MemberState::Retiring) => {
+                member.state = MemberState::Retiring;
+                Retire::AfterRelease
+            }
+            _ => {
+                state.idle.retain(|c| c.id != id);
+                state.standby.retain(|c| c.id != id);
+                state.members.remove(&id);
+                Retire::Now
+            }
+        }
+    }
+
+    /// Applies a new queue bound and queue timeout to requests from now on.
+    pub fn set_queue_limits(&self, max_queue: usize, queue_timeout: Duration) {
+        self.max_queue.store(max_queue, Ordering::Relaxed);
+        self.queue_timeout_ms
+            .store(queue_timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// How many workers of the admitted generation are booting (for the
@@ -285,7 +321,7 @@ impl<C: Send + 'static> Pool<C> {
         let busy = state
             .members
             .values()
-            .filter(|m| m.state == MemberState::Busy)
+            .filter(|m| matches!(m.state, MemberState::Busy | MemberState::Retiring))
             .count();
         PoolStats {
             generation: state.admitting,
@@ -330,11 +366,16 @@ impl<C: Send + 'static> Pool<C> {
                 member.served += u64::from(served == Served::Yes);
                 member.request_limit == Some(member.served)
             }
-            // Removed, retired or of an older generation: it takes nothing new.
-            _ => {
+            // Retiring or of an older generation: it takes nothing new.
+            Some(_) => {
                 state.members.remove(&id);
+                state.reports.push(Report::Released(id));
+                drop(state);
+                self.reported.notify_one();
                 return;
             }
+            // Removed: its process is gone or being killed.
+            None => return,
         };
         state.hand_off(checkout, placement);
         if limit_reached {
@@ -343,6 +384,15 @@ impl<C: Send + 'static> Pool<C> {
             self.reported.notify_one();
         }
     }
+}
+
+/// What [`Pool::retire`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retire {
+    /// It held nothing and has left the pool.
+    Now,
+    /// It is serving; it leaves when that request ends.
+    AfterRelease,
 }
 
 /// Whether a returned worker served a request (counts toward `r:N`).
@@ -541,7 +591,8 @@ mod tests {
         let held = p.checkout().await.unwrap();
         assert_eq!(held.worker_id(), 1);
         assert_eq!(p.switch_generation(1), Vec::<WorkerId>::new());
-        drop(held); // generation 0: not re-admitted
+        drop(held); // generation 0: not re-admitted, reported released
+        assert_eq!(p.take_reports(), vec![Report::Released(1)]);
         assert_eq!(p.checkout().await.unwrap().worker_id(), 2);
         let s = p.stats();
         assert_eq!((s.idle, s.generation), (1, 1));

@@ -15,7 +15,7 @@
 //! [`Rejection::status`] is the one place that maps outcomes to statuses.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -116,11 +116,11 @@ impl Rejection {
 
 /// Forwards requests to one app's pool.
 pub struct Proxy {
-    pub pool: Arc<Pool<Upstream>>,
-    pub metrics: Arc<Metrics>,
-    pub timeouts: Timeouts,
-    pub limits: Limits,
-    pub access_log: bool,
+    pool: Arc<Pool<Upstream>>,
+    metrics: Arc<Metrics>,
+    /// Replaced when the config is re-read (SIGHUP); copied per request.
+    tuning: RwLock<(Limits, Timeouts)>,
+    access_log: bool,
 }
 
 /// The parts needed to send a bodiless request again to another worker.
@@ -151,6 +151,30 @@ enum Attempt {
 }
 
 impl Proxy {
+    pub fn new(
+        pool: Arc<Pool<Upstream>>,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+        timeouts: Timeouts,
+        access_log: bool,
+    ) -> Self {
+        Proxy {
+            pool,
+            metrics,
+            tuning: RwLock::new((limits, timeouts)),
+            access_log,
+        }
+    }
+
+    /// Applies new limits and timeouts to requests from now on.
+    pub fn retune(&self, limits: Limits, timeouts: Timeouts) {
+        *self.tuning.write().unwrap_or_else(|p| p.into_inner()) = (limits, timeouts);
+    }
+
+    fn tuning(&self) -> (Limits, Timeouts) {
+        *self.tuning.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Answers one client request through a worker.
     pub async fn forward(
         &self,
@@ -184,8 +208,9 @@ impl Proxy {
         client: ClientInfo,
         record: &mut Option<AccessRecord>,
     ) -> Result<Response<ResponseBody>, Rejection> {
+        let (limits, timeouts) = self.tuning();
         let declared = body.size_hint().exact().or(body.size_hint().upper());
-        if declared.is_some_and(|len| len > self.limits.max_body_bytes) {
+        if declared.is_some_and(|len| len > limits.max_body_bytes) {
             return Err(Rejection::BodyTooLarge);
         }
         let headers = forwarded_headers(&parts, client);
@@ -199,8 +224,7 @@ impl Proxy {
         let mut pending = Some(if replay.is_some() {
             build(parts.method, uri, headers, RequestBody::Empty)
         } else {
-            let (body, sent) =
-                RequestBody::client(body, self.limits.max_body_bytes, self.timeouts.header);
+            let (body, sent) = RequestBody::client(body, limits.max_body_bytes, timeouts.header);
             body_sent = Some(sent);
             build(parts.method, uri, headers, body)
         });
@@ -219,7 +243,10 @@ impl Proxy {
             queued += waited.elapsed();
             self.metrics.queue_wait.record(waited.elapsed());
 
-            match self.attempt(&mut lease, request, body_sent.take()).await {
+            match self
+                .attempt(&mut lease, request, body_sent.take(), &timeouts)
+                .await
+            {
                 Attempt::Answered(response, worker_time) => {
                     if let Some(record) = record.as_mut() {
                         record.queue = queued;
@@ -244,7 +271,7 @@ impl Proxy {
                         "worker answered busy; trying another"
                     );
                     Metrics::incr(&self.metrics.busy_retries);
-                    discard_body(&mut lease, response, self.timeouts.connect).await;
+                    discard_body(&mut lease, response, timeouts.connect).await;
                     lease.release_to_bottom();
                 }
                 Attempt::Busy(response) => {
@@ -263,7 +290,7 @@ impl Proxy {
                             let id = lease.worker_id();
                             tracing::error!(
                                 worker = id,
-                                timeout_ms = self.timeouts.read.as_millis() as u64,
+                                timeout_ms = timeouts.read.as_millis() as u64,
                                 "worker sent no response headers within the read timeout; replacing it"
                             );
                             lease.retire(Report::Hung(id));
@@ -283,8 +310,9 @@ impl Proxy {
         lease: &mut Lease<Upstream>,
         request: Request<RequestBody>,
         body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
+        timeouts: &Timeouts,
     ) -> Attempt {
-        let sender = match lease.conn().ready(self.timeouts.connect).await {
+        let sender = match lease.conn().ready(timeouts.connect).await {
             Ok(sender) => sender,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot dial worker");
@@ -299,7 +327,7 @@ impl Proxy {
             if let Some(sent) = body_sent {
                 let _ = sent.await;
             }
-            tokio::time::sleep(self.timeouts.read).await;
+            tokio::time::sleep(timeouts.read).await;
         };
         let result = tokio::select! {
             result = &mut exchange => result,

@@ -20,8 +20,12 @@
 //! - Stop: drain every worker, `SIGKILL` after the grace period, reap all,
 //!   remove every socket file.
 
+mod rolling;
+mod watch;
 mod worker;
 
+pub use rolling::{RollOutcome, RollStatus, Trigger};
+pub use watch::is_relevant;
 pub use worker::{remove_stale, Event, Spawner};
 
 use std::collections::BTreeMap;
@@ -34,10 +38,13 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use crate::cli::ReloadMode;
 use crate::config::{RestartPolicy, Timeouts};
 use crate::server::metrics::Metrics;
-use crate::server::pool::{Generation, Pool, Report, WorkerId};
+use crate::server::pool::{Generation, Pool, Report, Retire, WorkerId};
 use crate::server::upstream::Upstream;
+use rolling::Roll;
+use watch::{AppWatcher, Changed};
 use worker::{BootError, ProcessHandle};
 
 /// Consecutive fast failures after which a slot stops respawning.
@@ -63,6 +70,17 @@ pub enum Command {
     Quit {
         id: WorkerId,
     },
+    /// Roll to a new generation; the reply comes when the roll ends.
+    Reload {
+        trigger: Trigger,
+        reply: Option<oneshot::Sender<RollOutcome>>,
+    },
+    /// Apply new settings (a re-read config file), then roll.
+    Reconfigure {
+        settings: Box<Settings>,
+        spawner: Box<Spawner>,
+        reply: Option<oneshot::Sender<RollOutcome>>,
+    },
     /// Stop every worker and return.
     Stop(oneshot::Sender<()>),
 }
@@ -72,6 +90,7 @@ pub enum Command {
 enum RecycleReason {
     Requests,
     Age,
+    Reloads,
 }
 
 #[derive(Debug)]
@@ -84,6 +103,9 @@ enum WorkerState {
         since: Instant,
         due: Option<RecycleReason>,
     },
+    /// Out of admission, finishing its last request; drained when it is
+    /// released or at `deadline`.
+    Retiring { deadline: Instant },
     /// Told to finish and exit; killed at `kill_at`.
     Draining { kill_at: Instant, killed: bool },
 }
@@ -94,6 +116,7 @@ impl WorkerState {
             WorkerState::Booting { .. } => "booting",
             WorkerState::Serving { due: None, .. } => "serving",
             WorkerState::Serving { due: Some(_), .. } => "recycling",
+            WorkerState::Retiring { .. } => "retiring",
             WorkerState::Draining { .. } => "draining",
         }
     }
@@ -113,6 +136,8 @@ struct Worker {
     joined: Arc<Notify>,
     /// Fast failures of this slot before this worker started.
     prior_failures: u32,
+    /// Module reloads signalled to this worker.
+    reloads: u64,
 }
 
 /// Whether a slot may be filled.
@@ -144,6 +169,8 @@ pub struct SupervisorStatus {
     pub workers: Vec<WorkerStatus>,
     pub slots: Vec<SlotStatus>,
     pub restarts: u64,
+    pub roll: Option<RollStatus>,
+    pub last_roll: Option<RollOutcome>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -154,6 +181,7 @@ pub struct WorkerStatus {
     pub slot: usize,
     pub state: &'static str,
     pub requests: u64,
+    pub reloads: u64,
     pub age_s: f64,
 }
 
@@ -170,6 +198,7 @@ pub struct Settings {
     pub workers: usize,
     pub restart: RestartPolicy,
     pub timeouts: Timeouts,
+    pub reload: ReloadMode,
 }
 
 pub struct Supervisor {
@@ -179,11 +208,19 @@ pub struct Supervisor {
     metrics: Arc<Metrics>,
     workers: BTreeMap<WorkerId, Worker>,
     slots: Vec<Slot>,
+    /// The admitted generation.
     generation: Generation,
+    /// The newest generation started (admitted or rolling).
+    newest_generation: Generation,
+    roll: Option<Roll>,
+    last_roll: Option<RollOutcome>,
     next_id: WorkerId,
     restarts: u64,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
+    watcher: Option<AppWatcher>,
+    changes_tx: mpsc::Sender<Changed>,
+    changes: mpsc::Receiver<Changed>,
     /// Fired once, when every slot first has a serving worker.
     on_ready: Option<oneshot::Sender<()>>,
 }
@@ -225,6 +262,7 @@ impl Supervisor {
     ) -> (SupervisorHandle, tokio::task::JoinHandle<()>) {
         let (commands_tx, commands) = mpsc::channel(64);
         let (events_tx, events) = mpsc::channel(256);
+        let (changes_tx, changes) = mpsc::channel(1);
         let mut supervisor = Supervisor {
             slots: vec![Slot::Open { failures: 0 }; settings.workers],
             settings,
@@ -233,12 +271,19 @@ impl Supervisor {
             metrics,
             workers: BTreeMap::new(),
             generation: 0,
+            newest_generation: 0,
+            roll: None,
+            last_roll: None,
             next_id: 1,
             restarts: 0,
             events_tx,
             events,
+            watcher: None,
+            changes_tx,
+            changes,
             on_ready: Some(on_ready),
         };
+        supervisor.restart_watcher();
         // Spawn the first workers now, so the pool counts them as booting
         // before the listener takes its first request.
         supervisor.reconcile();
@@ -258,6 +303,7 @@ impl Supervisor {
         loop {
             tokio::select! {
                 Some(event) = self.events.recv() => self.on_event(event),
+                Some(Changed) = self.changes.recv() => self.on_files_changed(),
                 () = pool.reported() => {
                     for report in pool.take_reports() {
                         self.on_report(report);
@@ -302,12 +348,12 @@ impl Supervisor {
                 match w.state {
                     WorkerState::Booting { .. } => booting = true,
                     WorkerState::Serving { due, .. } => occupant = Some((id, due)),
-                    WorkerState::Draining { .. } => {}
+                    WorkerState::Retiring { .. } | WorkerState::Draining { .. } => {}
                 }
             }
             match (occupant, booting) {
-                (None, false) => self.spawn(slot, None),
-                (Some((id, Some(_))), false) => self.spawn(slot, Some(id)),
+                (None, false) => self.spawn(slot, self.generation, None),
+                (Some((id, Some(_))), false) => self.spawn(slot, self.generation, Some(id)),
                 _ => {}
             }
         }
@@ -315,17 +361,18 @@ impl Supervisor {
         self.check_ready();
     }
 
-    fn spawn(&mut self, slot: usize, replaces: Option<WorkerId>) {
+    fn spawn(&mut self, slot: usize, generation: Generation, replaces: Option<WorkerId>) {
         let id = self.next_id;
         self.next_id += 1;
-        let process = match self
-            .spawner
-            .spawn(id, self.generation, self.events_tx.clone())
-        {
+        let process = match self.spawner.spawn(id, generation, self.events_tx.clone()) {
             Ok(process) => process,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start a worker; check the app entry and runtime (node) are installed");
-                self.record_failure(slot);
+                if generation == self.generation {
+                    self.record_failure(slot);
+                } else {
+                    self.abandon_roll(e.to_string());
+                }
                 return;
             }
         };
@@ -352,7 +399,7 @@ impl Supervisor {
             id,
             Worker {
                 slot,
-                generation: self.generation,
+                generation,
                 process,
                 started: now,
                 state: WorkerState::Booting {
@@ -363,7 +410,8 @@ impl Supervisor {
                 age_deadline: policy.max_age.map(|age| now + jittered(age)),
                 request_limit: policy.max_requests.map(|n| jittered_count(n.get())),
                 joined,
-                prior_failures: self.slots[slot].failures(),
+                prior_failures: self.slots.get(slot).map_or(0, |s| s.failures()),
+                reloads: 0,
             },
         );
     }
@@ -399,6 +447,7 @@ impl Supervisor {
             since: Instant::now(),
             due: None,
         };
+        let generation = worker.generation;
         tracing::info!(
             worker = id,
             pid = worker.process.pid,
@@ -412,7 +461,14 @@ impl Supervisor {
                 "recycled worker replaced; draining it"
             );
             Metrics::incr(&self.metrics.worker_recycles);
-            self.drain(old);
+            self.retire(old);
+        }
+        if self
+            .roll
+            .as_ref()
+            .is_some_and(|r| r.generation == generation)
+        {
+            self.on_roll_worker_ready();
         }
     }
 
@@ -427,9 +483,13 @@ impl Supervisor {
             "worker failed to start; its output is above. It will be retried with backoff"
         );
         Metrics::incr(&self.metrics.worker_crashes);
-        let slot = worker.slot;
+        let (slot, generation) = (worker.slot, worker.generation);
         self.kill(id);
-        self.record_failure(slot);
+        if generation == self.generation {
+            self.record_failure(slot);
+        } else {
+            self.abandon_roll(format!("worker {id} {error}"));
+        }
     }
 
     fn on_exit(&mut self, id: WorkerId, status: std::io::Result<std::process::ExitStatus>) {
@@ -442,7 +502,30 @@ impl Supervisor {
             Ok(status) => status.to_string(),
             Err(e) => format!("unknown status ({e})"),
         };
+        if worker.generation != self.generation
+            && !matches!(
+                worker.state,
+                WorkerState::Draining { .. } | WorkerState::Retiring { .. }
+            )
+        {
+            if let WorkerState::Booting { task, .. } = &worker.state {
+                task.abort();
+            }
+            if self
+                .roll
+                .as_ref()
+                .is_some_and(|r| r.generation == worker.generation)
+            {
+                self.abandon_roll(format!(
+                    "worker {id} exited while starting ({status}); its output is above"
+                ));
+            }
+            return;
+        }
         match worker.state {
+            WorkerState::Retiring { .. } => {
+                tracing::warn!(worker = id, %status, "retiring worker exited before finishing its last request");
+            }
             WorkerState::Draining { .. } => {
                 tracing::debug!(worker = id, %status, "worker exited after draining");
             }
@@ -521,6 +604,14 @@ impl Supervisor {
                 }
             }
             Report::RequestLimit(id) => self.mark_due(id, RecycleReason::Requests),
+            Report::Released(id) => {
+                if matches!(
+                    self.workers.get(&id).map(|w| &w.state),
+                    Some(WorkerState::Retiring { .. })
+                ) {
+                    self.drain(id);
+                }
+            }
         }
     }
 
@@ -554,11 +645,93 @@ impl Supervisor {
             },
             Command::Quit { id } => {
                 if self.workers.contains_key(&id) {
-                    tracing::info!(worker = id, "worker announced it is quitting");
+                    tracing::debug!(worker = id, "worker announced it is quitting");
                     self.pool.remove(id);
                 }
             }
+            Command::Reload { trigger, reply } => self.start_roll(trigger, reply),
+            Command::Reconfigure {
+                settings,
+                spawner,
+                reply,
+            } => {
+                let app_moved = spawner.app_dir != self.spawner.app_dir;
+                let mode_changed = settings.reload != self.settings.reload;
+                self.settings = *settings;
+                self.spawner = *spawner;
+                if app_moved || mode_changed {
+                    self.restart_watcher();
+                }
+                self.start_roll(Trigger::Signal, reply);
+            }
             Command::Stop(_) => {}
+        }
+    }
+
+    /// The app's files changed: roll (process mode) or signal an in-worker
+    /// reload (module mode).
+    fn on_files_changed(&mut self) {
+        match self.settings.reload {
+            ReloadMode::None => {}
+            ReloadMode::Process => {
+                tracing::info!(app = %self.spawner.app_dir.display(), "app files changed");
+                self.start_roll(Trigger::FileChange, None);
+            }
+            ReloadMode::Module => self.reload_modules(),
+        }
+    }
+
+    /// Sends SIGHUP to every serving worker of the admitted generation; a
+    /// worker past its reload allowance is recycled.
+    fn reload_modules(&mut self) {
+        let max_reloads = self.settings.restart.max_reloads.map(|n| n.get());
+        let mut due = Vec::new();
+        for (&id, worker) in self.workers.iter_mut() {
+            if worker.generation != self.generation
+                || !matches!(worker.state, WorkerState::Serving { .. })
+            {
+                continue;
+            }
+            worker.process.signal(Signal::SIGHUP);
+            worker.reloads += 1;
+            Metrics::incr(&self.metrics.module_reloads);
+            if max_reloads.is_some_and(|max| worker.reloads >= max) {
+                due.push(id);
+            }
+        }
+        tracing::info!(app = %self.spawner.app_dir.display(), "app files changed; workers reload their module");
+        for id in due {
+            self.mark_due(id, RecycleReason::Reloads);
+        }
+    }
+
+    /// (Re)starts the file watcher for the current app and reload mode.
+    fn restart_watcher(&mut self) {
+        self.watcher = None;
+        if self.settings.reload == ReloadMode::None {
+            return;
+        }
+        match watch::watch(&self.spawner.app_dir, self.changes_tx.clone()) {
+            Ok(watcher) => self.watcher = Some(watcher),
+            Err(e) => tracing::error!(
+                app = %self.spawner.app_dir.display(),
+                error = %e,
+                "cannot watch the app for changes; reload with 'rip-server reload' instead"
+            ),
+        }
+    }
+
+    /// Takes a worker out of admission; drains it now if it holds nothing,
+    /// else when its last request ends.
+    fn retire(&mut self, id: WorkerId) {
+        match self.pool.retire(id) {
+            Retire::Now => self.drain(id),
+            Retire::AfterRelease => {
+                let deadline = Instant::now() + self.settings.timeouts.grace;
+                if let Some(worker) = self.workers.get_mut(&id) {
+                    worker.state = WorkerState::Retiring { deadline };
+                }
+            }
         }
     }
 
@@ -567,9 +740,13 @@ impl Supervisor {
         let mut overdue_boots = Vec::new();
         let mut aged = Vec::new();
         let mut to_kill = Vec::new();
+        let mut overdue_retirements = Vec::new();
         for (&id, worker) in &self.workers {
             match worker.state {
                 WorkerState::Booting { deadline, .. } if now >= deadline => overdue_boots.push(id),
+                WorkerState::Retiring { deadline } if now >= deadline => {
+                    overdue_retirements.push(id)
+                }
                 WorkerState::Serving { due: None, .. }
                     if worker.age_deadline.is_some_and(|d| now >= d) =>
                 {
@@ -591,6 +768,9 @@ impl Supervisor {
                     last_error: None,
                 },
             );
+        }
+        for id in overdue_retirements {
+            self.drain(id);
         }
         for id in aged {
             self.mark_due(id, RecycleReason::Age);
@@ -681,6 +861,7 @@ impl Supervisor {
                     slot: w.slot,
                     state: w.state.name(),
                     requests: served.get(&id).copied().unwrap_or(0),
+                    reloads: w.reloads,
                     age_s: (w.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
                 })
                 .collect(),
@@ -699,12 +880,18 @@ impl Supervisor {
                 })
                 .collect(),
             restarts: self.restarts,
+            roll: self.roll_status(),
+            last_roll: self.last_roll.clone(),
         }
     }
 
     /// Drains every worker, kills stragglers after the grace period, and
     /// waits until every child is reaped and its socket removed.
     async fn stop_all(&mut self) {
+        self.watcher = None;
+        if self.roll.is_some() {
+            self.abandon_roll("the server is stopping".to_string());
+        }
         self.pool.close();
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         for id in ids {

@@ -1,0 +1,458 @@
+//! Reload modes and rolling restarts (DESIGN §5). The first test is the
+//! host-level twin of the NixOS VM test: rolling restarts under load drop
+//! no request.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use crate::harness::{worker_pids, Builder, Server};
+
+const INDEX: &str = "import { VERSION } from './version.mjs';\n\
+export default {\n\
+  async fetch(req) {\n\
+    const url = new URL(req.url);\n\
+    if (url.pathname === '/v') return new Response(VERSION);\n\
+    if (url.pathname === '/pid') return new Response(String(process.pid));\n\
+    return new Response('not found', { status: 404 });\n\
+  },\n\
+};\n";
+
+const BROKEN_INDEX: &str = "export default { fetch() { return new Response('BROKEN'); } };\n\
+throw new Error('deploy bug: this version must never serve');\n";
+
+fn write_app(dir: &Path, version: &str) {
+    std::fs::write(dir.join("index.mjs"), INDEX).unwrap();
+    set_version(dir, version);
+}
+
+fn set_version(dir: &Path, version: &str) {
+    std::fs::write(
+        dir.join("version.mjs"),
+        format!("export const VERSION = '{version}';\n"),
+    )
+    .unwrap();
+}
+
+fn rolls(status: &serde_json::Value, which: &str) -> u64 {
+    status["rolls"][which].as_u64().unwrap_or(0)
+}
+
+/// Waits until the rolls counter `which` passes `before` and no roll runs.
+async fn wait_roll(server: &Server, which: &str, before: u64) -> serde_json::Value {
+    server
+        .wait_status(&format!("rolls.{which} > {before}"), |s| {
+            rolls(s, which) > before && s["roll"].is_null()
+        })
+        .await
+}
+
+/// What one load client saw.
+#[derive(Default)]
+struct ClientLog {
+    sent: u64,
+    ok: u64,
+    non_200: BTreeMap<u16, u64>,
+    errors: Vec<String>,
+    /// Bodies in the order received.
+    bodies: Vec<String>,
+}
+
+/// One keep-alive client sending `GET /v` until `stop`.
+async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
+    let mut log = ClientLog::default();
+    let mut sender = None;
+    while !stop.load(Ordering::Relaxed) {
+        if sender.is_none() {
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(stream) => {
+                    match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                        Ok((s, conn)) => {
+                            tokio::spawn(conn);
+                            sender = Some(s);
+                        }
+                        Err(e) => {
+                            log.errors.push(format!("handshake: {e}"));
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => {
+                    log.errors.push(format!("connect: {e}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(s) = sender.as_mut() else { continue };
+        let request = http::Request::get("/v")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        log.sent += 1;
+        let result = async {
+            s.ready().await?;
+            let response = s.send_request(request).await?;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, String::from_utf8_lossy(&body).into_owned()))
+        }
+        .await;
+        match result {
+            Ok((200, body)) => {
+                log.ok += 1;
+                log.bodies.push(body);
+            }
+            Ok((status, body)) => {
+                *log.non_200.entry(status).or_default() += 1;
+                log.bodies.push(body);
+            }
+            Err(e) => {
+                log.errors.push(e.to_string());
+                sender = None;
+            }
+        }
+    }
+    log
+}
+
+fn version_number(body: &str) -> u32 {
+    body.strip_prefix('v')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected body {body:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restarts_under_load_drop_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("shop");
+    std::fs::create_dir(&app).unwrap();
+    write_app(&app, "v1");
+    let server = Builder::app(app.to_str().unwrap(), "shop")
+        .arg("w:4")
+        .arg("--no-access-log")
+        .start();
+    server.wait_ready().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(load_client(server.port, stop.clone())))
+        .collect();
+    let started = Instant::now();
+
+    let mut version = 1;
+    let mut round = 0;
+    loop {
+        let status = server.status().await;
+        let (succeeded, failed) = (rolls(&status, "succeeded"), rolls(&status, "failed"));
+        // At least 10 good rolls, the broken deploy, and 15 s of load.
+        if succeeded >= 10
+            && failed >= 2
+            && round % 6 == 0
+            && started.elapsed() >= Duration::from_secs(15)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "rolls took too long: {status:#}"
+        );
+        match round % 6 {
+            0 => {
+                let out = server.cli(&["reload", "--name", "shop"]);
+                assert!(
+                    out.status.success(),
+                    "reload: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(rolls(&server.status().await, "succeeded") > succeeded);
+            }
+            1 => {
+                let (code, body) = rip_server::control::call(
+                    &server.control_socket(),
+                    http::Method::POST,
+                    "/reload",
+                    Bytes::new(),
+                )
+                .await
+                .unwrap();
+                assert_eq!(code, 200, "{body}");
+            }
+            2 => {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(server.pid() as i32),
+                    nix::sys::signal::Signal::SIGHUP,
+                )
+                .unwrap();
+                wait_roll(&server, "succeeded", succeeded).await;
+            }
+            3 => {
+                // A new app version: its answer must replace the old one for good.
+                version += 1;
+                set_version(&app, &format!("v{version}"));
+                wait_roll(&server, "succeeded", succeeded).await;
+            }
+            4 => {
+                // A broken deploy, then a manual reload while broken: both
+                // rolls fail and the old generation keeps serving.
+                std::fs::write(app.join("index.mjs"), BROKEN_INDEX).unwrap();
+                wait_roll(&server, "failed", failed).await;
+                let out = server.cli(&["reload", "--name", "shop"]);
+                assert_eq!(out.status.code(), Some(2), "a failed roll exits 2");
+                assert!(String::from_utf8_lossy(&out.stderr).contains("old workers keep serving"));
+            }
+            _ => {
+                // The fix.
+                std::fs::write(app.join("index.mjs"), INDEX).unwrap();
+                wait_roll(&server, "succeeded", succeeded).await;
+            }
+        }
+        round += 1;
+    }
+    // Let every client make requests against the final generation.
+    let final_version = format!("v{version}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut total = 0;
+    for client in clients {
+        let log = client.await.unwrap();
+        total += log.sent;
+        assert!(log.errors.is_empty(), "connection errors: {:?}", log.errors);
+        assert!(
+            log.non_200.is_empty(),
+            "non-200 responses: {:?}",
+            log.non_200
+        );
+        assert_eq!(log.sent, log.ok, "requests lost");
+        assert!(
+            !log.bodies.iter().any(|b| b == "BROKEN"),
+            "the broken version answered"
+        );
+        let versions: Vec<u32> = log.bodies.iter().map(|b| version_number(b)).collect();
+        assert!(
+            versions.windows(2).all(|w| w[0] <= w[1]),
+            "a client saw an old version after a new one: {versions:?}"
+        );
+        assert_eq!(
+            log.bodies.last(),
+            Some(&final_version),
+            "a client never saw the final version"
+        );
+    }
+    let status = server.status().await;
+    assert!(rolls(&status, "succeeded") >= 10, "{status:#}");
+    assert!(rolls(&status, "failed") >= 2, "{status:#}");
+    assert!(
+        total > 1000,
+        "too little load to prove anything: {total} requests"
+    );
+    eprintln!(
+        "{total} requests, {} rolls, all answered 200",
+        rolls(&status, "started")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_mid_roll_restarts_it_and_rolls_never_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(dir.path(), "v1");
+    // A slow-loading app, so the change surely lands while a roll boots.
+    let slow = format!("await new Promise((r) => setTimeout(r, 1500));\n{INDEX}");
+    std::fs::write(dir.path().join("index.mjs"), slow).unwrap();
+    let server = Builder::app(dir.path().to_str().unwrap(), "mid")
+        .arg("w:2")
+        .arg("--boot-timeout-ms=20000")
+        .start();
+    server.wait_ready().await;
+    let socket = server.control_socket();
+    let first = tokio::spawn({
+        let socket = socket.clone();
+        async move {
+            rip_server::control::call(&socket, http::Method::POST, "/reload", Bytes::new()).await
+        }
+    });
+    server
+        .wait_status("a roll in progress", |s| !s["roll"].is_null())
+        .await;
+    set_version(dir.path(), "v2");
+    let (code, _) = first.await.unwrap().unwrap();
+    assert_eq!(code, 200);
+    let status = wait_roll(&server, "succeeded", 0).await;
+    // The first roll was superseded by the change: one success, no overlap.
+    assert_eq!(rolls(&status, "succeeded"), 1, "{status:#}");
+    assert!(rolls(&status, "started") >= 2, "{status:#}");
+    let generations: std::collections::BTreeSet<u64> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "serving")
+        .map(|w| w["generation"].as_u64().unwrap())
+        .collect();
+    assert_eq!(generations.len(), 1, "{status:#}");
+    assert_eq!(server.get("/v").await.body, "v2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn module_mode_reloads_in_place_and_keeps_the_last_good_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(dir.path(), "v1");
+    let server = Builder::app(dir.path().to_str().unwrap(), "mod")
+        .arg("w:1")
+        .arg("--reload=module")
+        .start();
+    server.wait_ready().await;
+    let pid = server.get("/pid").await.body;
+    set_version(dir.path(), "v2");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.get("/v").await.body != "v2" {
+        assert!(
+            Instant::now() < deadline,
+            "module reload never took effect\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        server.get("/pid").await.body,
+        pid,
+        "module mode must not restart the process"
+    );
+
+    std::fs::write(
+        dir.path().join("index.mjs"),
+        "export default {{{ syntax error",
+    )
+    .unwrap();
+    server.wait_log("keeping the last good handler").await;
+    let reply = server.get("/v").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "v2"));
+    assert_eq!(server.get("/pid").await.body, pid);
+    let status = server.status().await;
+    assert_eq!(status["rolls"]["started"], 0, "module mode does not roll");
+    assert_eq!(status["workers"][0]["reloads"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn module_reloads_past_the_allowance_recycle_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(dir.path(), "v1");
+    let server = Builder::app(dir.path().to_str().unwrap(), "maxr")
+        .arg("w:1")
+        .arg("--reload=module")
+        .arg("r:1000,3600s,2r")
+        .start();
+    let first = worker_pids(&server.wait_ready().await);
+    set_version(dir.path(), "v2");
+    server
+        .wait_status("one reload", |s| s["module_reloads"] == 1)
+        .await;
+    set_version(dir.path(), "v3");
+    server
+        .wait_status("the worker recycled after 2 reloads", |s| {
+            let pids = worker_pids(s);
+            pids.len() == 1 && pids != first && s["workers"][0]["state"] == "serving"
+        })
+        .await;
+    assert_eq!(server.get("/v").await.body, "v3");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_saves_causes_one_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(dir.path(), "v1");
+    let server = Builder::app(dir.path().to_str().unwrap(), "burst")
+        .arg("w:1")
+        .start();
+    server.wait_ready().await;
+    let burst_start = Instant::now();
+    for i in 0..50 {
+        set_version(dir.path(), &format!("v{}", 100 + i));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(burst_start.elapsed() < Duration::from_millis(1000));
+    wait_roll(&server, "succeeded", 0).await;
+    assert_eq!(server.get("/v").await.body, "v149");
+    // A sentinel change after the burst: exactly one more roll.
+    set_version(dir.path(), "v200");
+    let status = wait_roll(&server, "succeeded", 1).await;
+    assert_eq!(
+        rolls(&status, "started"),
+        2,
+        "the burst caused more than one roll: {status:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ignored_paths_do_not_roll_but_rename_saves_do() {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(dir.path(), "v1");
+    std::fs::create_dir_all(dir.path().join("node_modules/dep")).unwrap();
+    std::fs::create_dir_all(dir.path().join(".git")).unwrap();
+    let server = Builder::app(dir.path().to_str().unwrap(), "ign")
+        .arg("w:1")
+        .start();
+    server.wait_ready().await;
+    std::fs::write(
+        dir.path().join("node_modules/dep/index.js"),
+        "module.exports = 1;",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join(".git/HEAD"), "ref: refs/heads/main").unwrap();
+    std::fs::write(dir.path().join(".version.mjs.swp"), "swap").unwrap();
+    // An editor-style save: write a temp file, rename it over the original.
+    let temp = dir.path().join("version.mjs.tmp.4242");
+    std::fs::write(&temp, "export const VERSION = 'v2';\n").unwrap();
+    std::fs::rename(&temp, dir.path().join("version.mjs")).unwrap();
+    let status = wait_roll(&server, "succeeded", 0).await;
+    assert_eq!(server.get("/v").await.body, "v2");
+    // Only the rename rolled: the ignored writes came first and were coalesced
+    // or skipped, and nothing else follows.
+    assert_eq!(rolls(&status, "started"), 1, "{status:#}");
+    std::fs::write(
+        dir.path().join("node_modules/dep/index.js"),
+        "module.exports = 2;",
+    )
+    .unwrap();
+    set_version(dir.path(), "v3");
+    let status = wait_roll(&server, "succeeded", 1).await;
+    assert_eq!(rolls(&status, "started"), 2, "{status:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_rereads_the_config_and_rolls_to_the_new_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(dir.path(), "v1");
+    let config = dir.path().join("rip-server.toml");
+    std::fs::write(&config, "workers = 2\nreload = \"none\"\n").unwrap();
+    let server = Builder::app(dir.path().to_str().unwrap(), "conf")
+        .arg(&format!("--config={}", config.display()))
+        .start();
+    assert_eq!(server.wait_ready().await["desired_workers"], 2);
+    std::fs::write(&config, "workers = 3\nreload = \"none\"\n").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let status = wait_roll(&server, "succeeded", 0).await;
+    assert_eq!(status["desired_workers"], 3);
+    server.wait_ready().await;
+
+    // A broken config keeps everything running as it was.
+    std::fs::write(&config, "workers = \"many\"\n").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    server.wait_log("config reload failed").await;
+    assert_eq!(server.status().await["desired_workers"], 3);
+    assert_eq!(server.get("/v").await.status, 200);
+}
