@@ -617,4 +617,145 @@ mod tests {
         assert_eq!(p.take_reports(), vec![Report::Hung(1)]);
         assert_eq!(p.checkout().await.err(), Some(Unavailable::NoWorkers));
     }
+
+    mod invariants {
+        //! Property test: random interleavings of admits, checkouts,
+        //! releases and cancelled waits never put two requests on one
+        //! worker, never lose a waiter, and serve waiters in FIFO order.
+
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::cell::RefCell;
+        use std::collections::{BTreeSet, HashMap};
+        use std::rc::Rc;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Admit,
+            Checkout,
+            /// Release the n-th held lease (modulo the number held).
+            Release(usize),
+            /// Cancel the n-th waiting request (modulo the number waiting).
+            Cancel(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                1 => Just(Op::Admit),
+                4 => Just(Op::Checkout),
+                3 => (0usize..8).prop_map(Op::Release),
+                1 => (0usize..8).prop_map(Op::Cancel),
+            ]
+        }
+
+        #[derive(Default)]
+        struct World {
+            /// Worker ids currently leased, by request number.
+            held: HashMap<usize, WorkerId>,
+            /// Request numbers in the order they were granted a worker.
+            granted: Vec<usize>,
+            releases: HashMap<usize, oneshot::Sender<()>>,
+        }
+
+        async fn settle() {
+            for _ in 0..16 {
+                tokio::task::yield_now().await;
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn pool_invariants(ops in proptest::collection::vec(op(), 1..80)) {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, async move {
+                    let pool: Arc<Pool<()>> = Pool::new(1000, Duration::from_secs(3600));
+                    let world = Rc::new(RefCell::new(World::default()));
+                    let mut waiting: Vec<(usize, tokio::task::JoinHandle<()>)> = Vec::new();
+                    let mut cancelled = BTreeSet::new();
+                    let mut next_worker = 0;
+                    let mut next_request = 0;
+                    // One worker up front so the pool never answers NoWorkers.
+                    pool.admit(next_worker, 0, None, ()).unwrap_or(());
+                    next_worker += 1;
+                    for op in ops {
+                        match op {
+                            Op::Admit => {
+                                pool.admit(next_worker, 0, None, ()).unwrap_or(());
+                                next_worker += 1;
+                            }
+                            Op::Checkout => {
+                                let request = next_request;
+                                next_request += 1;
+                                let (pool, world) = (pool.clone(), world.clone());
+                                let task = tokio::task::spawn_local(async move {
+                                    let lease = pool.checkout().await.expect("no timeouts or overflow here");
+                                    let (tx, rx) = oneshot::channel();
+                                    {
+                                        let mut w = world.borrow_mut();
+                                        let id = lease.worker_id();
+                                        assert!(!w.held.values().any(|&h| h == id), "worker {id} leased twice");
+                                        w.held.insert(request, id);
+                                        w.granted.push(request);
+                                        w.releases.insert(request, tx);
+                                    }
+                                    let _ = rx.await;
+                                    world.borrow_mut().held.remove(&request);
+                                    drop(lease);
+                                });
+                                waiting.push((request, task));
+                            }
+                            Op::Release(n) => {
+                                let mut w = world.borrow_mut();
+                                let mut held: Vec<usize> = w.held.keys().copied().collect();
+                                held.sort();
+                                if !held.is_empty() {
+                                    let request = held[n % held.len()];
+                                    if let Some(tx) = w.releases.remove(&request) {
+                                        let _ = tx.send(());
+                                    }
+                                }
+                            }
+                            Op::Cancel(n) => {
+                                let granted: BTreeSet<usize> = world.borrow().granted.iter().copied().collect();
+                                let pending: Vec<usize> = waiting
+                                    .iter()
+                                    .map(|(r, _)| *r)
+                                    .filter(|r| !granted.contains(r) && !cancelled.contains(r))
+                                    .collect();
+                                if !pending.is_empty() {
+                                    let request = pending[n % pending.len()];
+                                    if let Some((_, task)) = waiting.iter().find(|(r, _)| *r == request) {
+                                        task.abort();
+                                    }
+                                    cancelled.insert(request);
+                                }
+                            }
+                        }
+                        settle().await;
+                    }
+                    // Release everything: every waiter not cancelled must get a worker.
+                    loop {
+                        let releases: Vec<_> = world.borrow_mut().releases.drain().collect();
+                        if releases.is_empty() {
+                            break;
+                        }
+                        for (_, tx) in releases {
+                            let _ = tx.send(());
+                        }
+                        settle().await;
+                    }
+                    let w = world.borrow();
+                    let expected: Vec<usize> = (0..next_request).filter(|r| !cancelled.contains(r) || w.granted.contains(r)).collect();
+                    let mut granted_sorted = w.granted.clone();
+                    granted_sorted.sort();
+                    assert_eq!(granted_sorted, expected, "a waiter was lost");
+                    // FIFO: requests are granted in the order they asked.
+                    assert!(w.granted.windows(2).all(|p| p[0] < p[1]), "not FIFO: {:?}", w.granted);
+                    assert_eq!(pool.stats().queued, 0);
+                    assert_eq!(pool.stats().busy, 0);
+                });
+            }
+        }
+    }
 }
