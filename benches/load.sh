@@ -3,7 +3,8 @@
 #   1. limit      W load generators, each -c 1 straight to one worker's socket
 #   2. rip-server w:W, over TCP on 127.0.0.1, at each CONCURRENCY
 #   3. haproxy    the same example worker binary behind HAProxy (one `server`
-#                 line per worker socket, maxconn 1, queueing), at each CONCURRENCY
+#                 line per worker socket, maxconn 1, queueing), at each CONCURRENCY,
+#                 with nbthread = rip-server's threads and with nbthread 1
 # then the table, the ratios and rip-server's entry-process memory.
 # Results and method: docs/benchmarks.md.
 #
@@ -13,6 +14,8 @@
 #   WARMUP=2             seconds of discarded load before each measured run
 #   CONCURRENCY="16 64"  client connections for the rip-server and HAProxy runs
 #   THREADS=$(nproc)     rip-server's runtime threads (TOKIO_WORKER_THREADS) = HAProxy nbthread
+#   HAPROXY_NBTHREADS="$THREADS 1"  one HAProxy (row "haproxy-Nt") per nbthread value; the
+#                        ratios are taken against the best of them (see docs/benchmarks.md)
 #   HAPROXY_BALANCE=leastconn   HAProxy's balance algorithm
 #   RIP_ARGS="r:0 --reload=none"  extra rip-server arguments (see docs/benchmarks.md)
 #   BIN_DIR=target/release  where rip-server and rip-example-worker are; built
@@ -34,6 +37,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONCURRENCY=${CONCURRENCY:-16 64}
 THREADS=${THREADS:-$(nproc)}
+HAPROXY_NBTHREADS=${HAPROXY_NBTHREADS:-$THREADS 1}
 HAPROXY_BALANCE=${HAPROXY_BALANCE:-leastconn}
 RIP_ARGS=${RIP_ARGS:-r:0 --reload=none}
 BIN_DIR=${BIN_DIR:-$root/target/release}
@@ -54,6 +58,13 @@ for c in "${concurrencies[@]}"; do
   [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONCURRENCY holds '$c', not a positive whole number"
 done
 read -r -a rip_args <<<"$RIP_ARGS"
+read -r -a haproxy_nbthreads <<<"$HAPROXY_NBTHREADS"
+((${#haproxy_nbthreads[@]} > 0)) || die "HAPROXY_NBTHREADS is empty"
+for t in "${haproxy_nbthreads[@]}"; do
+  [[ $t =~ ^[1-9][0-9]*$ ]] || die "HAPROXY_NBTHREADS holds '$t', not a positive whole number"
+done
+# drop repeats ("1 1" when THREADS=1), keep the order
+mapfile -t haproxy_nbthreads < <(printf '%s\n' "${haproxy_nbthreads[@]}" | awk '!seen[$0]++')
 
 for tool in haproxy python3 curl ss; do
   command -v "$tool" >/dev/null || die "$tool is needed and not on PATH"
@@ -264,7 +275,24 @@ note "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /p
 note "rip-server: $rip ($(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- src 2>/dev/null || echo '+dirty src'))"
 note "haproxy: $(haproxy -v | head -n 1)"
 if [[ $LOADGEN == oha ]]; then note "load: $("$OHA" --version)"; else note "load: wrk (oha not found; no limit row: wrk cannot use Unix sockets)"; fi
-note "W=$W DURATION=${DURATION}s WARMUP=${WARMUP}s CONCURRENCY=\"${concurrencies[*]}\" THREADS=$THREADS HAPROXY_BALANCE=$HAPROXY_BALANCE RIP_ARGS=\"$RIP_ARGS\""
+note "W=$W DURATION=${DURATION}s WARMUP=${WARMUP}s CONCURRENCY=\"${concurrencies[*]}\" THREADS=$THREADS HAPROXY_NBTHREADS=\"${haproxy_nbthreads[*]}\" HAPROXY_BALANCE=$HAPROXY_BALANCE RIP_ARGS=\"$RIP_ARGS\""
+
+# Everything here shares the CPUs with the load generator; anything else
+# running skews the numbers. Measure how busy the machine is before starting.
+busy=$(python3 - <<'PY'
+import time
+def snap():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[3] + v[4], sum(v)
+i0, t0 = snap(); time.sleep(1); i1, t1 = snap()
+print(round(100 * (1 - (i1 - i0) / max(t1 - t0, 1))))
+PY
+)
+note "CPU busy before the run: ${busy}% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+if ((busy > 10)); then
+  echo "load.sh: warning: the machine is ${busy}% busy before the run; numbers will be skewed" >&2
+fi
 
 # W standalone example workers: behind HAProxy, and alone for the limit.
 mkdir -p "$scratch/w"
@@ -275,20 +303,24 @@ for ((i = 1; i <= W; i++)); do
   wait_until "$!" "$scratch/w/w$i.log" 10 "worker $i" ping_unix "$scratch/w/w$i.sock"
 done
 
-# HAProxy, as configured in benches/load/haproxy.cfg.in.
-haproxy_port=$(free_port)
-{
-  sed -e "s/@NBTHREAD@/$THREADS/" -e "s/@PORT@/$haproxy_port/" -e "s/@BALANCE@/$HAPROXY_BALANCE/" \
-    "$here/haproxy.cfg.in"
-  for ((i = 1; i <= W; i++)); do
-    echo "    server w$i unix@$scratch/w/w$i.sock maxconn 1"
-  done
-} >"$scratch/haproxy.cfg"
-haproxy -c -q -f "$scratch/haproxy.cfg" || die "haproxy rejected $scratch/haproxy.cfg"
-haproxy -db -f "$scratch/haproxy.cfg" </dev/null >"$scratch/haproxy.log" 2>&1 &
-haproxy_pid=$!
-pids+=("$haproxy_pid")
-wait_until "$haproxy_pid" "$scratch/haproxy.log" 10 "haproxy on port $haproxy_port" ping_tcp "$haproxy_port"
+# One HAProxy per nbthread value, as configured in benches/load/haproxy.cfg.in,
+# all in front of the same W workers (only one is under load at a time).
+declare -A haproxy_port=()
+for t in "${haproxy_nbthreads[@]}"; do
+  port=$(free_port)
+  cfg="$scratch/haproxy-${t}t.cfg"
+  {
+    sed -e "s/@NBTHREAD@/$t/" -e "s/@PORT@/$port/" -e "s/@BALANCE@/$HAPROXY_BALANCE/" "$here/haproxy.cfg.in"
+    for ((i = 1; i <= W; i++)); do
+      echo "    server w$i unix@$scratch/w/w$i.sock maxconn 1"
+    done
+  } >"$cfg"
+  haproxy -c -q -f "$cfg" || die "haproxy rejected $cfg"
+  haproxy -db -f "$cfg" </dev/null >"${cfg%.cfg}.log" 2>&1 &
+  pids+=("$!")
+  wait_until "$!" "${cfg%.cfg}.log" 10 "haproxy (nbthread $t) on port $port" ping_tcp "$port"
+  haproxy_port[$t]=$port
+done
 
 # rip-server with its own W workers (same binary) on a kernel-chosen port.
 export XDG_RUNTIME_DIR="$scratch/xdg"
@@ -309,7 +341,8 @@ wait_until "$rip_pid" "$scratch/rip-server.log" 20 "rip-server's $W workers" rip
 wait_until "$rip_pid" "$scratch/rip-server.log" 5 "rip-server on port $rip_port" ping_tcp "$rip_port"
 mapfile -t rip_children < <(python3 -c 'import json, sys; [print(w["pid"]) for w in json.load(open(sys.argv[1]))["workers"]]' "$scratch/status.json")
 rss_idle=$(rss_kib "$rip_pid" VmRSS)
-note "rip-server pid $rip_pid on 127.0.0.1:$rip_port (workers ${rip_children[*]}), HAProxy pid $haproxy_pid on 127.0.0.1:$haproxy_port"
+note "rip-server pid $rip_pid on 127.0.0.1:$rip_port (workers ${rip_children[*]})"
+for t in "${haproxy_nbthreads[@]}"; do note "haproxy nbthread $t on 127.0.0.1:${haproxy_port[$t]}"; done
 
 if [[ $LOADGEN == oha ]]; then
   note "limit: $W x oha -c 1 --unix-socket (one per worker)"
@@ -324,7 +357,9 @@ for c in "${concurrencies[@]}"; do
   kill "$sampler" 2>/dev/null || true
   wait "$sampler" 2>/dev/null || true
   forget "$sampler"
-  measure haproxy "$c" "$haproxy_port"
+  for t in "${haproxy_nbthreads[@]}"; do
+    measure "haproxy-${t}t" "$c" "${haproxy_port[$t]}"
+  done
 done
 sleep 2
 rss_after=$(rss_kib "$rip_pid" VmRSS)

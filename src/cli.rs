@@ -22,9 +22,10 @@ ARGS (any order):
   w:N            N workers; also w:auto (= cores), w:half, w:2x, w:3x (default: w:half, at least 1)
   r:N[,Ss][,Rr]  recycle a worker after N requests, S seconds or R module reloads, whichever
                  comes first; parts in any order, 0 = no limit (default: r:10000,3600s,10r)
-  http[:PORT]    plain HTTP on PORT (default: $PORT, else 80 if free, else the first free port
-                 from 5000 up); http:0 lets the kernel pick a free port
-  PORT           HTTPS on PORT
+  PORT           HTTPS on PORT (also https:PORT); without a port: 443 if free, else the
+                 first free port from 5000 up. Port 80 redirects to HTTPS when it can be bound.
+  http[:PORT]    plain HTTP only, no TLS and no redirect (port: $PORT, else 80 if free, else
+                 the first free port from 5000 up); port 0 lets the kernel pick a free port
 
 COMMANDS (talk to a running instance over its control socket):
   rip-server status [--name NAME]   print the instance's status as JSON
@@ -32,7 +33,9 @@ COMMANDS (talk to a running instance over its control socket):
   rip-server stop   [--name NAME]   graceful stop
 
 EXAMPLES:
-  rip-server apps/api http:5002               serve apps/api over HTTP on port 5002
+  rip-server apps/api                         HTTPS on 443 (or 5000+) with an automatic certificate
+  rip-server apps/api 5700 --cert=c.pem --key=k.pem --hsts
+  rip-server apps/api http:5002               serve apps/api over plain HTTP on port 5002
   rip-server apps/api w:4 r:5000,600s http    4 workers, recycle after 5000 requests or 10 minutes
   rip-server app.mjs --reload=module http     reload the handler in place when files change
   rip-server --config=/etc/rip-server.toml    every flag has a key in the TOML file
@@ -101,6 +104,34 @@ pub struct Cli {
     /// JavaScript runtime for fetch-handler apps: node or bun (default node).
     #[arg(long, value_enum, value_name = "RUNTIME")]
     pub runtime: Option<JsRuntime>,
+
+    /// HTTPS port (the same as a bare PORT; default 443, else the first free port from 5000).
+    #[arg(long, value_name = "PORT")]
+    pub https_port: Option<u16>,
+
+    /// PEM certificate chain for HTTPS; repeat --cert/--key pairs for more hosts (picked by SNI).
+    #[arg(long, value_name = "PATH")]
+    pub cert: Vec<PathBuf>,
+
+    /// PEM private key (RSA, ECDSA or Ed25519) for the --cert in the same position.
+    #[arg(long, value_name = "PATH")]
+    pub key: Vec<PathBuf>,
+
+    /// Use an automatic certificate: mkcert if installed, else self-signed (the default without --cert).
+    #[arg(long)]
+    pub auto_tls: bool,
+
+    /// Add Strict-Transport-Security to HTTPS responses.
+    #[arg(long)]
+    pub hsts: bool,
+
+    /// Do not answer plain HTTP with a redirect to HTTPS.
+    #[arg(long)]
+    pub no_redirect_http: bool,
+
+    /// Port for the HTTP-to-HTTPS redirect (default 80; skipped if it cannot be bound).
+    #[arg(long, value_name = "PORT")]
+    pub redirect_port: Option<u16>,
 
     /// Write logs (and the access log) as JSON lines.
     #[arg(long)]

@@ -27,6 +27,7 @@ use std::time::Duration;
 use crate::app::{App, ResolveError};
 use crate::cli::{ArgsError, JsRuntime, ListenSpec, ReloadMode, RestartSpec, ServeArgs, Token};
 use crate::cli::{Cli, WorkerCount};
+use crate::tls::{CertPair, TlsSource};
 
 /// Everything the server needs to run, validated.
 #[derive(Debug, Clone)]
@@ -57,10 +58,29 @@ pub struct RestartPolicy {
 }
 
 /// The public listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
-    /// Plain HTTP on this port (0: the kernel picks).
+    /// Plain HTTP on this port (0: the kernel picks); no TLS, no redirect.
     Http(PortChoice),
+    /// HTTPS, with an optional plain-HTTP redirect listener.
+    Https(Https),
+}
+
+/// The HTTPS listener's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Https {
+    pub port: PortChoice,
+    pub redirect: Redirect,
+    pub tls: TlsSource,
+    pub hsts: bool,
+}
+
+/// Whether plain HTTP is answered with a redirect to HTTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirect {
+    Off,
+    /// Redirect from this port, if it can be bound.
+    From(u16),
 }
 
 /// A fixed port, or "80 if free, else the first free port from 5000 up".
@@ -110,6 +130,7 @@ pub mod defaults {
     pub const MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
     pub const MAX_HEADER_BYTES: usize = 64 * 1024;
     pub const HTTP_PORT: u16 = 80;
+    pub const HTTPS_PORT: u16 = 443;
     pub const FALLBACK_PORT_FROM: u16 = 5_000;
 }
 
@@ -139,10 +160,10 @@ pub enum ConfigError {
         message: String,
     },
     #[error(
-        "HTTPS is not available yet in this version of rip-server; \
-         serve plain HTTP with 'http' or 'http:PORT' (for example: rip-server apps/api http:5002)"
+        "{flag} applies only to HTTPS, but '{listen}' asks for plain HTTP; \
+         drop '{listen}' to serve HTTPS, or drop {flag}"
     )]
-    HttpsUnavailable,
+    TlsFlagWithHttp { flag: &'static str, listen: String },
 }
 
 /// The TOML config file; every key is optional.
@@ -167,6 +188,29 @@ struct FileConfig {
     json_logging: Option<bool>,
     no_access_log: Option<bool>,
     name: Option<String>,
+    https_port: Option<u16>,
+    cert: Option<OneOrMany>,
+    key: Option<OneOrMany>,
+    auto_tls: Option<bool>,
+    hsts: Option<bool>,
+    no_redirect_http: Option<bool>,
+    redirect_port: Option<u16>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl OneOrMany {
+    fn paths(&self, base: &Path) -> Vec<PathBuf> {
+        match self {
+            OneOrMany::One(path) => vec![base.join(path)],
+            OneOrMany::Many(paths) => paths.iter().map(|p| base.join(p)).collect(),
+        }
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -219,6 +263,7 @@ impl Config {
             args,
             env,
             file: &file,
+            file_dir: file_dir.clone().unwrap_or_default(),
         };
 
         let app_path = match (&args.app, &file.app) {
@@ -272,6 +317,8 @@ struct Layers<'a> {
     args: &'a ServeArgs,
     env: &'a dyn Env,
     file: &'a FileConfig,
+    /// Relative paths in the file are relative to its directory.
+    file_dir: PathBuf,
 }
 
 impl Layers<'_> {
@@ -483,15 +530,117 @@ impl Layers<'_> {
             (None, None) => None,
         };
         match spec {
-            Some(ListenSpec::Http(Some(port))) => Ok(Listen::Http(PortChoice::Fixed(port))),
-            Some(ListenSpec::Http(None)) => match self.env_port()? {
-                Some(port) => Ok(Listen::Http(PortChoice::Fixed(port))),
-                None => Ok(Listen::Http(PortChoice::FirstFree {
-                    preferred: defaults::HTTP_PORT,
-                    fallback_from: defaults::FALLBACK_PORT_FROM,
-                })),
+            Some(ListenSpec::Http(port)) => {
+                self.refuse_tls_flags(&ListenSpec::Http(port).to_string())?;
+                let port = match port {
+                    Some(port) => Some(port),
+                    None => self.env_port()?,
+                };
+                Ok(Listen::Http(match port {
+                    Some(port) => PortChoice::Fixed(port),
+                    None => PortChoice::FirstFree {
+                        preferred: defaults::HTTP_PORT,
+                        fallback_from: defaults::FALLBACK_PORT_FROM,
+                    },
+                }))
+            }
+            Some(ListenSpec::Https(port)) => self.https(port),
+            None => self.https(None),
+        }
+    }
+
+    fn https(&self, token_port: Option<u16>) -> Result<Listen, ConfigError> {
+        let (cli, file) = (self.cli, self.file);
+        let flag_port = cli.https_port.or(file.https_port);
+        let port = match (token_port, flag_port) {
+            (Some(a), Some(b)) if a != b => return Err(ConfigError::Invalid {
+                setting: "--https-port",
+                message: format!(
+                    "'{a}' and '--https-port={b}' ask for two HTTPS ports; rip-server serves one"
+                ),
+            }),
+            (Some(port), _) | (None, Some(port)) => PortChoice::Fixed(port),
+            (None, None) => PortChoice::FirstFree {
+                preferred: defaults::HTTPS_PORT,
+                fallback_from: defaults::FALLBACK_PORT_FROM,
             },
-            Some(ListenSpec::Https(_)) | None => Err(ConfigError::HttpsUnavailable),
+        };
+        let (certs, keys) = if cli.cert.is_empty() && cli.key.is_empty() {
+            let base = &self.file_dir;
+            (
+                file.cert.as_ref().map_or_else(Vec::new, |c| c.paths(base)),
+                file.key.as_ref().map_or_else(Vec::new, |k| k.paths(base)),
+            )
+        } else {
+            (cli.cert.clone(), cli.key.clone())
+        };
+        if certs.len() != keys.len() {
+            return Err(ConfigError::Invalid {
+                setting: "--cert/--key",
+                message: format!(
+                    "certificates and keys come in pairs: got {} --cert and {} --key",
+                    certs.len(),
+                    keys.len()
+                ),
+            });
+        }
+        let auto_tls = cli.auto_tls || file.auto_tls.unwrap_or(false);
+        let tls = match (certs.is_empty(), auto_tls) {
+            (true, _) => TlsSource::Auto,
+            (false, true) => {
+                return Err(ConfigError::Invalid {
+                    setting: "--auto-tls",
+                    message: "choose either --cert/--key files or --auto-tls, not both".into(),
+                })
+            }
+            (false, false) => TlsSource::Files(
+                certs
+                    .into_iter()
+                    .zip(keys)
+                    .map(|(cert, key)| CertPair { cert, key })
+                    .collect(),
+            ),
+        };
+        let redirect = if cli.no_redirect_http || file.no_redirect_http.unwrap_or(false) {
+            Redirect::Off
+        } else {
+            Redirect::From(
+                cli.redirect_port
+                    .or(file.redirect_port)
+                    .unwrap_or(defaults::HTTP_PORT),
+            )
+        };
+        Ok(Listen::Https(Https {
+            port,
+            redirect,
+            tls,
+            hsts: cli.hsts || file.hsts.unwrap_or(false),
+        }))
+    }
+
+    /// TLS settings with a plain-HTTP listener would be silently ignored: refuse.
+    fn refuse_tls_flags(&self, listen: &str) -> Result<(), ConfigError> {
+        let (cli, file) = (self.cli, self.file);
+        let given = [
+            (
+                "--https-port",
+                cli.https_port.is_some() || file.https_port.is_some(),
+            ),
+            ("--cert", !cli.cert.is_empty() || file.cert.is_some()),
+            ("--key", !cli.key.is_empty() || file.key.is_some()),
+            ("--auto-tls", cli.auto_tls || file.auto_tls.unwrap_or(false)),
+            ("--hsts", cli.hsts || file.hsts.unwrap_or(false)),
+            (
+                "--redirect-port",
+                cli.redirect_port.is_some() || file.redirect_port.is_some(),
+            ),
+        ];
+        match given.iter().find(|(_, set)| *set) {
+            Some((flag, _)) => Err(ConfigError::TlsFlagWithHttp {
+                flag,
+                listen: listen.to_string(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -691,14 +840,66 @@ mod tests {
     }
 
     #[test]
-    fn https_is_reported_as_unavailable() {
+    fn https_is_the_default_with_an_automatic_certificate() {
         let app = app_dir();
         let dir = app.path().to_str().unwrap();
-        let err = build(&[dir], &[]).unwrap_err().to_string();
+        let c = build(&[dir], &[]).unwrap();
+        let Listen::Https(https) = c.listen else {
+            panic!("not HTTPS: {:?}", c.listen)
+        };
+        assert_eq!(
+            https.port,
+            PortChoice::FirstFree {
+                preferred: 443,
+                fallback_from: 5000
+            }
+        );
+        assert_eq!(https.redirect, Redirect::From(80));
+        assert_eq!(https.tls, TlsSource::Auto);
+        let c = build(
+            &[
+                dir,
+                "5700",
+                "--cert=c.pem",
+                "--key=k.pem",
+                "--no-redirect-http",
+                "--hsts",
+            ],
+            &[],
+        )
+        .unwrap();
+        let Listen::Https(https) = c.listen else {
+            panic!("not HTTPS")
+        };
+        assert_eq!(https.port, PortChoice::Fixed(5700));
+        assert_eq!(https.redirect, Redirect::Off);
+        assert!(https.hsts);
+        assert_eq!(
+            https.tls,
+            TlsSource::Files(vec![CertPair {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            }])
+        );
+    }
+
+    #[test]
+    fn tls_flags_with_plain_http_are_refused() {
+        let app = app_dir();
+        let dir = app.path().to_str().unwrap();
+        let err = build(&[dir, "http:5002", "--hsts"], &[])
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("HTTPS is not available yet") && err.contains("http:PORT"),
+            err.contains("--hsts applies only to HTTPS") && err.contains("'http:5002'"),
             "{err}"
         );
+        let err = build(&[dir, "--cert=a.pem"], &[]).unwrap_err().to_string();
+        assert!(err.contains("got 1 --cert and 0 --key"), "{err}");
+        let err = build(&[dir, "5700", "--https-port=5701"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("two HTTPS ports"), "{err}");
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct ControlState {
     pub pool: Arc<Pool<Upstream>>,
     pub metrics: Arc<Metrics>,
     pub supervisor: SupervisorHandle,
+    /// Re-read on `POST /reload` (certificate renewals without restart).
+    pub tls: Option<Arc<crate::tls::Tls>>,
     /// Set to request a graceful stop.
     pub stop: watch::Sender<bool>,
 }
@@ -185,6 +187,9 @@ async fn status(state: &ControlState) -> Response<Full<Bytes>> {
 const ROLL_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 async fn reload(state: &ControlState) -> Response<Full<Bytes>> {
+    if let Some(tls) = &state.tls {
+        crate::reload_tls(tls, None);
+    }
     let (reply, outcome) = tokio::sync::oneshot::channel();
     let command = Command::Reload {
         trigger: Trigger::Command,

@@ -32,6 +32,7 @@ pub mod control;
 pub mod logging;
 pub mod server;
 pub mod supervisor;
+pub mod tls;
 pub mod worker_kit;
 
 use std::io;
@@ -65,6 +66,8 @@ pub enum Error {
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
     Control(#[from] control::CallError),
     #[error("rolling restart failed, the old workers keep serving: {0}")]
     RollFailed(String),
@@ -83,6 +86,8 @@ const MAX_SOCKET_PATH: usize = 107;
 pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
     let config = Config::build(cli, args, &ProcessEnv)?;
     let _log_guard = logging::init(config.logging);
+    // Certificates first: a bad one stops us before anything listens.
+    let tls = load_tls(&config)?;
     prepare_runtime_dir(&config.runtime_dir)?;
 
     let control_path = control::socket_path(&config.runtime_dir, &config.name);
@@ -91,10 +96,8 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
     remove_stale_worker_sockets(&config.runtime_dir, &config.name);
     let spawner = spawner(&config, &control_path)?;
 
-    let Listen::Http(port_choice) = config.listen;
-    let listener = listen::bind(port_choice).await?;
-    let port = listener.local_addr()?.port();
-    let url = format!("http://localhost:{port}");
+    let listeners = open_listeners(&config, tls.as_ref()).await?;
+    let url = listeners.url.clone();
 
     let pool = Pool::new(config.limits.max_queue, config.timeouts.queue);
     let metrics = Arc::new(Metrics::new(&config.name));
@@ -119,7 +122,8 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         app_dir: config.app.dir.clone(),
         entry: config.app.entry.clone(),
         reload: config.reload.as_str(),
-        listeners: vec![url.clone()],
+        listeners: listeners.urls(),
+        tls: tls.clone(),
         started: Instant::now(),
         pool: pool.clone(),
         metrics,
@@ -134,8 +138,21 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
     let options = ServeOptions {
         limits: config.limits,
         timeouts: config.timeouts,
+        transport: listeners.transport,
     };
-    let listener_task = tokio::spawn(listen::serve(listener, router, options, stop_rx.clone()));
+    let listener_task = tokio::spawn(listen::serve(
+        listeners.main,
+        router,
+        options,
+        stop_rx.clone(),
+    ));
+    if let Some((redirect, _)) = listeners.redirect {
+        tokio::spawn(listen::serve_redirect(
+            redirect,
+            listeners.port,
+            stop_rx.clone(),
+        ));
+    }
 
     println!(
         "rip-server {}: serving {} ({}, {}) with {} worker{}, reload={}",
@@ -148,6 +165,9 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         config.reload.as_str(),
     );
     println!("listening on {url}");
+    if let Some(redirect_url) = &listeners.redirect_url {
+        println!("redirecting {redirect_url} to {url}");
+    }
     println!("control socket {}", control_path.display());
     let workers = config.workers;
     tokio::spawn(async move {
@@ -165,6 +185,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         pool: pool.clone(),
         supervisor: supervisor.clone(),
         control_path: control_path.clone(),
+        tls,
     };
     run_until_stopped(&mut stop_rx, &reconfigure).await?;
     tracing::info!("stopping: no new connections; finishing requests in flight");
@@ -219,6 +240,7 @@ struct Reconfigure {
     pool: Arc<Pool<server::upstream::Upstream>>,
     supervisor: supervisor::SupervisorHandle,
     control_path: PathBuf,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl Reconfigure {
@@ -245,6 +267,9 @@ impl Reconfigure {
                 return;
             }
         };
+        if let (Some(tls), Listen::Https(https)) = (&self.tls, &config.listen) {
+            reload_tls(tls, Some(https.tls.clone()));
+        }
         self.proxy.retune(config.limits, config.timeouts);
         self.pool
             .set_queue_limits(config.limits.max_queue, config.timeouts.queue);
@@ -254,6 +279,117 @@ impl Reconfigure {
             reply: None,
         };
         self.supervisor.send(command).await;
+    }
+}
+
+/// Re-reads the certificates; a bad one keeps the current ones serving.
+pub fn reload_tls(tls: &tls::Tls, source: Option<tls::TlsSource>) {
+    match tls.reload(source) {
+        Ok(loaded) => {
+            for cert in loaded {
+                tracing::info!(
+                    names = %cert.material.info.names.join(","),
+                    expires = %cert.material.info.expiry(),
+                    sha256 = %cert.material.info.fingerprint,
+                    "certificate loaded"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "certificate reload failed; the current certificates keep serving")
+        }
+    }
+}
+
+/// Loads the HTTPS certificates (and prints what they are), if HTTPS is on.
+fn load_tls(config: &Config) -> Result<Option<Arc<tls::Tls>>, Error> {
+    let Listen::Https(https) = &config.listen else {
+        return Ok(None);
+    };
+    let names = tls::auto::LOCAL_NAMES
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let (tls, loaded) = tls::Tls::load(https.tls.clone(), tls::auto::state_dir(), names)?;
+    for cert in &loaded {
+        println!("certificate {}", cert.origin);
+        println!("{}", cert.material.info);
+        if let Some(hint) = &cert.trust_hint {
+            println!("  {hint}");
+        }
+    }
+    Ok(Some(Arc::new(tls)))
+}
+
+/// The bound listeners.
+struct Listeners {
+    main: tokio::net::TcpListener,
+    port: u16,
+    url: String,
+    transport: listen::Transport,
+    redirect: Option<(tokio::net::TcpListener, u16)>,
+    redirect_url: Option<String>,
+}
+
+impl Listeners {
+    fn urls(&self) -> Vec<String> {
+        std::iter::once(self.url.clone())
+            .chain(self.redirect_url.clone())
+            .collect()
+    }
+}
+
+async fn open_listeners(config: &Config, tls: Option<&Arc<tls::Tls>>) -> Result<Listeners, Error> {
+    match (&config.listen, tls) {
+        (Listen::Https(https), Some(tls)) => {
+            let main = listen::bind(https.port).await?;
+            let port = main.local_addr()?.port();
+            let url = match port {
+                443 => "https://localhost".to_string(),
+                port => format!("https://localhost:{port}"),
+            };
+            let redirect = match https.redirect {
+                config::Redirect::Off => None,
+                config::Redirect::From(from) => match listen::bind(config::PortChoice::Fixed(from))
+                    .await
+                {
+                    Ok(listener) => {
+                        let bound = listener.local_addr()?.port();
+                        Some((listener, bound))
+                    }
+                    Err(e) => {
+                        println!("no HTTP redirect: {e} (use --no-redirect-http to silence this)");
+                        None
+                    }
+                },
+            };
+            let redirect_url = redirect
+                .as_ref()
+                .map(|(_, p)| format!("http://localhost:{p}"));
+            Ok(Listeners {
+                main,
+                port,
+                url,
+                transport: listen::Transport::Tls {
+                    acceptor: tls.acceptor(),
+                    hsts: https.hsts,
+                },
+                redirect,
+                redirect_url,
+            })
+        }
+        (Listen::Http(choice), _) | (Listen::Https(config::Https { port: choice, .. }), None) => {
+            let main = listen::bind(*choice).await?;
+            let port = main.local_addr()?.port();
+            Ok(Listeners {
+                main,
+                port,
+                url: format!("http://localhost:{port}"),
+                transport: listen::Transport::Plain,
+                redirect: None,
+                redirect_url: None,
+            })
+        }
     }
 }
 

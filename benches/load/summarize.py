@@ -90,21 +90,34 @@ def table(path):
     for name, conc, rps, p50, p99, non2xx, errors in rows:
         print(f"| {name} | {conc} | {float(rps):,.0f} | {float(p50):.2f} | {float(p99):.2f} | {non2xx} | {errors} |")
 
-    by = {(r[0], r[1]): r for r in rows}
     limit = next((r for r in rows if r[0] == "limit"), None)
+    peers = list(dict.fromkeys(r[0] for r in rows if r[0].startswith("haproxy")))
+    by = {(r[0], r[1]): r for r in rows}
     print()
-    print("| concurrency | rip-server / HAProxy requests/s | rip-server / HAProxy p99 | rip-server / limit requests/s |")
-    print("|---:|---:|---:|---:|")
+    print("| concurrency | rip-server against | req/s ratio | p99 ratio |")
+    print("|---:|---|---:|---:|")
     for (name, conc), r in by.items():
         if name != "rip-server":
             continue
-        peer = by.get(("haproxy", conc))
-        rps_ratio = f"{float(r[2]) / float(peer[2]):.2f}" if peer and float(peer[2]) else "n/a"
-        p99_ratio = f"{float(r[4]) / float(peer[4]):.2f}" if peer and float(peer[4]) else "n/a"
-        lim_ratio = f"{float(r[2]) / float(limit[2]):.2f}" if limit and float(limit[2]) else "n/a"
-        print(f"| {conc} | {rps_ratio} | {p99_ratio} | {lim_ratio} |")
+        rps, p99 = float(r[2]), float(r[4])
+        found = [by[(p, conc)] for p in peers if (p, conc) in by]
+        for peer in found:
+            print(f"| {conc} | {peer[0]} | {ratio(rps, float(peer[2]))} | {ratio(p99, float(peer[4]))} |")
+        if len(found) > 1:
+            best_rps = max(float(p[2]) for p in found)
+            best_p99 = min(float(p[4]) for p in found)
+            print(f"| {conc} | best HAProxy | **{ratio(rps, best_rps)}** | **{ratio(p99, best_p99)}** |")
+        if limit:
+            print(f"| {conc} | limit ({limit[1]}) | {ratio(rps, float(limit[2]))} | — |")
     print()
-    print("(requests/s ratio above 1 = rip-server serves more; p99 ratio below 1 = rip-server's tail is shorter)")
+    print("req/s ratio above 1: rip-server serves more; p99 ratio below 1: rip-server's tail is shorter")
+    print("(no p99 ratio against the limit: it runs one request per worker, with no queue).")
+    if len(peers) > 1:
+        print("best HAProxy: the highest req/s and, separately, the lowest p99 of the HAProxy rows at that concurrency.")
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if b else "n/a"
 
 
 def main(argv):

@@ -1,0 +1,173 @@
+//! Automatic certificates for `--auto-tls` (the default without
+//! `--cert`/`--key`): `mkcert` when it is installed (its local CA is trusted
+//! by browsers once installed), otherwise a self-signed certificate made with
+//! rcgen. Either is cached in the state directory (`$STATE_DIRECTORY`, else
+//! `~/.rip`, under `certs/`, key mode 0600) and reused while it is valid for
+//! at least another day and covers every name needed; otherwise it is made
+//! anew.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::material::{self, Material, TlsError};
+
+/// Names every automatic certificate covers.
+pub const LOCAL_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// How long a self-signed certificate is valid.
+const VALID_DAYS: i64 = 365;
+/// A cached certificate expiring sooner than this is replaced.
+const RENEW_MARGIN_SECS: i64 = 86_400;
+
+/// Where automatic certificates come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issuer {
+    Mkcert,
+    SelfSigned,
+}
+
+/// An automatic certificate and where it lives.
+pub struct AutoCert {
+    pub material: Material,
+    pub issuer: Issuer,
+    pub cert_path: PathBuf,
+    /// Whether it was made now (false: reused from the cache).
+    pub fresh: bool,
+}
+
+/// The state directory: `$STATE_DIRECTORY` (systemd), else `~/.rip`.
+pub fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        let dir = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    home.join(".rip")
+}
+
+/// A cached certificate for `names`, or a new one.
+pub fn ensure(state_dir: &Path, names: &[String]) -> Result<AutoCert, TlsError> {
+    let dir = state_dir.join("certs");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| TlsError::StateDir {
+            path: dir.clone(),
+            message: format!("cannot create it: {e}"),
+        })?;
+    let issuer = if mkcert_available() {
+        Issuer::Mkcert
+    } else {
+        Issuer::SelfSigned
+    };
+    let stem = match issuer {
+        Issuer::Mkcert => "mkcert",
+        Issuer::SelfSigned => "self-signed",
+    };
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}.key"));
+    if let Ok(cached) = material::load(&cert_path, &key_path) {
+        let covers = names.iter().all(|n| cached.info.covers(n));
+        if covers && cached.info.valid_for(RENEW_MARGIN_SECS) {
+            return Ok(AutoCert {
+                material: cached,
+                issuer,
+                cert_path,
+                fresh: false,
+            });
+        }
+        tracing::info!(
+            cert = %cert_path.display(),
+            "cached certificate expired or does not cover every name; making a new one"
+        );
+    }
+    match issuer {
+        Issuer::Mkcert => run_mkcert(&cert_path, &key_path, names)?,
+        Issuer::SelfSigned => self_signed(&cert_path, &key_path, names)?,
+    }
+    let material = material::load(&cert_path, &key_path)?;
+    Ok(AutoCert {
+        material,
+        issuer,
+        cert_path,
+        fresh: true,
+    })
+}
+
+fn mkcert_available() -> bool {
+    Command::new("mkcert").arg("-help").output().is_ok()
+}
+
+fn run_mkcert(cert: &Path, key: &Path, names: &[String]) -> Result<(), TlsError> {
+    // Installs the local CA into the system and browser trust stores if needed.
+    let install = Command::new("mkcert").arg("-install").output();
+    if let Ok(out) = &install {
+        if !out.status.success() {
+            tracing::warn!(
+                output = %String::from_utf8_lossy(&out.stderr).trim(),
+                "mkcert -install failed; the certificate will work once its CA is trusted"
+            );
+        }
+    }
+    let out = Command::new("mkcert")
+        .arg("-cert-file")
+        .arg(cert)
+        .arg("-key-file")
+        .arg(key)
+        .args(names)
+        .output()
+        .map_err(|e| TlsError::Generate(format!("cannot run mkcert: {e}")))?;
+    if !out.status.success() {
+        return Err(TlsError::Generate(format!(
+            "mkcert failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    restrict(key)
+}
+
+fn self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<(), TlsError> {
+    let fail =
+        |e: rcgen::Error| TlsError::Generate(format!("cannot make a self-signed certificate: {e}"));
+    let key_pair = rcgen::KeyPair::generate().map_err(fail)?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(fail)?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, "rip-server self-signed");
+    params.distinguished_name = dn;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(VALID_DAYS);
+    let certificate = params.self_signed(&key_pair).map_err(fail)?;
+    write_private(key, key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(cert, certificate.pem())
+        .map_err(|e| TlsError::Generate(format!("cannot write '{}': {e}", cert.display())))
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| TlsError::Generate(format!("cannot write '{}': {e}", path.display())))?;
+    file.write_all(bytes)
+        .map_err(|e| TlsError::Generate(format!("cannot write '{}': {e}", path.display())))
+}
+
+fn restrict(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| TlsError::Generate(format!("cannot make '{}' private: {e}", path.display())))
+}
