@@ -22,6 +22,9 @@
 #                        (CARGO_TARGET_DIR=BIN_DIR/..) if missing or if BUILD=1
 #   LOADGEN=oha|wrk      load generator (default: oha if found, else wrk)
 #   OHA=oha  WRK=wrk     their paths
+#   WAIT_QUIET=60        before each run, wait up to this many seconds for other work on
+#   QUIET_PCT=10         the machine to fall to QUIET_PCT % CPU busy. Each row shows how
+#                        much CPU other processes took during its measured run ("other CPU %")
 #   KEEP=0               1 keeps the scratch directory (logs, raw JSON); kept
 #                        anyway when rip-server answers non-2xx or errors
 #
@@ -42,6 +45,8 @@ HAPROXY_BALANCE=${HAPROXY_BALANCE:-leastconn}
 RIP_ARGS=${RIP_ARGS:-r:0 --reload=none}
 BIN_DIR=${BIN_DIR:-$root/target/release}
 BUILD=${BUILD:-0}
+WAIT_QUIET=${WAIT_QUIET:-60}
+QUIET_PCT=${QUIET_PCT:-10}
 KEEP=${KEEP:-0}
 URL_PATH=/ping
 
@@ -52,6 +57,8 @@ note() { echo "# $*"; }
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be whole seconds, got '$DURATION'"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be whole seconds, got '$WARMUP'"
 [[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "THREADS must be a positive whole number, got '$THREADS'"
+[[ $WAIT_QUIET =~ ^[0-9]+$ ]] || die "WAIT_QUIET must be whole seconds, got '$WAIT_QUIET'"
+[[ $QUIET_PCT =~ ^[0-9]+$ ]] || die "QUIET_PCT must be a whole percentage, got '$QUIET_PCT'"
 read -r -a concurrencies <<<"$CONCURRENCY"
 ((${#concurrencies[@]} > 0)) || die "CONCURRENCY is empty"
 for c in "${concurrencies[@]}"; do
@@ -203,21 +210,35 @@ finish_load() { # PID OUT
 
 # measure NAME CONNECTIONS PORT: warm-up, measured run, one results row
 measure() {
-  local name=$1 conns=$2 target=$3 out="$scratch/$1-c$2.json"
+  local name=$1 conns=$2 target=$3 out="$scratch/$1-c$2.json" sampler='' snap0
+  settle
+  if [[ $name == rip-server ]]; then # its memory, during warm-up and run
+    sample_rss "$rip_pid" "$scratch/rss-c$conns.samples" &
+    sampler=$!
+    pids+=("$sampler")
+  fi
   if ((WARMUP > 0)); then
     start_load "$scratch/warmup.json" "$conns" "$WARMUP" "$target"
     finish_load "$load_pid" "$scratch/warmup.json"
   fi
+  snap0=$(cpu_snap)
   start_load "$out" "$conns" "$DURATION" "$target"
   finish_load "$load_pid" "$out"
-  python3 "$here/summarize.py" row "$name" "$conns" "$out" | tee -a "$results" | row_echo
+  busy_now=$(other_cpu "$snap0" "$(cpu_snap)")
+  if [[ -n $sampler ]]; then
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    forget "$sampler"
+  fi
+  python3 "$here/summarize.py" row "$name" "$conns" "$out" | add_busy | tee -a "$results" | row_echo
   check_clean "$name" "$out"
 }
 
 # measure_limit: W generators in parallel, each -c 1 (one thread) on one
 # worker's socket; the most any proxy in front of these workers could reach.
 measure_limit() {
-  local i phase secs out outs=() started=()
+  local i phase secs out outs=() started=() snap0
+  settle
   for phase in warmup limit; do
     secs=$DURATION
     if [[ $phase == warmup ]]; then
@@ -226,6 +247,7 @@ measure_limit() {
     fi
     started=()
     outs=()
+    snap0=$(cpu_snap)
     for ((i = 1; i <= W; i++)); do
       out="$scratch/$phase-w$i.json"
       start_load "$out" 1 "$secs" "unix:$scratch/w/w$i.sock" 1
@@ -234,11 +256,13 @@ measure_limit() {
     done
     for ((i = 0; i < W; i++)); do finish_load "${started[i]}" "${outs[i]}"; done
   done
-  python3 "$here/summarize.py" row limit "${W}x1" "${outs[@]}" | tee -a "$results" | row_echo
+  busy_now=$(other_cpu "$snap0" "$(cpu_snap)")
+  python3 "$here/summarize.py" row limit "${W}x1" "${outs[@]}" | add_busy | tee -a "$results" | row_echo
   check_clean limit "${outs[@]}"
 }
 
-row_echo() { awk -F'\t' '{ printf "#   %-10s c=%-5s %8s req/s  p50 %7s ms  p99 %7s ms  non-2xx %s  errors %s\n", $1, $2, $3, $4, $5, $6, $7 }'; }
+add_busy() { sed "s/\$/\t$busy_now/"; }
+row_echo() { awk -F'\t' '{ printf "#   %-10s c=%-5s %8s req/s  p50 %7s ms  p99 %7s ms  non-2xx %s  errors %s  (other processes: %s%% CPU)\n", $1, $2, $3, $4, $5, $6, $7, $8 }'; }
 
 check_clean() { # NAME FILE...: report non-2xx answers and errors
   local name=$1
@@ -253,6 +277,67 @@ check_clean() { # NAME FILE...: report non-2xx answers and errors
       echo "load.sh: rip-server log tail ($scratch/rip-server.log):" >&2
       tail -n 40 "$scratch/rip-server.log" >&2
     fi
+  fi
+}
+
+# ------------------------------------------------------------- other load
+
+# Everything here shares the CPUs with the load generator; anything else that
+# runs (a build, a test suite) skews the numbers. Between runs our own
+# processes are idle, so the CPU busy then is someone else's.
+cpu_busy() { # percent of all CPUs busy over half a second
+  python3 -c '
+import time
+def snap():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[3] + v[4], sum(v)
+i0, t0 = snap(); time.sleep(0.5); i1, t1 = snap()
+print(round(100 * (1 - (i1 - i0) / max(t1 - t0, 1))))'
+}
+
+# cpu_snap: "ALL BUSY OURS" in clock ticks: all CPUs' capacity and busy time
+# since boot (/proc/stat), and the CPU time of this script's processes: those
+# alive (pids, rip-server's workers) plus those already reaped (the load
+# generators, counted in this shell's cutime/cstime).
+cpu_snap() {
+  python3 - "$$" "${pids[@]}" "${rip_children[@]}" <<'PY'
+import sys
+with open("/proc/stat") as f:
+    v = [int(x) for x in f.readline().split()[1:]]
+total, idle = sum(v[:8]), v[3] + v[4]
+def ticks(pid, fields):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return sum(int(stat[i - 3]) for i in fields)  # field numbers as in proc(5)
+ours = ticks(sys.argv[1], (16, 17)) + sum(ticks(p, (14, 15, 16, 17)) for p in set(sys.argv[2:]))
+print(total, total - idle, ours)
+PY
+}
+
+# other_cpu BEFORE AFTER: % of all CPUs used by other processes in between
+other_cpu() {
+  local t0 b0 o0 t1 b1 o1
+  read -r t0 b0 o0 <<<"$1"
+  read -r t1 b1 o1 <<<"$2"
+  awk -v t=$((t1 - t0)) -v o=$(((b1 - b0) - (o1 - o0))) 'BEGIN { p = t > 0 ? 100 * o / t : 0; printf "%.0f", p < 0 ? 0 : p }'
+}
+
+# settle: sets busy_now; waits up to WAIT_QUIET seconds for it to be at most QUIET_PCT
+settle() {
+  local deadline=$((SECONDS + WAIT_QUIET)) waited=0
+  busy_now=$(cpu_busy)
+  while ((busy_now > QUIET_PCT && SECONDS < deadline)); do
+    ((waited)) || note "the machine is ${busy_now}% busy with other work; waiting up to ${WAIT_QUIET}s for it to settle"
+    waited=1
+    sleep 2
+    busy_now=$(cpu_busy)
+  done
+  if ((busy_now > QUIET_PCT)); then
+    echo "load.sh: warning: the machine is ${busy_now}% busy with other work before this run; its numbers are skewed" >&2
   fi
 }
 
@@ -272,27 +357,12 @@ sample_rss() {
 
 note "rip-server load benchmark: GET $URL_PATH, keep-alive, $LOADGEN"
 note "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r)"
-note "rip-server: $rip ($(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- src 2>/dev/null || echo '+dirty src'))"
+note "rip-server: $rip ($(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- src Cargo.toml Cargo.lock loaders 2>/dev/null || echo "+uncommitted changes"))"
 note "haproxy: $(haproxy -v | head -n 1)"
 if [[ $LOADGEN == oha ]]; then note "load: $("$OHA" --version)"; else note "load: wrk (oha not found; no limit row: wrk cannot use Unix sockets)"; fi
 note "W=$W DURATION=${DURATION}s WARMUP=${WARMUP}s CONCURRENCY=\"${concurrencies[*]}\" THREADS=$THREADS HAPROXY_NBTHREADS=\"${haproxy_nbthreads[*]}\" HAPROXY_BALANCE=$HAPROXY_BALANCE RIP_ARGS=\"$RIP_ARGS\""
 
-# Everything here shares the CPUs with the load generator; anything else
-# running skews the numbers. Measure how busy the machine is before starting.
-busy=$(python3 - <<'PY'
-import time
-def snap():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return v[3] + v[4], sum(v)
-i0, t0 = snap(); time.sleep(1); i1, t1 = snap()
-print(round(100 * (1 - (i1 - i0) / max(t1 - t0, 1))))
-PY
-)
-note "CPU busy before the run: ${busy}% (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-if ((busy > 10)); then
-  echo "load.sh: warning: the machine is ${busy}% busy before the run; numbers will be skewed" >&2
-fi
+settle  # is the machine quiet to begin with?
 
 # W standalone example workers: behind HAProxy, and alone for the limit.
 mkdir -p "$scratch/w"
@@ -350,13 +420,7 @@ if [[ $LOADGEN == oha ]]; then
 fi
 for c in "${concurrencies[@]}"; do
   note "c=$c"
-  sample_rss "$rip_pid" "$scratch/rss-c$c.samples" &
-  sampler=$!
-  pids+=("$sampler")
   measure rip-server "$c" "$rip_port"
-  kill "$sampler" 2>/dev/null || true
-  wait "$sampler" 2>/dev/null || true
-  forget "$sampler"
   for t in "${haproxy_nbthreads[@]}"; do
     measure "haproxy-${t}t" "$c" "${haproxy_port[$t]}"
   done

@@ -553,12 +553,14 @@ impl Layers<'_> {
         let (cli, file) = (self.cli, self.file);
         let flag_port = cli.https_port.or(file.https_port);
         let port = match (token_port, flag_port) {
-            (Some(a), Some(b)) if a != b => return Err(ConfigError::Invalid {
-                setting: "--https-port",
-                message: format!(
+            (Some(a), Some(b)) if a != b => {
+                return Err(ConfigError::Invalid {
+                    setting: "--https-port",
+                    message: format!(
                     "'{a}' and '--https-port={b}' ask for two HTTPS ports; rip-server serves one"
                 ),
-            }),
+                })
+            }
             (Some(port), _) | (None, Some(port)) => PortChoice::Fixed(port),
             (None, None) => PortChoice::FirstFree {
                 preferred: defaults::HTTPS_PORT,

@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         }
         Err(e) => Err(e.into()),
     };
+    // Blocking helpers (a file-tree hash, a log flush) must not hold up exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),

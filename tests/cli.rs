@@ -56,12 +56,14 @@ fn unknown_flag_is_an_error() {
 }
 
 #[test]
-fn https_without_tls_support_says_how_to_run_http() {
+fn tls_flags_with_plain_http_are_refused() {
     let app = node_app();
-    let (code, stderr) = run(&[app.to_str().unwrap()]);
+    let (code, stderr) = run(&[app.to_str().unwrap(), "http:0", "--hsts"]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("HTTPS is not available yet"), "{stderr}");
-    assert!(stderr.contains("http:PORT"), "{stderr}");
+    assert!(
+        stderr.contains("--hsts applies only to HTTPS, but 'http:0' asks for plain HTTP"),
+        "{stderr}"
+    );
 }
 
 #[test]

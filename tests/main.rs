@@ -10,3 +10,4 @@ mod queue;
 mod rolling;
 mod shutdown;
 mod supervision;
+mod tls;

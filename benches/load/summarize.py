@@ -5,6 +5,8 @@
                                               (parallel runs) are combined
   summarize.py detail FILE...                 status codes and errors, for logs
   summarize.py table RESULTS.tsv              the Markdown table and the ratios
+                                              (RESULTS.tsv: rows, each with the other-CPU
+                                              busy % that load.sh appends)
 
 FILE is oha's JSON (`--output-format json`) or, for the wrk fallback, wrk's
 output with the `JSON {...}` line printed by benches/load/wrk-report.lua.
@@ -85,10 +87,11 @@ def table(path):
         for line in f:
             if line.strip():
                 rows.append(line.rstrip("\n").split("\t"))
-    print("| run | concurrency | requests/s | p50 ms | p99 ms | non-2xx | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, conc, rps, p50, p99, non2xx, errors in rows:
-        print(f"| {name} | {conc} | {float(rps):,.0f} | {float(p50):.2f} | {float(p99):.2f} | {non2xx} | {errors} |")
+    print("| run | concurrency | requests/s | p50 ms | p99 ms | non-2xx | errors | other CPU % |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, conc, rps, p50, p99, non2xx, errors, *busy in rows:
+        busy = busy[0] if busy else "?"
+        print(f"| {name} | {conc} | {float(rps):,.0f} | {float(p50):.2f} | {float(p99):.2f} | {non2xx} | {errors} | {busy} |")
 
     limit = next((r for r in rows if r[0] == "limit"), None)
     peers = list(dict.fromkeys(r[0] for r in rows if r[0].startswith("haproxy")))

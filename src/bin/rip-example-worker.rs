@@ -3,7 +3,8 @@
 //!
 //! Routes: `/ping` → `pong`; `/` → JSON naming the worker; `/sleep?ms=N`;
 //! `/echo` → the method, path and body length; `/exit` → the process exits
-//! mid-request (a crash, for tests); `/status/N` → an empty response with status N.
+//! mid-request (a crash, for tests); `/with-sts` → sets its own Strict-Transport-Security;
+//! `/status/N` → an empty response with status N.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -50,6 +51,15 @@ async fn handle(request: Request<Incoming>, id: u64, version: u64) -> Response<F
             text(200, format!("{method} {path} {}", body.len()))
         }
         "/exit" => std::process::exit(1),
+        "/with-sts" => {
+            // An app that sets its own HSTS policy (the server must not override it).
+            let mut response = text(200, "own policy");
+            response.headers_mut().insert(
+                "strict-transport-security",
+                http::HeaderValue::from_static("max-age=60"),
+            );
+            response
+        }
         _ => match path
             .strip_prefix("/status/")
             .and_then(|s| s.parse::<u16>().ok())

@@ -123,7 +123,12 @@ fn is_editor_noise(name: &str) -> bool {
         || name.contains(".tmp.")
 }
 
-/// A hash of every relevant file's path and content.
+/// Files up to this size are hashed by content (so a save that changes
+/// nothing is skipped); larger ones by size and modification time.
+const CONTENT_HASH_LIMIT: u64 = 1024 * 1024;
+
+/// A hash of every relevant file's path and content (or, for large files,
+/// size and modification time).
 async fn hash_tree(root: PathBuf) -> u64 {
     tokio::task::spawn_blocking(move || {
         let mut files = Vec::new();
@@ -132,8 +137,16 @@ async fn hash_tree(root: PathBuf) -> u64 {
         let mut hasher = DefaultHasher::new();
         for path in files {
             path.hash(&mut hasher);
-            if let Ok(bytes) = std::fs::read(&path) {
-                bytes.hash(&mut hasher);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.len() <= CONTENT_HASH_LIMIT {
+                if let Ok(bytes) = std::fs::read(&path) {
+                    bytes.hash(&mut hasher);
+                }
+            } else {
+                meta.len().hash(&mut hasher);
+                meta.modified().ok().hash(&mut hasher);
             }
         }
         hasher.finish()

@@ -32,6 +32,10 @@ pub fn node_app() -> PathBuf {
 pub struct Server {
     child: Option<Child>,
     pub port: u16,
+    /// The HTTP-to-HTTPS redirect port, when the server opened one.
+    pub redirect_port: Option<u16>,
+    /// HOME of the server (its certificate cache is under `.rip/certs`).
+    pub home: PathBuf,
     pub name: String,
     pub runtime: tempfile::TempDir,
     log: Arc<Mutex<String>>,
@@ -43,6 +47,7 @@ pub struct Builder {
     env: Vec<(String, String)>,
     name: String,
     runtime: Option<tempfile::TempDir>,
+    home: Option<PathBuf>,
 }
 
 impl Builder {
@@ -50,8 +55,10 @@ impl Builder {
         Builder::app(node_app().to_str().unwrap(), "api")
     }
 
+    /// The Rust example worker. Its "app directory" is cargo's target
+    /// directory, which is not worth watching.
     pub fn rust() -> Self {
-        Builder::app(EXAMPLE_WORKER, "rust")
+        Builder::app(EXAMPLE_WORKER, "rust").arg("--reload=none")
     }
 
     pub fn app(path: &str, name: &str) -> Self {
@@ -64,7 +71,22 @@ impl Builder {
             env: Vec::new(),
             name: name.to_string(),
             runtime: None,
+            home: None,
         }
+    }
+
+    /// Serve HTTPS on a kernel-chosen port, redirecting from another one.
+    pub fn https(mut self) -> Self {
+        self.args.retain(|a| a != "http:0");
+        self.args.push("https:0".to_string());
+        self.args.push("--redirect-port=0".to_string());
+        self
+    }
+
+    /// Use this HOME (and so this certificate cache).
+    pub fn home(mut self, home: &Path) -> Self {
+        self.home = Some(home.to_path_buf());
+        self
     }
 
     pub fn arg(mut self, arg: &str) -> Self {
@@ -87,6 +109,8 @@ impl Builder {
     pub fn start(self) -> Server {
         let runtime = self.runtime.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let mut command = clean_command(BIN, runtime.path());
+        let home = self.home.unwrap_or_else(|| runtime.path().to_path_buf());
+        command.env("HOME", &home).env_remove("STATE_DIRECTORY");
         command.args(&self.args);
         for (k, v) in &self.env {
             command.env(k, v);
@@ -97,8 +121,8 @@ impl Builder {
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         capture(child.stdout.take().unwrap(), log.clone(), Some(port_tx));
         capture(child.stderr.take().unwrap(), log.clone(), None);
-        let port = match port_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(port) => port,
+        let (port, redirect_port) = match port_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(ports) => ports,
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -111,6 +135,8 @@ impl Builder {
         Server {
             child: Some(child),
             port,
+            redirect_port,
+            home,
             name: self.name,
             runtime,
             log,
@@ -140,21 +166,32 @@ pub fn clean_command(bin: &str, runtime: &Path) -> Command {
 fn capture(
     pipe: impl std::io::Read + Send + 'static,
     log: Arc<Mutex<String>>,
-    port_tx: Option<std::sync::mpsc::Sender<u16>>,
+    port_tx: Option<std::sync::mpsc::Sender<(u16, Option<u16>)>>,
 ) {
     std::thread::spawn(move || {
+        let mut port = None;
+        let mut redirect = None;
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
-            if let Some(tx) = &port_tx {
-                if let Some(rest) = line.strip_prefix("listening on http://localhost:") {
-                    if let Ok(port) = rest.trim().parse() {
-                        let _ = tx.send(port);
-                    }
-                }
+            let url = line
+                .strip_prefix("listening on http://localhost:")
+                .or_else(|| line.strip_prefix("listening on https://localhost:"));
+            if let Some(p) = url.and_then(|rest| rest.trim().parse().ok()) {
+                port = Some(p);
             }
-            let mut log = log.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
+            if let Some(rest) = line.strip_prefix("redirecting http://localhost:") {
+                redirect = rest.split(' ').next().and_then(|p| p.parse().ok());
+            }
+            {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+            // The control socket line comes after every listener line.
+            if let (Some(tx), Some(p), true) = (&port_tx, port, line.starts_with("control socket "))
+            {
+                let _ = tx.send((p, redirect));
+            }
         }
     });
 }
