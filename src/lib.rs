@@ -92,6 +92,9 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
 
     let control_path = control::socket_path(&config.runtime_dir, &config.name);
     check_socket_path(&config, &control_path)?;
+    // Held until exit: a second instance of the same name stops here, before
+    // it could remove the first one's sockets.
+    let _instance_lock = lock_instance(&config)?;
     let control_listener = control::bind(&control_path, &config.name).await?;
     remove_stale_worker_sockets(&config.runtime_dir, &config.name);
     let spawner = spawner(&config, &control_path)?;
@@ -463,9 +466,11 @@ fn spawner(config: &Config, control_path: &Path) -> Result<Spawner, Error> {
     let (program, args) = match config.app.kind {
         EntryKind::JsModule => {
             let loader = loader_path(config);
-            std::fs::write(&loader, app::NODE_LOADER).map_err(|e| Error::RuntimeDir {
-                path: loader.clone(),
-                message: format!("cannot write the node loader: {e}"),
+            write_atomically(&loader, app::NODE_LOADER.as_bytes()).map_err(|e| {
+                Error::RuntimeDir {
+                    path: loader.clone(),
+                    message: format!("cannot write the node loader: {e}"),
+                }
             })?;
             (
                 config.js_runtime.program().into(),
@@ -484,6 +489,41 @@ fn spawner(config: &Config, control_path: &Path) -> Result<Spawner, Error> {
         runtime_dir: config.runtime_dir.clone(),
         control_socket: control_path.to_path_buf(),
     })
+}
+
+/// Takes `<runtime dir>/<name>.lock`, or says which instance holds it.
+fn lock_instance(config: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, Error> {
+    let path = config.runtime_dir.join(format!("{}.lock", config.name));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::RuntimeDir {
+            path: path.clone(),
+            message: format!("cannot open the instance lock: {e}"),
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        Error::Io(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "an instance named '{name}' is already running (it holds {}); stop it with \
+                 'rip-server stop --name {name}' or choose another --name",
+                path.display(),
+                name = config.name
+            ),
+        ))
+    })
+}
+
+/// Replaces a file by rename, so a worker starting meanwhile never reads half of it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if std::fs::read(path).is_ok_and(|current| current == bytes) {
+        return Ok(());
+    }
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temp, bytes)?;
+    std::fs::rename(&temp, path)
 }
 
 /// Creates the runtime directory 0700 and refuses one owned by someone else.

@@ -163,42 +163,77 @@ async fn two_workers_serve_in_parallel() {
     assert_eq!((a.status, b.status), (200, 200));
 }
 
-/// Leaves a worker busy with a request whose client has gone away, so the
-/// pool sees it idle while the worker is still working.
-async fn abandon_request_on_warmest_worker(server: &Server, ms: u64) {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
-        .await
-        .unwrap();
+/// Occupies a worker behind the server's back: a slow request straight to
+/// its socket, so the worker is busy while the pool sees it idle.
+async fn occupy_worker_directly(
+    server: &Server,
+    worker: u64,
+    ms: u64,
+) -> tokio::task::JoinHandle<()> {
+    let socket = server
+        .runtime_dir()
+        .join(format!("{}.w{worker}.sock", server.name));
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
-    let conn_task = tokio::spawn(connection);
+    tokio::spawn(connection);
     let request = http::Request::get(format!("/sleep?ms={ms}"))
-        .header("host", "localhost")
+        .header("host", "direct")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let pending = tokio::spawn(async move { sender.send_request(request).await });
-    server
-        .wait_status("the request reached a worker", |s| s["pool"]["busy"] == 1)
-        .await;
-    pending.abort();
-    conn_task.abort();
-    server
-        .wait_status("the abandoned worker is back in the pool", |s| {
-            s["pool"]["busy"] == 0
-        })
-        .await;
+    let task = tokio::spawn(async move {
+        let response = sender.send_request(request).await.unwrap();
+        let _ = response.into_body().collect().await;
+    });
+    // The worker answers busy once it holds the direct request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let (mut probe, connection) = hyper::client::conn::http1::handshake(TokioIo::new(probe))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::get("/ping")
+            .header("host", "direct")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        if probe
+            .send_request(request)
+            .await
+            .unwrap()
+            .headers()
+            .contains_key("rip-worker-busy")
+        {
+            return task;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker {worker} never became busy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The worker LIFO will pick next (the one that served the last request).
+async fn warmest_worker(server: &Server) -> u64 {
+    let reply = server.get("/").await;
+    let hello: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    hello["worker"].as_u64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn busy_worker_is_skipped_for_a_bodiless_request() {
     let server = Builder::node().arg("w:2").start();
     server.wait_ready().await;
-    abandon_request_on_warmest_worker(&server, 3000).await;
-    // LIFO picks the abandoned (still busy) worker first; it answers busy and
-    // the request moves to the other worker.
-    let reply = server.get("/ping").await;
-    assert_eq!((reply.status, reply.body.as_str()), (200, "pong"));
+    let warmest = warmest_worker(&server).await;
+    let _occupied = occupy_worker_directly(&server, warmest, 3000).await;
+    // LIFO picks the occupied worker first; it answers busy and the request
+    // moves to the other worker.
+    let reply = server.get("/").await;
+    assert_eq!(reply.status, 200);
+    let hello: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_ne!(hello["worker"].as_u64().unwrap(), warmest);
     let metrics = server.metrics().await;
     assert!(
         metrics.contains("rip_busy_retries_total{app=\"api\"} 1"),
@@ -208,9 +243,10 @@ async fn busy_worker_is_skipped_for_a_bodiless_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn busy_answer_is_passed_on_for_a_request_with_a_body() {
-    let server = Builder::node().arg("w:2").start();
+    let server = Builder::node().arg("w:1").start();
     server.wait_ready().await;
-    abandon_request_on_warmest_worker(&server, 3000).await;
+    let only = warmest_worker(&server).await;
+    let _occupied = occupy_worker_directly(&server, only, 3000).await;
     let reply = server
         .request(Method::POST, "/echo", &[], Bytes::from_static(b"payload"))
         .await;
@@ -223,6 +259,38 @@ async fn busy_answer_is_passed_on_for_a_request_with_a_body() {
         "{:?}",
         reply.headers
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_client_left_keeps_its_worker_until_done() {
+    let server = Builder::node().arg("w:1").start();
+    server.wait_ready().await;
+    // Send a slow request and hang up while the worker is on it.
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn_task = tokio::spawn(connection);
+    let request = http::Request::get("/sleep?ms=1000")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let pending = tokio::spawn(async move { sender.send_request(request).await });
+    server
+        .wait_status("the request reached the worker", |s| s["pool"]["busy"] == 1)
+        .await;
+    pending.abort();
+    conn_task.abort();
+    // A request with a body cannot be retried elsewhere: it must wait for the
+    // worker to finish the abandoned request, not be sent into a busy worker.
+    let reply = server
+        .request(Method::POST, "/echo", &[], Bytes::from_static(b"after"))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let echo: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(echo["body"], "after");
 }
 
 #[tokio::test(flavor = "multi_thread")]

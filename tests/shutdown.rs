@@ -122,3 +122,32 @@ async fn sockets_are_private_to_the_server_user() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_instance_of_the_same_name_is_refused() {
+    let first = Builder::rust().arg("w:1").start();
+    first.wait_ready().await;
+    let output = crate::harness::clean_command(crate::harness::BIN, first.runtime.path())
+        .args([
+            crate::harness::EXAMPLE_WORKER,
+            "http:0",
+            "--name=rust",
+            "--reload=none",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("an instance named 'rust' is already running"),
+        "{stderr}"
+    );
+    assert_eq!(
+        first.get("/ping").await.status,
+        200,
+        "the first instance must be untouched"
+    );
+    assert!(sockets_in(&first.runtime_dir())
+        .iter()
+        .any(|s| s.starts_with("rust.w")));
+}

@@ -14,19 +14,17 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use super::access_log::AccessRecord;
-use super::metrics::Metrics;
 use super::pool::Lease;
 use super::upstream::Upstream;
 
@@ -149,10 +147,12 @@ pub enum ResponseBody {
 
 /// A worker's response, holding the worker until its last byte.
 pub struct WorkerBody {
-    inner: Incoming,
+    /// `None` only after a drop handed the rest to a drain task.
+    inner: Option<Incoming>,
     lease: Option<Lease<Upstream>>,
     record: Option<AccessRecord>,
-    metrics: Arc<Metrics>,
+    /// How long a drain of an abandoned response may take.
+    drain_limit: Duration,
 }
 
 impl ResponseBody {
@@ -164,13 +164,13 @@ impl ResponseBody {
         inner: Incoming,
         lease: Lease<Upstream>,
         record: Option<AccessRecord>,
-        metrics: Arc<Metrics>,
+        drain_limit: Duration,
     ) -> Self {
         ResponseBody::Worker(Box::new(WorkerBody {
-            inner,
+            inner: Some(inner),
             lease: Some(lease),
             record,
-            metrics,
+            drain_limit,
         }))
     }
 }
@@ -191,13 +191,33 @@ impl WorkerBody {
 
 impl Drop for WorkerBody {
     fn drop(&mut self) {
-        // hyper may stop polling once `is_end_stream` says the body is over.
-        let outcome = if self.inner.is_end_stream() {
-            "ok"
-        } else {
-            "client-closed"
+        let Some(lease) = self.lease.take() else {
+            return;
         };
-        self.finish(outcome);
+        let inner = self.inner.take();
+        // hyper may stop polling once `is_end_stream` says the body is over.
+        if inner.as_ref().is_none_or(Body::is_end_stream) {
+            self.lease = Some(lease);
+            self.finish("ok");
+            return;
+        }
+        // The client left mid-response. The worker is still sending: let it
+        // finish in the background (bounded) before it takes another request.
+        if let Some(record) = self.record.take() {
+            record.emit("client-closed");
+        }
+        let limit = self.drain_limit;
+        if let (Some(inner), Ok(runtime)) = (inner, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(drain(inner, lease, limit));
+        }
+    }
+}
+
+/// Reads an abandoned response to its end, then returns the worker.
+async fn drain(inner: Incoming, mut lease: Lease<Upstream>, limit: Duration) {
+    let drained = tokio::time::timeout(limit, inner.collect()).await;
+    if !matches!(drained, Ok(Ok(_))) {
+        lease.conn().invalidate();
     }
 }
 
@@ -217,7 +237,10 @@ impl Body for ResponseBody {
             }
             ResponseBody::Worker(body) => body,
         };
-        match Pin::new(&mut body.inner).poll_frame(cx) {
+        let Some(inner) = body.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(record), Some(data)) = (body.record.as_mut(), frame.data_ref()) {
                     record.bytes += data.len() as u64;
@@ -226,7 +249,6 @@ impl Body for ResponseBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!(error = %e, "worker response broke off mid-stream; the client gets a truncated response");
-                body.metrics.count_response(502);
                 body.finish("worker-error");
                 Poll::Ready(Some(Err(e.into())))
             }
@@ -241,14 +263,17 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Local(full) => full.is_end_stream(),
-            ResponseBody::Worker(body) => body.inner.is_end_stream(),
+            ResponseBody::Worker(body) => body.inner.as_ref().is_none_or(Body::is_end_stream),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Local(full) => full.size_hint(),
-            ResponseBody::Worker(body) => body.inner.size_hint(),
+            ResponseBody::Worker(body) => body
+                .inner
+                .as_ref()
+                .map_or_else(SizeHint::default, Body::size_hint),
         }
     }
 }

@@ -185,7 +185,7 @@ pub async fn serve(
     {
         tracing::warn!(
             grace_ms = options.timeouts.grace.as_millis() as u64,
-            "client connections still open after the grace period; closing them"
+            "client connections still open after the grace period; stopping without them"
         );
     }
 }
@@ -278,9 +278,16 @@ pub fn redirect_response<B>(request: &Request<B>, https_port: u16) -> Response<R
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| request.uri().host())
-        .map(strip_port)
-        .filter(|h| !h.is_empty())
         .unwrap_or("localhost");
+    // Only a plain host[:port] may go into Location (no userinfo, path or query).
+    let host = match host.parse::<http::uri::Authority>() {
+        Ok(authority) if !authority.as_str().contains('@') => strip_port(host),
+        _ => {
+            let mut response = Response::new(ResponseBody::text("invalid Host header\n"));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            return response;
+        }
+    };
     let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let location = if https_port == 443 {
         format!("https://{host}{target}")
@@ -337,5 +344,17 @@ mod tests {
         );
         assert_eq!(location("[::1]:8080", "/p", 443), "https://[::1]/p");
         assert_eq!(location("[::1]", "/p", 443), "https://[::1]/p");
+    }
+
+    #[test]
+    fn odd_hosts_are_refused() {
+        for host in ["a@evil.example", "x/y", "x?y", "evil.example/#"] {
+            let request = Request::get("/").header("host", host).body(()).unwrap();
+            assert_eq!(
+                redirect_response(&request, 443).status(),
+                StatusCode::BAD_REQUEST,
+                "{host}"
+            );
+        }
     }
 }

@@ -362,7 +362,11 @@ impl<C: Send + 'static> Pool<C> {
         let id = checkout.id;
         let (admitting, closed) = (state.admitting, state.closed);
         let limit_reached = match state.members.get_mut(&id) {
-            Some(member) if member.generation == admitting && !closed => {
+            Some(member)
+                if member.generation == admitting
+                    && member.state != MemberState::Retiring
+                    && !closed =>
+            {
                 member.served += u64::from(served == Served::Yes);
                 member.request_limit == Some(member.served)
             }
@@ -488,6 +492,7 @@ pub struct Lease<C: Send + 'static> {
     pool: Arc<Pool<C>>,
     checkout: Option<Checkout<C>>,
     placement: Placement,
+    served: Served,
 }
 
 impl<C: Send + 'static> Lease<C> {
@@ -496,6 +501,7 @@ impl<C: Send + 'static> Lease<C> {
             pool,
             checkout: Some(checkout),
             placement: Placement::Top,
+            served: Served::Yes,
         }
     }
 
@@ -515,6 +521,7 @@ impl<C: Send + 'static> Lease<C> {
     /// Returns the worker as the least preferred idle worker (it said "busy").
     pub fn release_to_bottom(mut self) {
         self.placement = Placement::Bottom;
+        self.served = Served::No;
     }
 
     /// Takes the worker out of the pool and tells the supervisor why.
@@ -529,7 +536,7 @@ impl<C: Send + 'static> Lease<C> {
 impl<C: Send + 'static> Drop for Lease<C> {
     fn drop(&mut self) {
         if let Some(checkout) = self.checkout.take() {
-            self.pool.release(checkout, self.placement, Served::Yes);
+            self.pool.release(checkout, self.placement, self.served);
         }
     }
 }
@@ -610,6 +617,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_busy_worker_retired_leaves_when_released() {
+        let p = pool(10);
+        p.admit(1, 0, None, 1).unwrap();
+        p.admit(2, 0, None, 2).unwrap();
+        let held = p.checkout().await.unwrap();
+        assert_eq!(held.worker_id(), 2);
+        assert_eq!(p.retire(2), Retire::AfterRelease);
+        drop(held);
+        assert_eq!(p.take_reports(), vec![Report::Released(2)]);
+        assert_eq!(p.checkout().await.unwrap().worker_id(), 1);
+        assert_eq!(
+            p.stats().idle,
+            1,
+            "worker 2 must not return to the idle stack"
+        );
+        assert_eq!(p.retire(1), Retire::Now);
+        assert_eq!(p.checkout().await.err(), Some(Unavailable::NoWorkers));
+    }
+
+    #[tokio::test]
     async fn retire_removes_the_worker() {
         let p = pool(10);
         p.admit(1, 0, None, 1).unwrap();
@@ -637,6 +664,8 @@ mod tests {
             Release(usize),
             /// Cancel the n-th waiting request (modulo the number waiting).
             Cancel(usize),
+            /// Retire the n-th live worker (recycling, or an old generation).
+            Retire(usize),
         }
 
         fn op() -> impl Strategy<Value = Op> {
@@ -645,6 +674,7 @@ mod tests {
                 4 => Just(Op::Checkout),
                 3 => (0usize..8).prop_map(Op::Release),
                 1 => (0usize..8).prop_map(Op::Cancel),
+                1 => (0usize..8).prop_map(Op::Retire),
             ]
         }
 
@@ -652,6 +682,8 @@ mod tests {
         struct World {
             /// Worker ids currently leased, by request number.
             held: HashMap<usize, WorkerId>,
+            /// Workers retired: never to be leased again.
+            retired: BTreeSet<WorkerId>,
             /// Request numbers in the order they were granted a worker.
             granted: Vec<usize>,
             releases: HashMap<usize, oneshot::Sender<()>>,
@@ -695,6 +727,7 @@ mod tests {
                                         let mut w = world.borrow_mut();
                                         let id = lease.worker_id();
                                         assert!(!w.held.values().any(|&h| h == id), "worker {id} leased twice");
+                                        assert!(!w.retired.contains(&id), "retired worker {id} leased again");
                                         w.held.insert(request, id);
                                         w.granted.push(request);
                                         w.releases.insert(request, tx);
@@ -714,6 +747,16 @@ mod tests {
                                     if let Some(tx) = w.releases.remove(&request) {
                                         let _ = tx.send(());
                                     }
+                                }
+                            }
+                            Op::Retire(n) => {
+                                let mut w = world.borrow_mut();
+                                let live: Vec<WorkerId> = (0..next_worker).filter(|id| !w.retired.contains(id)).collect();
+                                // Keep one worker, so every waiter can still be served.
+                                if live.len() > 1 {
+                                    let id = live[n % live.len()];
+                                    w.retired.insert(id);
+                                    pool.retire(id);
                                 }
                             }
                             Op::Cancel(n) => {

@@ -23,6 +23,10 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use std::future::Future;
+use std::pin::Pin;
+use tokio::sync::oneshot;
 
 use super::access_log::AccessRecord;
 use super::body::{RequestBody, ResponseBody};
@@ -140,7 +144,7 @@ impl Replay {
     }
 }
 
-/// What happened to one attempt at one worker.
+/// What happened to one attempt at one worker (which comes back with it).
 enum Attempt {
     Answered(Response<Incoming>, Duration),
     /// Never reached the worker; try another with this request.
@@ -148,6 +152,54 @@ enum Attempt {
     /// The worker said busy/draining; retry only if the request can be replayed.
     Busy(Response<Incoming>),
     Failed(Rejection),
+}
+
+type Exchange = Pin<
+    Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> + Send>,
+>;
+
+/// A request in flight on a worker. If the client goes away before the
+/// worker answers, dropping this hands the exchange to a background task
+/// that lets the worker finish (bounded by the read timeout) before the
+/// worker goes back to the pool, so a worker still busy with an abandoned
+/// request is never handed the next one.
+struct InFlight {
+    exchange: Option<Exchange>,
+    lease: Option<Lease<Upstream>>,
+    limit: Duration,
+}
+
+impl InFlight {
+    /// The exchange is over (answered, failed or timed out): take the worker back.
+    fn land(mut self) -> Lease<Upstream> {
+        self.exchange = None;
+        // Internal invariant: the lease is present until `land` or drop.
+        self.lease
+            .take()
+            .expect("in-flight request holds its lease")
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let (Some(exchange), Some(lease)) = (self.exchange.take(), self.lease.take()) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(finish_abandoned(exchange, lease, self.limit));
+            }
+        }
+    }
+}
+
+/// Waits out a request whose client left, then returns its worker.
+async fn finish_abandoned(exchange: Exchange, mut lease: Lease<Upstream>, limit: Duration) {
+    let finished = tokio::time::timeout(limit, async {
+        let response = exchange.await.ok()?;
+        response.into_body().collect().await.ok()
+    })
+    .await;
+    if !matches!(finished, Ok(Some(_))) {
+        lease.conn().invalidate();
+    }
 }
 
 impl Proxy {
@@ -239,14 +291,14 @@ impl Proxy {
                 None => break,
             };
             let waited = Instant::now();
-            let mut lease = self.pool.checkout().await.map_err(Rejection::Unavailable)?;
+            let lease = self.pool.checkout().await.map_err(Rejection::Unavailable)?;
             queued += waited.elapsed();
             self.metrics.queue_wait.record(waited.elapsed());
 
-            match self
-                .attempt(&mut lease, request, body_sent.take(), &timeouts)
-                .await
-            {
+            let (attempt, mut lease) = self
+                .attempt(lease, request, &mut body_sent, &timeouts)
+                .await;
+            match attempt {
                 Attempt::Answered(response, worker_time) => {
                     if let Some(record) = record.as_mut() {
                         record.queue = queued;
@@ -307,59 +359,78 @@ impl Proxy {
     /// Sends the request on the leased worker's connection.
     async fn attempt(
         &self,
-        lease: &mut Lease<Upstream>,
+        mut lease: Lease<Upstream>,
         request: Request<RequestBody>,
-        body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
+        body_sent: &mut Option<oneshot::Receiver<()>>,
         timeouts: &Timeouts,
-    ) -> Attempt {
-        let sender = match lease.conn().ready(timeouts.connect).await {
-            Ok(sender) => sender,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot dial worker");
-                return Attempt::NotSent(request);
-            }
-        };
-        let sent_at = Instant::now();
-        let exchange = sender.try_send_request(request);
-        tokio::pin!(exchange);
-        // The read timeout starts once the request body is fully sent.
-        let read_deadline = async {
-            if let Some(sent) = body_sent {
-                let _ = sent.await;
-            }
-            tokio::time::sleep(timeouts.read).await;
-        };
-        let result = tokio::select! {
-            result = &mut exchange => result,
-            () = read_deadline => return Attempt::Failed(Rejection::WorkerTimeout),
-        };
-        match result {
-            Ok(response) => {
-                let worker_time = sent_at.elapsed();
-                self.metrics.upstream_latency.record(worker_time);
-                if is_busy(&response) {
-                    Attempt::Busy(response)
-                } else {
-                    Attempt::Answered(response, worker_time)
+    ) -> (Attempt, Lease<Upstream>) {
+        let mut request = request;
+        // A kept-alive connection may close between `ready` and the send;
+        // that is a stale connection, not a dead worker: re-dial it once.
+        for _ in 0..2 {
+            let exchange: Exchange = match lease.conn().ready(timeouts.connect).await {
+                Ok(sender) => Box::pin(sender.try_send_request(request)),
+                Err(e) => {
+                    tracing::warn!(worker = lease.worker_id(), error = %e, "cannot dial worker");
+                    return (Attempt::NotSent(request), lease);
                 }
-            }
-            Err(mut e) => match e.take_message() {
-                Some(request) => {
-                    lease.conn().invalidate();
-                    Attempt::NotSent(request)
+            };
+            let sent_at = Instant::now();
+            let mut flight = InFlight {
+                exchange: Some(exchange),
+                lease: Some(lease),
+                limit: timeouts.read,
+            };
+            // The read timeout starts once the request body is fully sent.
+            let read_deadline = async {
+                if let Some(sent) = body_sent.as_mut() {
+                    let _ = sent.await;
                 }
-                None => {
-                    let error = e.into_error();
-                    let too_large = error_chain_has::<super::body::BodyTooLarge>(&error);
-                    tracing::warn!(worker = lease.worker_id(), error = %error, "request to worker failed");
-                    Attempt::Failed(if too_large {
-                        Rejection::BodyTooLarge
+                tokio::time::sleep(timeouts.read).await;
+            };
+            let race = {
+                // Internal invariant: set just above.
+                let exchange = flight.exchange.as_mut().expect("exchange in flight");
+                tokio::select! {
+                    result = exchange.as_mut() => Some(result),
+                    () = read_deadline => None,
+                }
+            };
+            lease = flight.land();
+            let Some(result) = race else {
+                return (Attempt::Failed(Rejection::WorkerTimeout), lease);
+            };
+            match result {
+                Ok(response) => {
+                    let worker_time = sent_at.elapsed();
+                    self.metrics.upstream_latency.record(worker_time);
+                    let attempt = if is_busy(&response) {
+                        Attempt::Busy(response)
                     } else {
-                        Rejection::WorkerFailed
-                    })
+                        Attempt::Answered(response, worker_time)
+                    };
+                    return (attempt, lease);
                 }
-            },
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => {
+                        lease.conn().invalidate();
+                        request = unsent;
+                    }
+                    None => {
+                        let error = e.into_error();
+                        let too_large = error_chain_has::<super::body::BodyTooLarge>(&error);
+                        tracing::warn!(worker = lease.worker_id(), error = %error, "request to worker failed");
+                        let rejection = if too_large {
+                            Rejection::BodyTooLarge
+                        } else {
+                            Rejection::WorkerFailed
+                        };
+                        return (Attempt::Failed(rejection), lease);
+                    }
+                },
+            }
         }
+        (Attempt::NotSent(request), lease)
     }
 
     fn client_response(
@@ -371,7 +442,8 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         strip_internal(&mut parts.headers);
-        let body = ResponseBody::worker(body, lease, record, self.metrics.clone());
+        let drain_limit = self.tuning().1.read;
+        let body = ResponseBody::worker(body, lease, record, drain_limit);
         Response::from_parts(parts, body)
     }
 }
@@ -409,9 +481,15 @@ fn forwarded_headers(parts: &http::request::Parts, client: ClientInfo) -> Header
         }
     }
     let ip = client.ip.to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
+    // Every X-Forwarded-For line the client sent, in order, then the client.
+    let prior: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let forwarded_for = match prior.as_slice() {
+        [] => ip,
+        lines => format!("{}, {ip}", lines.join(", ")),
     };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);

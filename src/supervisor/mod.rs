@@ -364,7 +364,8 @@ impl Supervisor {
     fn spawn(&mut self, slot: usize, generation: Generation, replaces: Option<WorkerId>) {
         let id = self.next_id;
         self.next_id += 1;
-        let process = match self.spawner.spawn(id, generation, self.events_tx.clone()) {
+        let (spawner, policy) = self.config_for(generation);
+        let process = match spawner.spawn(id, generation, self.events_tx.clone()) {
             Ok(process) => process,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start a worker; check the app entry and runtime (node) are installed");
@@ -394,7 +395,6 @@ impl Supervisor {
             let _ = events.send(Event::Booted { id, result }).await;
         });
         tracing::debug!(worker = id, pid = process.pid, slot, "worker started");
-        let policy = self.settings.restart;
         self.workers.insert(
             id,
             Worker {
@@ -555,7 +555,9 @@ impl Supervisor {
                 } else {
                     worker.prior_failures
                 };
-                self.slots[worker.slot] = Slot::Open { failures };
+                if let Some(slot) = self.slots.get_mut(worker.slot) {
+                    *slot = Slot::Open { failures };
+                }
                 self.record_failure(worker.slot);
             }
         }
@@ -596,9 +598,13 @@ impl Supervisor {
             Report::Hung(id) | Report::Unreachable(id) => {
                 if let Some(worker) = self.workers.get(&id) {
                     // Replaced at once: the slot stays open (this is not a crash).
-                    self.slots[worker.slot] = Slot::Open {
-                        failures: worker.prior_failures,
-                    };
+                    if worker.generation == self.generation {
+                        if let Some(slot) = self.slots.get_mut(worker.slot) {
+                            *slot = Slot::Open {
+                                failures: worker.prior_failures,
+                            };
+                        }
+                    }
                     self.restarts += 1;
                     self.kill(id);
                 }
@@ -649,20 +655,18 @@ impl Supervisor {
                     self.pool.remove(id);
                 }
             }
-            Command::Reload { trigger, reply } => self.start_roll(trigger, reply),
+            Command::Reload { trigger, reply } => self.start_roll(trigger, reply, None),
             Command::Reconfigure {
                 settings,
                 spawner,
                 reply,
             } => {
-                let app_moved = spawner.app_dir != self.spawner.app_dir;
-                let mode_changed = settings.reload != self.settings.reload;
-                self.settings = *settings;
-                self.spawner = *spawner;
-                if app_moved || mode_changed {
-                    self.restart_watcher();
-                }
-                self.start_roll(Trigger::Signal, reply);
+                // Applied to the new generation only; committed if it serves.
+                self.start_roll(
+                    Trigger::Signal,
+                    reply,
+                    Some(Box::new((*settings, *spawner))),
+                );
             }
             Command::Stop(_) => {}
         }
@@ -675,7 +679,7 @@ impl Supervisor {
             ReloadMode::None => {}
             ReloadMode::Process => {
                 tracing::info!(app = %self.spawner.app_dir.display(), "app files changed");
-                self.start_roll(Trigger::FileChange, None);
+                self.start_roll(Trigger::FileChange, None, None);
             }
             ReloadMode::Module => self.reload_modules(),
         }
@@ -702,6 +706,31 @@ impl Supervisor {
         tracing::info!(app = %self.spawner.app_dir.display(), "app files changed; workers reload their module");
         for id in due {
             self.mark_due(id, RecycleReason::Reloads);
+        }
+    }
+
+    /// The spawner and restart policy for workers of `generation`: a roll
+    /// with a re-read config uses the new ones; everything else the current.
+    fn config_for(&self, generation: Generation) -> (&Spawner, RestartPolicy) {
+        match &self.roll {
+            Some(Roll {
+                generation: g,
+                config: Some(config),
+                ..
+            }) if *g == generation => (&config.1, config.0.restart),
+            _ => (&self.spawner, self.settings.restart),
+        }
+    }
+
+    /// Makes a successful roll's new configuration the current one.
+    fn commit_config(&mut self, config: (Settings, Spawner)) {
+        let (settings, spawner) = config;
+        let rewatch =
+            spawner.app_dir != self.spawner.app_dir || settings.reload != self.settings.reload;
+        self.settings = settings;
+        self.spawner = spawner;
+        if rewatch {
+            self.restart_watcher();
         }
     }
 
@@ -768,6 +797,19 @@ impl Supervisor {
                     last_error: None,
                 },
             );
+        }
+        // A slot whose worker has served a while is healthy again.
+        for worker in self.workers.values() {
+            if let WorkerState::Serving { since, .. } = worker.state {
+                if worker.generation == self.generation && now.duration_since(since) >= STABLE_AFTER
+                {
+                    if let Some(slot @ Slot::Open { failures: 1.. }) =
+                        self.slots.get_mut(worker.slot)
+                    {
+                        *slot = Slot::Open { failures: 0 };
+                    }
+                }
+            }
         }
         for id in overdue_retirements {
             self.drain(id);

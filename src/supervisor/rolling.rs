@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Slot, Supervisor, WorkerState};
+use super::{Settings, Slot, Spawner, Supervisor, WorkerState};
 use crate::server::metrics::Metrics;
 use crate::server::pool::{Generation, WorkerId};
 
@@ -53,6 +53,9 @@ pub(super) struct Roll {
     pub workers: usize,
     pub started: Instant,
     pub waiters: Vec<oneshot::Sender<RollOutcome>>,
+    /// A re-read configuration this generation runs with; it becomes the
+    /// current one only if the roll succeeds.
+    pub config: Option<Box<(Settings, Spawner)>>,
 }
 
 /// `/status`'s view of the roll in progress.
@@ -71,8 +74,10 @@ impl Supervisor {
         &mut self,
         trigger: Trigger,
         reply: Option<oneshot::Sender<RollOutcome>>,
+        config: Option<Box<(Settings, Spawner)>>,
     ) {
         let mut waiters: Vec<_> = reply.into_iter().collect();
+        let mut config = config;
         if let Some(previous) = self.roll.take() {
             tracing::info!(
                 generation = previous.generation,
@@ -80,10 +85,14 @@ impl Supervisor {
             );
             self.kill_generation(previous.generation);
             waiters.extend(previous.waiters);
+            // A re-read config still pending carries over to the restarted roll.
+            config = config.or(previous.config);
         }
         self.newest_generation += 1;
         let generation = self.newest_generation;
-        let workers = self.settings.workers;
+        let workers = config
+            .as_ref()
+            .map_or(self.settings.workers, |c| c.0.workers);
         tracing::info!(
             generation,
             workers,
@@ -97,8 +106,13 @@ impl Supervisor {
             workers,
             started: Instant::now(),
             waiters,
+            config,
         });
         for slot in 0..workers {
+            // A failed spawn abandons the roll: start no more of it.
+            if self.roll.as_ref().map(|r| r.generation) != Some(generation) {
+                break;
+            }
             self.spawn(slot, generation, None);
         }
     }
@@ -113,7 +127,12 @@ impl Supervisor {
         if ready < roll.workers {
             return;
         }
-        let Some(roll) = self.roll.take() else { return };
+        let Some(mut roll) = self.roll.take() else {
+            return;
+        };
+        if let Some(config) = roll.config.take() {
+            self.commit_config(*config);
+        }
         let old_generation = self.generation;
         let idle_old = self.pool.switch_generation(roll.generation);
         self.generation = roll.generation;

@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 
 /// Quiet time that ends a burst of file events.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// A burst that never goes quiet is cut off after this long.
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
 
 /// Directories never watched or hashed.
 const IGNORED_DIRS: [&str; 6] = [
@@ -71,10 +73,12 @@ pub fn watch(dir: &Path, changes: mpsc::Sender<Changed>) -> notify::Result<AppWa
 async fn debounce(root: PathBuf, mut raw: mpsc::Receiver<()>, changes: mpsc::Sender<Changed>) {
     let mut last_hash = hash_tree(root.clone()).await;
     while raw.recv().await.is_some() {
-        // Coalesce: wait until the tree has been quiet for DEBOUNCE.
-        while tokio::time::timeout(DEBOUNCE, raw.recv())
-            .await
-            .is_ok_and(|event| event.is_some())
+        // Coalesce: wait until the tree has been quiet for DEBOUNCE (at most MAX_DEBOUNCE).
+        let burst_end = tokio::time::Instant::now() + MAX_DEBOUNCE;
+        while tokio::time::Instant::now() < burst_end
+            && tokio::time::timeout(DEBOUNCE, raw.recv())
+                .await
+                .is_ok_and(|event| event.is_some())
         {}
         let hash = hash_tree(root.clone()).await;
         if hash == last_hash {
@@ -133,10 +137,20 @@ async fn hash_tree(root: PathBuf) -> u64 {
     tokio::task::spawn_blocking(move || {
         let mut files = Vec::new();
         collect_files(&root, &root, &mut files);
+        if files.len() >= MAX_FILES {
+            // Too big to fingerprint: every event counts as a change.
+            return std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        }
         files.sort();
         let mut hasher = DefaultHasher::new();
         for path in files {
             path.hash(&mut hasher);
+            // A re-pointed symlink (a `current -> release-42` deploy) is a change.
+            if let Ok(target) = std::fs::read_link(&path) {
+                target.hash(&mut hasher);
+            }
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
@@ -172,7 +186,7 @@ fn collect_files(root: &Path, dir: &Path, files: &mut Vec<PathBuf>) {
         }
         match entry.file_type() {
             Ok(t) if t.is_dir() => collect_files(root, &path, files),
-            Ok(t) if t.is_file() => files.push(path),
+            Ok(t) if t.is_file() || t.is_symlink() => files.push(path),
             _ => {}
         }
     }
