@@ -43,7 +43,7 @@ EXAMPLES:
 
 ENVIRONMENT:
   PORT, RIP_RELOAD, RIP_MAX_QUEUE, RIP_MAX_REQUESTS, RIP_MAX_SECONDS, RIP_MAX_RELOADS,
-  RIP_QUEUE_TIMEOUT_MS, RIP_CONNECT_TIMEOUT_MS, RIP_READ_TIMEOUT_MS.
+  RIP_QUEUE_TIMEOUT_MS, RIP_CONNECT_TIMEOUT_MS, RIP_READ_TIMEOUT_MS, RIP_THREADS.
   Precedence: flag > environment > config file > default.";
 
 /// The raw command line.
@@ -100,6 +100,10 @@ pub struct Cli {
     /// How long a client may take to send a request head; also the keep-alive idle timeout (default 30000).
     #[arg(long, value_name = "MS")]
     pub header_timeout_ms: Option<u64>,
+
+    /// Threads for rip-server itself (default: half the cores, at least 1; the workers need the rest).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 
     /// JavaScript runtime for fetch-handler apps: node or bun (default node).
     #[arg(long, value_enum, value_name = "RUNTIME")]

@@ -43,6 +43,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub logging: Logging,
     pub js_runtime: JsRuntime,
+    /// Runtime threads of the server process itself.
+    pub threads: usize,
     /// Private (0700) directory for the control and worker sockets.
     pub runtime_dir: PathBuf,
     /// The file the config came from, re-read on SIGHUP.
@@ -185,6 +187,7 @@ struct FileConfig {
     max_header_bytes: Option<usize>,
     header_timeout_ms: Option<u64>,
     runtime: Option<JsRuntime>,
+    threads: Option<usize>,
     json_logging: Option<bool>,
     no_access_log: Option<bool>,
     name: Option<String>,
@@ -303,6 +306,7 @@ impl Config {
                 access_log: !(cli.no_access_log || file.no_access_log.unwrap_or(false)),
             },
             js_runtime: cli.runtime.or(file.runtime).unwrap_or(JsRuntime::Node),
+            threads: layers.threads()?,
             runtime_dir: runtime_dir(env),
             config_file: cli.config.clone(),
             name,
@@ -420,6 +424,26 @@ impl Layers<'_> {
                 "--header-timeout-ms",
             )?,
         })
+    }
+
+    /// The server's own threads: half the cores by default, because on a
+    /// machine it shares with its workers, a thread per core costs more in
+    /// cross-thread wake-ups than it gains (see docs/benchmarks.md).
+    fn threads(&self) -> Result<usize, ConfigError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = self.number(
+            self.cli.threads,
+            "RIP_THREADS",
+            self.file.threads,
+            (cores / 2).max(1),
+        )?;
+        if !(1..=1024).contains(&threads) {
+            return Err(ConfigError::Invalid {
+                setting: "--threads",
+                message: format!("{threads} is out of range: expected 1 to 1024"),
+            });
+        }
+        Ok(threads)
     }
 
     fn header_bytes(&self) -> Result<usize, ConfigError> {

@@ -83,8 +83,7 @@ const MAX_SOCKET_PATH: usize = 107;
 
 /// Serves the app until a stop is requested; returns once every worker has
 /// been reaped and every socket removed.
-pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
-    let config = Config::build(cli, args, &ProcessEnv)?;
+pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Error> {
     let _log_guard = logging::init(config.logging);
     // Certificates first: a bad one stops us before anything listens.
     let tls = load_tls(&config)?;

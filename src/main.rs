@@ -5,32 +5,44 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rip_server::cli::{Cli, Invocation};
+use rip_server::config::{Config, ProcessEnv};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
-    };
     let result = match cli.invocation() {
-        Ok(Invocation::Serve(args)) => runtime.block_on(rip_server::serve(&cli, &args)),
-        Ok(Invocation::Control(command)) => {
-            runtime.block_on(rip_server::control_command(&cli, command))
-        }
+        Ok(Invocation::Serve(args)) => match Config::build(&cli, &args, &ProcessEnv) {
+            Ok(config) => run(config.threads, rip_server::serve(&cli, &args, config)),
+            Err(e) => Err(e.into()),
+        },
+        Ok(Invocation::Control(command)) => run(1, rip_server::control_command(&cli, command)),
         Err(e) => Err(e.into()),
     };
-    // Blocking helpers (a file-tree hash, a log flush) must not hold up exit.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e.to_string()),
+        Err(e) => {
+            eprintln!("rip-server: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
-fn fail(message: &str) -> ExitCode {
-    eprintln!("rip-server: {message}");
-    ExitCode::from(2)
+/// Runs `task` on a runtime with `threads` worker threads.
+fn run(
+    threads: usize,
+    task: impl std::future::Future<Output = Result<(), rip_server::Error>>,
+) -> Result<(), rip_server::Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            rip_server::Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot start the async runtime: {e}"),
+            ))
+        })?;
+    let result = runtime.block_on(task);
+    // Blocking helpers (a file-tree hash, a log flush) must not hold up exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }

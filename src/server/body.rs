@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
@@ -215,9 +215,10 @@ impl Drop for WorkerBody {
 
 /// Reads an abandoned response to its end, then returns the worker.
 async fn drain(inner: Incoming, mut lease: Lease<Upstream>, limit: Duration) {
-    let drained = tokio::time::timeout(limit, inner.collect()).await;
-    if !matches!(drained, Ok(Ok(_))) {
-        lease.conn().invalidate();
+    let upstream = lease.conn();
+    let drained = tokio::time::timeout(limit, upstream.drain(inner)).await;
+    if !matches!(drained, Ok(Ok(()))) {
+        upstream.invalidate();
     }
 }
 
@@ -240,6 +241,10 @@ impl Body for ResponseBody {
         let Some(inner) = body.inner.as_mut() else {
             return Poll::Ready(None);
         };
+        // The worker's connection runs in this task: let it read more first.
+        if let Some(lease) = body.lease.as_mut() {
+            lease.conn().poll_connection(cx);
+        }
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(record), Some(data)) = (body.record.as_mut(), frame.data_ref()) {

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use std::future::Future;
@@ -193,8 +192,8 @@ impl Drop for InFlight {
 /// Waits out a request whose client left, then returns its worker.
 async fn finish_abandoned(exchange: Exchange, mut lease: Lease<Upstream>, limit: Duration) {
     let finished = tokio::time::timeout(limit, async {
-        let response = exchange.await.ok()?;
-        response.into_body().collect().await.ok()
+        let response = lease.conn().drive(exchange).await.ok()?;
+        lease.conn().drain(response.into_body()).await.ok()
     })
     .await;
     if !matches!(finished, Ok(Some(_))) {
@@ -265,7 +264,8 @@ impl Proxy {
         if declared.is_some_and(|len| len > limits.max_body_bytes) {
             return Err(Rejection::BodyTooLarge);
         }
-        let headers = forwarded_headers(&parts, client);
+        let mut parts = parts;
+        let headers = forwarded_headers(&mut parts, client);
         let uri = origin_form(&parts.uri);
         let replay = body.is_end_stream().then(|| Replay {
             method: parts.method.clone(),
@@ -389,10 +389,16 @@ impl Proxy {
                 tokio::time::sleep(timeouts.read).await;
             };
             let race = {
-                // Internal invariant: set just above.
+                // Internal invariant: both set just above.
                 let exchange = flight.exchange.as_mut().expect("exchange in flight");
+                let held = flight.lease.as_mut().expect("lease in flight");
+                let response = std::future::poll_fn(|cx| {
+                    held.conn().poll_connection(cx);
+                    exchange.as_mut().poll(cx)
+                });
                 tokio::select! {
-                    result = exchange.as_mut() => Some(result),
+                    biased;
+                    result = response => Some(result),
                     () = read_deadline => None,
                 }
             };
@@ -467,8 +473,8 @@ fn origin_form(uri: &Uri) -> Uri {
 
 /// The headers a worker sees: the client's, minus hop-by-hop and `Rip-*`,
 /// plus `Host` (from `:authority` for HTTP/2) and `X-Forwarded-*`.
-fn forwarded_headers(parts: &http::request::Parts, client: ClientInfo) -> HeaderMap {
-    let mut headers = parts.headers.clone();
+fn forwarded_headers(parts: &mut http::request::Parts, client: ClientInfo) -> HeaderMap {
+    let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     strip_internal(&mut headers);
     if !headers.contains_key(header::HOST) {
@@ -551,9 +557,10 @@ fn is_busy(response: &Response<Incoming>) -> bool {
 
 /// Reads a short busy answer to its end so the connection can be reused.
 async fn discard_body(lease: &mut Lease<Upstream>, response: Response<Incoming>, limit: Duration) {
-    let drained = tokio::time::timeout(limit, response.into_body().collect()).await;
-    if !matches!(drained, Ok(Ok(_))) {
-        lease.conn().invalidate();
+    let upstream = lease.conn();
+    let drained = tokio::time::timeout(limit, upstream.drain(response.into_body())).await;
+    if !matches!(drained, Ok(Ok(()))) {
+        upstream.invalidate();
     }
 }
 
@@ -585,12 +592,12 @@ mod tests {
             .header("accept", "*/*")
             .body(())
             .unwrap();
-        let (parts, ()) = request.into_parts();
+        let (mut parts, ()) = request.into_parts();
         let client = ClientInfo {
             ip: "127.0.0.1".parse().unwrap(),
             scheme: Scheme::Http,
         };
-        let headers = forwarded_headers(&parts, client);
+        let headers = forwarded_headers(&mut parts, client);
         assert!(headers.get("rip-worker-busy").is_none());
         assert!(headers.get("rip-probe").is_none());
         assert!(headers.get("connection").is_none());
