@@ -173,6 +173,17 @@ impl<C: Send + 'static> Pool<C> {
             state.waiters.push_back(Waiter { ticket, tx });
             (ticket, rx)
         };
+        // The wait is the slow path: boxed, so every caller's future stays
+        // small for the fast one (an idle worker).
+        Box::pin(self.wait(ticket, rx)).await
+    }
+
+    /// Waits in the queue for a worker, up to the queue timeout.
+    async fn wait(
+        self: &Arc<Self>,
+        ticket: u64,
+        rx: oneshot::Receiver<Checkout<C>>,
+    ) -> Result<Lease<C>, Unavailable> {
         let mut guard = QueueGuard {
             pool: self,
             ticket,

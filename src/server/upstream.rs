@@ -117,7 +117,8 @@ impl Upstream {
             }
         }
         if self.sender.is_none() {
-            let (sender, connection) = dial(&self.socket, connect_timeout).await?;
+            // Boxed: dialling is rare, and its future is large.
+            let (sender, connection) = Box::pin(dial(&self.socket, connect_timeout)).await?;
             self.sender = Some(sender);
             self.connection = Some(connection);
         }
