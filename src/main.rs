@@ -31,16 +31,22 @@ fn run(
     threads: usize,
     task: impl std::future::Future<Output = Result<(), rip_server::Error>>,
 ) -> Result<(), rip_server::Error> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            rip_server::Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot start the async runtime: {e}"),
-            ))
-        })?;
+    // One thread needs no work-stealing scheduler: the current-thread one is
+    // cheaper per wake-up.
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    let runtime = builder.enable_all().build().map_err(|e| {
+        rip_server::Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot start the async runtime: {e}"),
+        ))
+    })?;
     let result = runtime.block_on(task);
     // Blocking helpers (a file-tree hash, a log flush) must not hold up exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
