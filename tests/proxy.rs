@@ -128,8 +128,8 @@ async fn one_worker_serves_one_request_at_a_time() {
     let server = Builder::node().arg("w:1").start();
     server.wait_ready().await;
     let started = std::time::Instant::now();
-    let a = server.get("/sleep?ms=400");
-    let b = server.get("/sleep?ms=400");
+    let a = server.get("/sleep?ms=1000");
+    let b = server.get("/sleep?ms=1000");
     let watch = async {
         // While both are in flight: one on the worker, one queued.
         server
@@ -141,7 +141,7 @@ async fn one_worker_serves_one_request_at_a_time() {
     let (a, b, _) = tokio::join!(a, b, watch);
     assert_eq!((a.status, b.status), (200, 200));
     assert!(
-        started.elapsed() >= Duration::from_millis(800),
+        started.elapsed() >= Duration::from_millis(2000),
         "served concurrently on one worker"
     );
 }

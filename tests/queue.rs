@@ -5,9 +5,13 @@ use crate::harness::{serving_workers, Builder};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn full_queue_answers_503_with_retry_after() {
-    let server = Builder::node().arg("w:1").arg("--max-queue=1").start();
+    let server = Builder::node()
+        .arg("w:1")
+        .arg("--max-queue=1")
+        .arg("--queue-timeout-ms=20000")
+        .start();
     server.wait_ready().await;
-    let busy = server.get("/sleep?ms=1500");
+    let busy = server.get("/sleep?ms=4000");
     let queued = server.get("/sleep?ms=10");
     let overflow = async {
         server
@@ -65,7 +69,7 @@ async fn hung_worker_gets_504_and_is_replaced() {
 async fn client_leaving_the_queue_never_reaches_a_worker() {
     let server = Builder::node().arg("w:1").start();
     server.wait_ready().await;
-    let busy = server.get("/sleep?ms=800");
+    let busy = server.get("/sleep?ms=3000");
     let leaver = async {
         server
             .wait_status("worker busy", |s| s["pool"]["busy"] == 1)

@@ -138,7 +138,7 @@ async fn https_serves_http1_and_h2_with_a_trusted_self_signed_certificate() {
         .map(|_| {
             let mut sender = sender.clone();
             tokio::spawn(async move {
-                let request = http::Request::get("https://localhost/sleep?ms=600")
+                let request = http::Request::get("https://localhost/sleep?ms=1200")
                     .body(Full::new(Bytes::new()))
                     .unwrap();
                 let response = sender.send_request(request).await.unwrap();
@@ -156,7 +156,7 @@ async fn https_serves_http1_and_h2_with_a_trusted_self_signed_certificate() {
     for stream in streams {
         let (status, body) = stream.await.unwrap();
         assert_eq!(status, 200);
-        assert_eq!(&body[..], b"slept 600");
+        assert_eq!(&body[..], b"slept 1200");
     }
 }
 
