@@ -11,3 +11,4 @@ mod rolling;
 mod shutdown;
 mod supervision;
 mod tls;
+mod wire;

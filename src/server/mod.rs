@@ -5,6 +5,7 @@
 //! - [`proxy`]: header hygiene, worker selection, outcome → status.
 //! - [`pool`]: LIFO idle stack and bounded FIFO queue, per app.
 //! - [`upstream`]: one persistent HTTP/1.1 connection per worker socket.
+//! - [`wire`]: the HTTP/1.1 bytes on that connection: heads, framing, header policy.
 //! - [`body`]: request/response bodies with limits, timeouts and the worker lease.
 //! - [`access_log`], [`metrics`]: what happened, per request and in total.
 
@@ -16,3 +17,4 @@ pub mod pool;
 pub mod proxy;
 pub mod routes;
 pub mod upstream;
+pub mod wire;

@@ -529,6 +529,15 @@ impl<C: Send + 'static> Lease<C> {
             .conn
     }
 
+    pub fn conn_ref(&self) -> &C {
+        // Present from construction until drop or retire, which consume the lease.
+        &self
+            .checkout
+            .as_ref()
+            .expect("lease holds its checkout until consumed")
+            .conn
+    }
+
     /// Returns the worker as the least preferred idle worker (it said "busy").
     pub fn release_to_bottom(mut self) {
         self.placement = Placement::Bottom;

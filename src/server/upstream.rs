@@ -1,47 +1,86 @@
 //! Connections to workers: dial a worker's Unix socket, keep one persistent
-//! HTTP/1.1 connection to it, and re-dial it when it breaks.
+//! HTTP/1.1 connection to it, run one exchange at a time on it, and re-dial
+//! it when it breaks.
 //!
 //! A worker serves one request at a time, so one connection is all it needs
 //! (DESIGN §1). The [`Upstream`] is the `C` the pool hands out: taking a
 //! worker means taking its connection. The readiness probe uses the same
 //! connection, so a worker that passed its probe is admitted already dialled.
 //!
-//! The hyper connection is not spawned as a task of its own: whoever holds
-//! the worker drives it ([`Upstream::poll_connection`]) while waiting for the
-//! response and while streaming its body. The whole exchange then runs in
-//! the client request's task, without a hop to a dispatch task and back for
-//! every request, which is most of a proxy's per-request cost.
+//! Whoever holds the worker drives the exchange in its own task: the client
+//! request's task writes the request ([`Upstream::exchange`]) and reads the
+//! response body ([`Upstream::poll_body`]) straight from the socket, with no
+//! hop to a connection task and back. The bytes are framed by [`super::wire`].
+//!
+//! A connection is always in one [`Phase`]. A worker whose exchange is not
+//! over (its client left) goes back to the pool only after [`settle`] has
+//! read the rest of the answer, so the next request never meets the tail of
+//! the last one.
 
-use std::future::Future;
-use std::io;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, StatusCode};
-use http_body::Body;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use http::StatusCode;
+use http_body::SizeHint;
+use tokio::io::AsyncWrite;
 use tokio::net::UnixStream;
+use tokio::time::{Instant, Sleep};
 
-use super::body::RequestBody;
+use super::body::{BoxError, ClientBody};
+use super::pool::Lease;
+use super::wire::{
+    self, BodyFraming, ChunkedDecoder, Decoded, ResponseHead, WireError, CHUNK_SUFFIX, LAST_CHUNK,
+};
 
-/// The header that marks the supervisor's readiness probe; only the server
-/// can send it, because client `Rip-*` headers are stripped.
-pub const PROBE_HEADER: &str = "rip-probe";
+/// Read buffer growth: room for a whole small response, or a slice of a large one.
+const READ_BUFFER: usize = 16 * 1024;
 
-type WorkerConnection = Connection<TokioIo<UnixStream>, RequestBody>;
+/// Below this much free room, the read buffer grows before the next read.
+const MIN_READ_ROOM: usize = 2 * 1024;
 
 /// One worker's connection, dialled lazily.
 pub struct Upstream {
     socket: Arc<Path>,
-    sender: Option<SendRequest<RequestBody>>,
-    /// Moves bytes between the socket and the request/response in flight;
-    /// polled by whoever holds the worker.
-    connection: Option<WorkerConnection>,
+    conn: Option<Box<Conn>>,
+}
+
+/// An open connection to a worker.
+struct Conn {
+    stream: UnixStream,
+    /// Bytes read from the worker and not yet consumed.
+    buf: BytesMut,
+    phase: Phase,
+    /// The read timeout: armed while waiting on the worker.
+    deadline: Pin<Box<Sleep>>,
+    /// The deadline runs for a write the worker is not taking.
+    write_stalled: bool,
+    /// It has carried a request before: a write that fails on it may mean
+    /// the worker closed an idle connection, not that the worker is gone.
+    reused: bool,
+}
+
+/// Where a connection is in its exchange.
+enum Phase {
+    /// Ready for a request.
+    Idle,
+    /// Writing a request (its body may still be streaming from the client).
+    Sending,
+    /// The request is written; waiting for the response head.
+    AwaitingHead { head_request: bool },
+    /// Reading the response body.
+    Body { reader: BodyReader, reusable: bool },
+}
+
+enum BodyReader {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
 }
 
 /// Why a worker could not be reached.
@@ -51,11 +90,345 @@ pub enum DialError {
     Timeout { socket: PathBuf, timeout: Duration },
     #[error("connecting to {socket}: {source}")]
     Io { socket: PathBuf, source: io::Error },
-    #[error("HTTP exchange with {socket}: {source}")]
-    Http {
+    #[error("exchange with {socket}: {source}")]
+    Exchange {
         socket: PathBuf,
-        source: hyper::Error,
+        source: Box<ExchangeError>,
     },
+}
+
+/// How a worker broke an exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Wire(#[from] WireError),
+}
+
+/// Why an exchange produced no response head.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// Nothing reached the worker: the request can go to another.
+    #[error("the request never reached the worker: {1}")]
+    NotSent(Box<Outgoing>, DialError),
+    /// The client's upload failed (too large, stalled, or cut off).
+    #[error("the client's request body failed: {0}")]
+    Upload(BoxError),
+    /// The worker sent no response head, or took no request bytes, within
+    /// the read timeout.
+    #[error("the worker did not answer within the read timeout")]
+    Timeout,
+    /// The worker failed after the request reached it.
+    #[error("{0}")]
+    Failed(WorkerError),
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request on its way to a worker: the encoded head and, if the client
+/// sent one, the body, framed as it streams.
+pub struct Outgoing {
+    /// The unwritten part of the head.
+    head: Bytes,
+    /// The unwritten part of the current body piece: chunk-size line, data,
+    /// chunk end (the first and last are empty for a `Content-Length` body).
+    piece: [Bytes; 3],
+    upload: Upload,
+    written: u64,
+    head_request: bool,
+}
+
+enum Upload {
+    /// Nothing (more) to read from the client.
+    Done,
+    Streaming {
+        body: Box<ClientBody>,
+        chunked: bool,
+    },
+}
+
+impl Outgoing {
+    /// `head` from [`wire::encode_request_head`]; `body` with whether it is
+    /// sent chunked.
+    pub fn new(head: Bytes, body: Option<(Box<ClientBody>, bool)>, head_request: bool) -> Self {
+        Outgoing {
+            head,
+            piece: [Bytes::new(), Bytes::new(), Bytes::new()],
+            upload: match body {
+                Some((body, chunked)) => Upload::Streaming { body, chunked },
+                None => Upload::Done,
+            },
+            written: 0,
+            head_request,
+        }
+    }
+
+    fn has_unwritten(&self) -> bool {
+        !self.head.is_empty() || self.piece.iter().any(|b| !b.is_empty())
+    }
+
+    fn io_slices(&self) -> ([IoSlice<'_>; 4], usize) {
+        let mut slices = [IoSlice::new(&[]); 4];
+        let mut count = 0;
+        for bytes in std::iter::once(&self.head).chain(&self.piece) {
+            if !bytes.is_empty() {
+                slices[count] = IoSlice::new(bytes);
+                count += 1;
+            }
+        }
+        (slices, count)
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.written += n as u64;
+        for bytes in std::iter::once(&mut self.head).chain(&mut self.piece) {
+            let step = n.min(bytes.len());
+            bytes.advance(step);
+            n -= step;
+        }
+    }
+
+    /// Takes the next body piece from the client into `piece`.
+    /// `Ready(Ok(()))`: a piece is queued, or the upload is over.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let Upload::Streaming { body, chunked } = &mut self.upload else {
+            return Poll::Ready(Ok(()));
+        };
+        let chunked = *chunked;
+        loop {
+            match ready!(body.poll_data(cx)) {
+                // An empty chunk would end a chunked body early.
+                Some(Ok(data)) if data.is_empty() => continue,
+                Some(Ok(data)) => {
+                    self.piece = if chunked {
+                        [
+                            wire::chunk_prefix(data.len()),
+                            data,
+                            Bytes::from_static(CHUNK_SUFFIX),
+                        ]
+                    } else {
+                        [Bytes::new(), data, Bytes::new()]
+                    };
+                }
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => {
+                    if chunked {
+                        self.piece[0] = Bytes::from_static(LAST_CHUNK);
+                    }
+                    self.upload = Upload::Done;
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+    }
+}
+
+/// Why sending stopped.
+enum SendError {
+    Io(io::Error),
+    Upload(BoxError),
+    /// The worker took no bytes within the read timeout.
+    Stalled,
+}
+
+impl Conn {
+    fn new(stream: UnixStream) -> Self {
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+            phase: Phase::Idle,
+            deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            write_stalled: false,
+            reused: false,
+        }
+    }
+
+    fn arm(&mut self, timeout: Duration) {
+        self.deadline.as_mut().reset(Instant::now() + timeout);
+    }
+
+    /// Writes the request: its head, then its body as the client sends it.
+    fn poll_send(
+        &mut self,
+        out: &mut Outgoing,
+        stall: Duration,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            // Take a body piece when there is room for one; with the head
+            // still unwritten, a piece already here goes out in the same write.
+            if out.piece.iter().all(Bytes::is_empty) {
+                match out.poll_upload(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SendError::Upload(e))),
+                    Poll::Pending if out.head.is_empty() => return Poll::Pending,
+                    Poll::Pending => {}
+                }
+            }
+            if !out.has_unwritten() {
+                return match out.upload {
+                    Upload::Done => Poll::Ready(Ok(())),
+                    // The client has sent nothing new; it wakes us when it does.
+                    Upload::Streaming { .. } => Poll::Pending,
+                };
+            }
+            let (slices, count) = out.io_slices();
+            match Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(SendError::Io(io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => {
+                    out.advance(n);
+                    self.write_stalled = false;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SendError::Io(e))),
+                Poll::Pending => {
+                    if !self.write_stalled {
+                        self.write_stalled = true;
+                        self.arm(stall);
+                    }
+                    ready!(self.deadline.as_mut().poll(cx));
+                    return Poll::Ready(Err(SendError::Stalled));
+                }
+            }
+        }
+    }
+
+    /// Reads until a whole response head is in, or the deadline passes.
+    fn poll_head(
+        &mut self,
+        head_request: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<ResponseHead, ExchangeError>> {
+        loop {
+            if !self.buf.is_empty() {
+                match wire::parse_response_head(&mut self.buf, head_request) {
+                    Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(ExchangeError::Failed(e.into()))),
+                }
+            }
+            match fill(&mut self.stream, &mut self.buf, cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(ExchangeError::Failed(WireError::Truncated.into())))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Failed(e.into()))),
+                Poll::Pending => {
+                    ready!(self.deadline.as_mut().poll(cx));
+                    return Poll::Ready(Err(ExchangeError::Timeout));
+                }
+            }
+        }
+    }
+
+    /// After a head: where the body comes from.
+    fn begin_body(&mut self, head: &ResponseHead) {
+        let reader = match head.framing {
+            BodyFraming::Empty | BodyFraming::Length(0) => {
+                self.phase = Phase::Body {
+                    reader: BodyReader::Length(0),
+                    reusable: head.reusable,
+                };
+                return;
+            }
+            BodyFraming::Length(n) => BodyReader::Length(n),
+            BodyFraming::Chunked => BodyReader::Chunked(ChunkedDecoder::default()),
+            BodyFraming::UntilClose => BodyReader::UntilClose,
+        };
+        self.phase = Phase::Body {
+            reader,
+            reusable: head.reusable,
+        };
+    }
+
+    /// The next piece of the response body; `None` at its end.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, WorkerError>>> {
+        loop {
+            let Phase::Body { reader, .. } = &mut self.phase else {
+                return Poll::Ready(None);
+            };
+            match reader {
+                BodyReader::Length(0) => return Poll::Ready(None),
+                BodyReader::Length(remaining) if !self.buf.is_empty() => {
+                    let take = (*remaining).min(self.buf.len() as u64);
+                    *remaining -= take;
+                    let data = self.buf.split_to(take as usize).freeze();
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                BodyReader::Length(_) => {}
+                BodyReader::Chunked(decoder) => match decoder.decode(&mut self.buf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                    Ok(Decoded::End) => return Poll::Ready(None),
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                },
+                BodyReader::UntilClose if !self.buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(self.buf.split().freeze())));
+                }
+                BodyReader::UntilClose => {}
+            }
+            let closes_body = matches!(reader, BodyReader::UntilClose);
+            match ready!(fill(&mut self.stream, &mut self.buf, cx)) {
+                Ok(0) if closes_body => {
+                    self.phase = Phase::Body {
+                        reader: BodyReader::Length(0),
+                        reusable: false,
+                    };
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(WireError::Truncated.into()))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+    }
+
+    /// Whether the response body has been read to its end.
+    fn body_done(&self) -> bool {
+        match &self.phase {
+            Phase::Idle => true,
+            Phase::Body { reader, .. } => match reader {
+                BodyReader::Length(n) => *n == 0,
+                BodyReader::Chunked(decoder) => decoder.is_done(),
+                BodyReader::UntilClose => false,
+            },
+            Phase::Sending | Phase::AwaitingHead { .. } => false,
+        }
+    }
+
+    /// The exchange is over: can the connection carry the next one?
+    fn finish(&mut self) -> bool {
+        let reusable = match &self.phase {
+            Phase::Idle => true,
+            Phase::Body { reusable, .. } => *reusable && self.body_done(),
+            Phase::Sending | Phase::AwaitingHead { .. } => false,
+        };
+        self.phase = Phase::Idle;
+        // Bytes past the end of the response break the framing of the next.
+        let clean = reusable && self.buf.is_empty();
+        self.reused |= clean;
+        clean
+    }
+}
+
+/// Reads what the worker has sent into `buf`.
+fn fill(
+    stream: &mut UnixStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < MIN_READ_ROOM {
+        buf.reserve(READ_BUFFER);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
 }
 
 impl Upstream {
@@ -63,8 +436,7 @@ impl Upstream {
     pub fn new(socket: &Path) -> Self {
         Upstream {
             socket: Arc::from(socket),
-            sender: None,
-            connection: None,
+            conn: None,
         }
     }
 
@@ -72,103 +444,200 @@ impl Upstream {
         &self.socket
     }
 
-    /// Drives the connection: reads the response, writes the request body.
-    /// Call it whenever a request or response on this worker is pending.
-    pub fn poll_connection(&mut self, cx: &mut Context<'_>) {
-        if let Some(connection) = self.connection.as_mut() {
-            if let Poll::Ready(result) = Pin::new(connection).poll(cx) {
-                if let Err(e) = result {
-                    tracing::debug!(socket = %self.socket.display(), error = %e, "worker connection ended");
-                }
-                // Closed: whatever it carried has been delivered or failed.
-                self.connection = None;
-                self.sender = None;
-            }
-        }
-    }
-
-    /// Runs `future` (a response or body of this worker) to completion while
-    /// driving the connection.
-    pub async fn drive<F: Future + Unpin>(&mut self, mut future: F) -> F::Output {
-        std::future::poll_fn(|cx| {
-            self.poll_connection(cx);
-            Pin::new(&mut future).poll(cx)
-        })
-        .await
-    }
-
-    /// A sender ready for the next request, re-dialling a closed connection.
-    pub async fn ready(
-        &mut self,
-        connect_timeout: Duration,
-    ) -> Result<&mut SendRequest<RequestBody>, DialError> {
-        if self.sender.is_some() {
-            let ready = std::future::poll_fn(|cx| {
-                // The sender turns ready only once the connection has
-                // processed the end of the previous exchange.
-                self.poll_connection(cx);
-                match self.sender.as_mut() {
-                    Some(sender) => sender.poll_ready(cx).map(|r| r.is_ok()),
-                    None => Poll::Ready(false),
-                }
-            });
-            if !matches!(tokio::time::timeout(connect_timeout, ready).await, Ok(true)) {
-                self.invalidate();
-            }
-        }
-        if self.sender.is_none() {
-            // Boxed: dialling is rare, and its future is large.
-            let (sender, connection) = Box::pin(dial(&self.socket, connect_timeout)).await?;
-            self.sender = Some(sender);
-            self.connection = Some(connection);
-        }
-        match self.sender.as_mut() {
-            Some(sender) => Ok(sender),
-            // Just set above.
-            None => Err(DialError::Io {
-                socket: self.socket.to_path_buf(),
-                source: io::Error::other("connection vanished"),
-            }),
-        }
-    }
-
     /// Forgets the connection (its state is unknown); the next use re-dials.
     pub fn invalidate(&mut self) {
-        self.sender = None;
-        self.connection = None;
+        self.conn = None;
+    }
+
+    /// An idle connection, dialled if there is none.
+    async fn connect(&mut self, timeout: Duration) -> Result<&mut Conn, DialError> {
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| !matches!(c.phase, Phase::Idle))
+        {
+            self.conn = None;
+        }
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            // Boxed: dialling is rare, and its future is large.
+            None => Box::new(Conn::new(Box::pin(dial(&self.socket, timeout)).await?)),
+        };
+        Ok(self.conn.insert(conn))
+    }
+
+    /// Sends `out` and reads the response head. The read timeout runs from
+    /// the end of the send (a slow upload is not a hung worker), and while
+    /// the worker takes no request bytes.
+    pub async fn exchange(
+        &mut self,
+        mut out: Outgoing,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+    ) -> Result<ResponseHead, ExchangeError> {
+        // A kept-alive connection the worker has closed fails on its first
+        // write: that is a stale connection, not a dead worker. Re-dial once.
+        let mut redialled = false;
+        let early_answer = loop {
+            let conn = match self.connect(connect_timeout).await {
+                Ok(conn) => conn,
+                Err(e) => return Err(ExchangeError::NotSent(Box::new(out), e)),
+            };
+            conn.phase = Phase::Sending;
+            conn.write_stalled = false;
+            let sent = poll_fn(|cx| conn.poll_send(&mut out, read_timeout, cx)).await;
+            match sent {
+                Ok(()) => break false,
+                Err(SendError::Io(e)) if out.written == 0 => {
+                    let stale = conn.reused && !redialled;
+                    self.conn = None;
+                    if stale {
+                        redialled = true;
+                        continue;
+                    }
+                    let socket = self.socket.to_path_buf();
+                    let e = DialError::Io { socket, source: e };
+                    return Err(ExchangeError::NotSent(Box::new(out), e));
+                }
+                // Part of the request is in: the worker may have answered
+                // early (and closed); read what it said.
+                Err(SendError::Io(_)) => break true,
+                Err(SendError::Upload(e)) => {
+                    self.conn = None;
+                    return Err(ExchangeError::Upload(e));
+                }
+                Err(SendError::Stalled) => {
+                    self.conn = None;
+                    return Err(ExchangeError::Timeout);
+                }
+            }
+        };
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return Err(ExchangeError::Failed(WireError::Truncated.into()));
+        };
+        let head_request = out.head_request;
+        conn.phase = Phase::AwaitingHead { head_request };
+        conn.arm(read_timeout);
+        match poll_fn(|cx| conn.poll_head(head_request, cx)).await {
+            Ok(mut head) => {
+                head.reusable &= !early_answer;
+                conn.begin_body(&head);
+                Ok(head)
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// The next piece of the response body; `None` at its end, after which
+    /// the connection is idle (or closed, if it cannot be reused).
+    pub fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, WorkerError>>> {
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(conn.poll_body(cx)) {
+            None => {
+                if !conn.finish() {
+                    self.conn = None;
+                }
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                self.conn = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Some(Ok(data)) => Poll::Ready(Some(Ok(data))),
+        }
+    }
+
+    /// Reads the response body to its end.
+    pub async fn drain(&mut self) -> Result<(), WorkerError> {
+        loop {
+            match poll_fn(|cx| self.poll_body(cx)).await {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Whether the exchange is over (the body fully read, or never begun).
+    pub fn is_settled(&self) -> bool {
+        self.conn.as_ref().is_none_or(|c| c.body_done())
+    }
+
+    /// What is left of the response body.
+    pub fn body_size_hint(&self) -> SizeHint {
+        match self.conn.as_deref().map(|c| &c.phase) {
+            Some(Phase::Body {
+                reader: BodyReader::Length(n),
+                ..
+            }) => SizeHint::with_exact(*n),
+            Some(Phase::Body { .. }) => SizeHint::default(),
+            _ => SizeHint::with_exact(0),
+        }
+    }
+
+    /// Marks a body read to its end as finished, so the connection is idle.
+    fn finish_settled(&mut self) {
+        if let Some(conn) = self.conn.as_deref_mut() {
+            if !conn.finish() {
+                self.conn = None;
+            }
+        }
+    }
+
+    /// Completes an exchange whose client left: reads the response head if
+    /// it has not come yet, then the body.
+    async fn complete(&mut self) -> Result<(), WorkerError> {
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return Ok(());
+        };
+        match conn.phase {
+            Phase::Idle | Phase::Body { .. } => {}
+            // The worker has half a request: only closing the connection ends it.
+            Phase::Sending => {
+                self.conn = None;
+                return Ok(());
+            }
+            Phase::AwaitingHead { head_request } => {
+                match poll_fn(|cx| conn.poll_head(head_request, cx)).await {
+                    Ok(head) => conn.begin_body(&head),
+                    Err(e) => {
+                        self.conn = None;
+                        return Err(match e {
+                            ExchangeError::Failed(e) => e,
+                            other => WorkerError::Io(io::Error::other(other.to_string())),
+                        });
+                    }
+                }
+            }
+        }
+        self.drain().await
     }
 
     /// Asks the worker whether its app is loaded: `GET /ready` with the probe
     /// header. The answer's body is read in full so the connection stays usable.
     pub async fn probe(&mut self, timeout: Duration) -> Result<bool, DialError> {
         let socket = self.socket.to_path_buf();
-        let sender = self.ready(timeout).await?;
-        let request = Request::get("/ready")
-            .header(http::header::HOST, "rip-server")
-            .header(PROBE_HEADER, HeaderValue::from_static("1"))
-            .body(RequestBody::Empty);
-        let request = match request {
-            Ok(request) => request,
-            Err(e) => {
-                return Err(DialError::Io {
-                    socket,
-                    source: io::Error::other(e),
-                })
-            }
-        };
-        let response = Box::pin(sender.send_request(request));
+        let request = Outgoing::new(Bytes::from_static(wire::PROBE_REQUEST), None, false);
         let exchange = async {
-            let response = self.drive(response).await?;
-            let ok = response.status() == StatusCode::OK;
-            self.drain(response.into_body()).await?;
-            Ok::<bool, hyper::Error>(ok)
+            let head = self.exchange(request, timeout, timeout).await?;
+            self.drain().await.map_err(ExchangeError::Failed)?;
+            Ok::<bool, ExchangeError>(head.status == StatusCode::OK)
         };
         let outcome = tokio::time::timeout(timeout, exchange).await;
         match outcome {
             Ok(Ok(ok)) => Ok(ok),
+            Ok(Err(ExchangeError::NotSent(_, e))) => Err(e),
             Ok(Err(source)) => {
                 self.invalidate();
-                Err(DialError::Http { socket, source })
+                Err(DialError::Exchange {
+                    socket,
+                    source: Box::new(source),
+                })
             }
             Err(_) => {
                 self.invalidate();
@@ -176,49 +645,45 @@ impl Upstream {
             }
         }
     }
+}
 
-    /// Reads a response body of this worker to its end, driving the connection.
-    pub async fn drain(&mut self, mut body: Incoming) -> Result<(), hyper::Error> {
-        loop {
-            let frame = std::future::poll_fn(|cx| {
-                self.poll_connection(cx);
-                Pin::new(&mut body).poll_frame(cx)
-            })
-            .await;
-            match frame {
-                None => return Ok(()),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(_)) => {}
+/// Returns a worker to the pool once its exchange is over. An exchange cut
+/// short (the client left) is completed in the background first, for at
+/// most `limit`; a worker that does not finish in time has its connection
+/// closed, so its next request starts clean.
+pub fn settle(mut lease: Lease<Upstream>, limit: Duration) {
+    let upstream = lease.conn();
+    if upstream.is_settled() {
+        upstream.finish_settled();
+        return;
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let upstream = lease.conn();
+            match tokio::time::timeout(limit, upstream.complete()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(socket = %upstream.socket.display(), error = %e, "abandoned exchange failed");
+                    upstream.invalidate();
+                }
+                Err(_) => upstream.invalidate(),
             }
-        }
+        });
+    } else {
+        upstream.invalidate();
     }
 }
 
-async fn dial(
-    socket: &Path,
-    timeout: Duration,
-) -> Result<(SendRequest<RequestBody>, WorkerConnection), DialError> {
-    let connect = async {
-        let stream = UnixStream::connect(socket)
-            .await
-            .map_err(|source| DialError::Io {
-                socket: socket.to_path_buf(),
-                source,
-            })?;
-        http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| DialError::Http {
-                socket: socket.to_path_buf(),
-                source,
-            })
-    };
-    tokio::time::timeout(timeout, connect)
-        .await
-        .unwrap_or_else(|_| {
-            Err(DialError::Timeout {
-                socket: socket.to_path_buf(),
-                timeout,
-            })
-        })
+async fn dial(socket: &Path, timeout: Duration) -> Result<UnixStream, DialError> {
+    match tokio::time::timeout(timeout, UnixStream::connect(socket)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(DialError::Io {
+            socket: socket.to_path_buf(),
+            source,
+        }),
+        Err(_) => Err(DialError::Timeout {
+            socket: socket.to_path_buf(),
+            timeout,
+        }),
+    }
 }
