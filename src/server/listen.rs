@@ -137,10 +137,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let result = match transport {
                 Transport::Plain => {
-                    let client = ClientInfo {
-                        ip: peer.ip(),
-                        scheme: Scheme::Http,
-                    };
+                    let client = ClientInfo::new(peer.ip(), Scheme::Http);
                     let service = service(router, client, false);
                     let connection = builder
                         .serve_connection(TokioIo::new(stream), service)
@@ -161,10 +158,7 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let client = ClientInfo {
-                        ip: peer.ip(),
-                        scheme: Scheme::Https,
-                    };
+                    let client = ClientInfo::new(peer.ip(), Scheme::Https);
                     let service = service(router, client, hsts);
                     let connection = builder
                         .serve_connection(TokioIo::new(tls), service)

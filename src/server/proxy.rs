@@ -14,6 +14,7 @@
 //!
 //! [`Rejection::status`] is the one place that maps outcomes to statuses.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -38,7 +39,55 @@ const MAX_ATTEMPTS: usize = 16;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
     pub ip: IpAddr,
+    /// `ip` as text, formatted once per connection for `X-Forwarded-For`.
+    ip_text: IpText,
     pub scheme: Scheme,
+}
+
+impl ClientInfo {
+    pub fn new(ip: IpAddr, scheme: Scheme) -> Self {
+        ClientInfo {
+            ip,
+            ip_text: IpText::new(ip),
+            scheme,
+        }
+    }
+
+    pub fn ip_text(&self) -> &[u8] {
+        self.ip_text.as_bytes()
+    }
+}
+
+/// An IP address as text, kept inline (the longest IPv6 form is 45 bytes).
+#[derive(Clone, Copy)]
+struct IpText {
+    bytes: [u8; 45],
+    len: u8,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
+        let mut text = IpText {
+            bytes: [0; 45],
+            len: 0,
+        };
+        let mut cursor = &mut text.bytes[..];
+        // Always fits; a failure would only shorten the text.
+        let _ = write!(cursor, "{ip}");
+        let left = cursor.len();
+        text.len = (text.bytes.len() - left) as u8;
+        text
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl std::fmt::Debug for IpText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,11 +255,10 @@ impl Proxy {
         request: Request<Incoming>,
         client: ClientInfo,
     ) -> Response<ResponseBody> {
-        let started = Instant::now();
         let (parts, body) = request.into_parts();
         let mut record = self
             .access_log
-            .then(|| Box::new(AccessRecord::begin(&parts, started)));
+            .then(|| Box::new(AccessRecord::begin(&parts, Instant::now())));
 
         let response = match self.exchange(parts, body, client, &mut record).await {
             Ok(response) => response,
@@ -247,21 +295,22 @@ impl Proxy {
             let body = ClientBody::new(body, limits.max_body_bytes, timeouts.header);
             (body, framing == RequestFraming::Chunked)
         });
-        let mut pending = Some(Box::new(Outgoing::new(head.clone(), upload, head_request)));
+        let mut pending = Some(Outgoing::new(head.clone(), upload, head_request));
 
         let mut queued = Duration::ZERO;
         for _ in 0..MAX_ATTEMPTS {
             let request = match pending.take() {
                 Some(request) => request,
-                None if replayable => Box::new(Outgoing::new(head.clone(), None, head_request)),
+                None if replayable => Outgoing::new(head.clone(), None, head_request),
                 None => break,
             };
             let waited = Instant::now();
             let lease = self.pool.checkout().await.map_err(Rejection::Unavailable)?;
-            queued += waited.elapsed();
-            self.metrics.queue_wait.record(waited.elapsed());
+            let checked_out = Instant::now();
+            queued += checked_out - waited;
+            self.metrics.queue_wait.record(checked_out - waited);
 
-            let (attempt, mut lease) = self.attempt(lease, *request, &timeouts).await;
+            let (attempt, mut lease) = self.attempt(lease, request, &timeouts, checked_out).await;
             match attempt {
                 Attempt::Answered(response, worker_time) => {
                     if let Some(record) = record.as_mut() {
@@ -279,7 +328,7 @@ impl Proxy {
                         "worker unreachable before the request was sent; trying another"
                     );
                     lease.retire(Report::Unreachable(id));
-                    pending = Some(request);
+                    pending = Some(*request);
                 }
                 Attempt::Busy(_) if replayable => {
                     tracing::debug!(
@@ -323,8 +372,8 @@ impl Proxy {
         lease: Lease<Upstream>,
         request: Outgoing,
         timeouts: &Timeouts,
+        sent_at: Instant,
     ) -> (Attempt, Lease<Upstream>) {
-        let sent_at = Instant::now();
         let mut flight = InFlight {
             lease: Some(lease),
             limit: timeouts.read,
@@ -392,6 +441,20 @@ async fn discard_body(lease: &mut Lease<Upstream>, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_addresses_are_written_whole() {
+        for ip in [
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+        ] {
+            let client = ClientInfo::new(ip.parse().unwrap(), Scheme::Http);
+            assert_eq!(client.ip_text(), ip.as_bytes());
+        }
+    }
 
     #[test]
     fn statuses_follow_the_design_table() {

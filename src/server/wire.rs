@@ -16,7 +16,6 @@
 //!
 //! [`super::upstream`] moves these bytes over the worker's socket.
 
-use std::fmt::Write as _;
 use std::ops::Range;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -104,8 +103,8 @@ pub fn encode_request_head(
         out.put_slice(prior.as_bytes());
         out.put_slice(b", ");
     }
-    // Writing to a BytesMut cannot fail.
-    let _ = write!(out, "{}\r\n", client.ip);
+    out.put_slice(client.ip_text());
+    out.put_slice(b"\r\n");
     put_header(
         &mut out,
         "x-forwarded-proto",
@@ -536,10 +535,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn client() -> ClientInfo {
-        ClientInfo {
-            ip: "127.0.0.1".parse().unwrap(),
-            scheme: Scheme::Http,
-        }
+        ClientInfo::new("127.0.0.1".parse().unwrap(), Scheme::Http)
     }
 
     fn head_of(request: Request<()>, framing: RequestFraming) -> String {
