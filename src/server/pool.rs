@@ -89,18 +89,73 @@ struct Member {
     request_limit: Option<u64>,
 }
 
+/// A worker's connection, as the pool holds it.
+///
+/// When a worker is freed and a request is waiting for one, the request's
+/// task runs only when the scheduler gets to it; until then the worker would
+/// sit idle. So a waiter leaves its request head with the pool, and the
+/// hand-off starts sending it at once ([`Conn::prestart`]): the worker is
+/// already working when the waiting task resumes. Under load, with every
+/// request queued, this keeps the workers busy instead of waiting on the
+/// scheduler.
+pub trait Conn: Send + 'static {
+    /// What a waiting request leaves with the pool to be started on hand-off.
+    type Head: Clone + Send;
+    /// Starts sending `head` without blocking; returns how many bytes went
+    /// out (0: none, and the request's own task sends it all).
+    fn prestart(&mut self, head: &Self::Head) -> usize;
+    /// A prestarted request will not follow (its waiter left): make the
+    /// connection safe for the next request.
+    fn abandon(&mut self);
+}
+
+/// Plain values stand in for connections in tests and benches: nothing to start.
+macro_rules! inert_conn {
+    ($($t:ty),*) => {$(
+        impl Conn for $t {
+            type Head = ();
+            fn prestart(&mut self, _: &()) -> usize {
+                0
+            }
+            fn abandon(&mut self) {}
+        }
+    )*};
+}
+inert_conn!((), u32, u64);
+
 /// A worker's connection on its way to a request.
 struct Checkout<C> {
     id: WorkerId,
     conn: C,
+    /// Bytes of the waiter's request head already sent by the hand-off.
+    prestarted: usize,
 }
 
-struct Waiter<C> {
+impl<C: Conn> Checkout<C> {
+    fn new(id: WorkerId, conn: C) -> Self {
+        Checkout {
+            id,
+            conn,
+            prestarted: 0,
+        }
+    }
+
+    /// Its prestarted request will not follow.
+    fn abandon(&mut self) {
+        if self.prestarted > 0 {
+            self.conn.abandon();
+            self.prestarted = 0;
+        }
+    }
+}
+
+struct Waiter<C: Conn> {
     ticket: u64,
     tx: oneshot::Sender<Checkout<C>>,
+    head: Option<C::Head>,
 }
 
-struct State<C> {
+struct State<C: Conn> {
     admitting: Generation,
     /// LIFO: the top (end) is the most recently released worker.
     idle: Vec<Checkout<C>>,
@@ -114,7 +169,7 @@ struct State<C> {
 }
 
 /// One app's admission state. Cheap to share: wrap it in an `Arc`.
-pub struct Pool<C> {
+pub struct Pool<C: Conn> {
     state: Mutex<State<C>>,
     /// Tunable while running (SIGHUP re-reads the config).
     max_queue: AtomicUsize,
@@ -122,7 +177,7 @@ pub struct Pool<C> {
     reported: Notify,
 }
 
-impl<C: Send + 'static> Pool<C> {
+impl<C: Conn> Pool<C> {
     pub fn new(max_queue: usize, queue_timeout: Duration) -> Arc<Self> {
         Arc::new(Pool {
             state: Mutex::new(State {
@@ -152,6 +207,15 @@ impl<C: Send + 'static> Pool<C> {
 
     /// Takes a worker: the warmest idle one, or the next to be released.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease<C>, Unavailable> {
+        self.checkout_starting(None).await
+    }
+
+    /// Takes a worker like [`Pool::checkout`]; if it has to wait, the worker
+    /// handed over starts on `head` at once (see [`Conn`]).
+    pub async fn checkout_starting(
+        self: &Arc<Self>,
+        head: Option<&C::Head>,
+    ) -> Result<Lease<C>, Unavailable> {
         let (ticket, rx) = {
             let mut state = self.lock();
             if state.closed {
@@ -170,7 +234,8 @@ impl<C: Send + 'static> Pool<C> {
             let ticket = state.next_ticket;
             state.next_ticket += 1;
             let (tx, rx) = oneshot::channel();
-            state.waiters.push_back(Waiter { ticket, tx });
+            let head = head.cloned();
+            state.waiters.push_back(Waiter { ticket, tx, head });
             (ticket, rx)
         };
         // The wait is the slow path: boxed, so every caller's future stays
@@ -236,9 +301,9 @@ impl<C: Send + 'static> Pool<C> {
             },
         );
         if standby {
-            state.standby.push(Checkout { id, conn });
+            state.standby.push(Checkout::new(id, conn));
         } else {
-            state.hand_off(Checkout { id, conn }, Placement::Top);
+            state.hand_off(Checkout::new(id, conn), Placement::Top);
         }
         Ok(())
     }
@@ -425,7 +490,7 @@ enum Placement {
     Bottom,
 }
 
-impl<C> State<C> {
+impl<C: Conn> State<C> {
     fn admitted_members(&self) -> usize {
         self.members
             .values()
@@ -446,12 +511,21 @@ impl<C> State<C> {
 
     /// Gives a free worker to the oldest waiter, else puts it on the stack.
     fn hand_off(&mut self, mut checkout: Checkout<C>, placement: Placement) {
+        checkout.abandon();
         while let Some(waiter) = self.waiters.pop_front() {
             self.set_member_state(checkout.id, MemberState::Busy);
+            // A non-blocking write of a few hundred bytes: short enough to
+            // do under the lock, and it keeps the hand-off in one step.
+            if let Some(head) = &waiter.head {
+                checkout.prestarted = checkout.conn.prestart(head);
+            }
             match waiter.tx.send(checkout) {
                 Ok(()) => return,
                 // The waiter is gone (its guard removes it first, so this is rare).
-                Err(returned) => checkout = returned,
+                Err(mut returned) => {
+                    returned.abandon();
+                    checkout = returned;
+                }
             }
         }
         self.set_member_state(checkout.id, MemberState::Idle);
@@ -471,13 +545,13 @@ impl<C> State<C> {
 /// Removes a waiter from the queue if its request goes away while waiting
 /// (queue timeout, client disconnected), and returns a worker it was handed
 /// in that instant to the pool, so no worker is ever lost in a dropped channel.
-struct QueueGuard<'a, C: Send + 'static> {
+struct QueueGuard<'a, C: Conn> {
     pool: &'a Arc<Pool<C>>,
     ticket: u64,
     rx: Option<oneshot::Receiver<Checkout<C>>>,
 }
 
-impl<C: Send + 'static> QueueGuard<'_, C> {
+impl<C: Conn> QueueGuard<'_, C> {
     /// Leaves the queue; returns the worker if one was already handed over.
     fn reclaim(&mut self) -> Option<Checkout<C>> {
         let mut rx = self.rx.take()?;
@@ -489,7 +563,7 @@ impl<C: Send + 'static> QueueGuard<'_, C> {
     }
 }
 
-impl<C: Send + 'static> Drop for QueueGuard<'_, C> {
+impl<C: Conn> Drop for QueueGuard<'_, C> {
     fn drop(&mut self) {
         if let Some(checkout) = self.reclaim() {
             self.pool.release(checkout, Placement::Top, Served::No);
@@ -499,14 +573,14 @@ impl<C: Send + 'static> Drop for QueueGuard<'_, C> {
 
 /// A worker checked out for one request. Dropping it returns the worker to
 /// the pool (or to the next waiter); [`Lease::retire`] takes it out for good.
-pub struct Lease<C: Send + 'static> {
+pub struct Lease<C: Conn> {
     pool: Arc<Pool<C>>,
     checkout: Option<Checkout<C>>,
     placement: Placement,
     served: Served,
 }
 
-impl<C: Send + 'static> Lease<C> {
+impl<C: Conn> Lease<C> {
     fn new(pool: Arc<Pool<C>>, checkout: Checkout<C>) -> Self {
         Lease {
             pool,
@@ -527,6 +601,15 @@ impl<C: Send + 'static> Lease<C> {
             .as_mut()
             .expect("lease holds its checkout until consumed")
             .conn
+    }
+
+    /// How much of the request head the hand-off already sent (see
+    /// [`Conn`]); the caller sends the rest. Taken once: a lease dropped
+    /// without taking it abandons the prestarted request.
+    pub fn take_prestarted(&mut self) -> usize {
+        self.checkout
+            .as_mut()
+            .map_or(0, |c| std::mem::take(&mut c.prestarted))
     }
 
     pub fn conn_ref(&self) -> &C {
@@ -553,7 +636,7 @@ impl<C: Send + 'static> Lease<C> {
     }
 }
 
-impl<C: Send + 'static> Drop for Lease<C> {
+impl<C: Conn> Drop for Lease<C> {
     fn drop(&mut self) {
         if let Some(checkout) = self.checkout.take() {
             self.pool.release(checkout, self.placement, self.served);
@@ -567,6 +650,69 @@ mod tests {
 
     fn pool(max_queue: usize) -> Arc<Pool<u32>> {
         Pool::new(max_queue, Duration::from_secs(5))
+    }
+
+    /// A connection that records what the pool started on it.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        started: Vec<u32>,
+        abandoned: usize,
+    }
+
+    impl Conn for Recorder {
+        type Head = u32;
+        fn prestart(&mut self, head: &u32) -> usize {
+            self.started.push(*head);
+            1
+        }
+        fn abandon(&mut self) {
+            self.abandoned += 1;
+        }
+    }
+
+    async fn queued_until(pool: &Arc<Pool<Recorder>>, queued: usize) {
+        while pool.stats().queued != queued {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiters_head_is_started_on_the_worker_handed_to_it() {
+        let p: Arc<Pool<Recorder>> = Pool::new(10, Duration::from_secs(5));
+        p.admit(1, 0, None, Recorder::default()).unwrap();
+        // An idle worker: nothing is started for the caller.
+        let mut held = p.checkout_starting(Some(&6)).await.unwrap();
+        assert_eq!(held.take_prestarted(), 0);
+        assert!(held.conn_ref().started.is_empty());
+
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move {
+            let mut lease = p2.checkout_starting(Some(&7)).await.unwrap();
+            (lease.take_prestarted(), lease.conn_ref().started.clone())
+        });
+        queued_until(&p, 1).await;
+        drop(held);
+        assert_eq!(waiter.await.unwrap(), (1, vec![7]));
+        // Taken, so the request went on: nothing was abandoned.
+        assert_eq!(p.checkout().await.unwrap().conn_ref().abandoned, 0);
+    }
+
+    #[tokio::test]
+    async fn a_prestarted_request_that_does_not_follow_is_abandoned() {
+        let p: Arc<Pool<Recorder>> = Pool::new(10, Duration::from_secs(5));
+        p.admit(1, 0, None, Recorder::default()).unwrap();
+        let held = p.checkout().await.unwrap();
+        let p2 = p.clone();
+        // The waiter is handed the worker but drops it without taking
+        // what was started: the connection must be reset for the next one.
+        let waiter =
+            tokio::spawn(async move { drop(p2.checkout_starting(Some(&8)).await.unwrap()) });
+        queued_until(&p, 1).await;
+        drop(held);
+        waiter.await.unwrap();
+        let lease = p.checkout().await.unwrap();
+        assert_eq!(lease.conn_ref().started, vec![8]);
+        assert_eq!(lease.conn_ref().abandoned, 1);
     }
 
     #[tokio::test]

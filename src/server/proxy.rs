@@ -305,7 +305,11 @@ impl Proxy {
                 None => break,
             };
             let waited = Instant::now();
-            let lease = self.pool.checkout().await.map_err(Rejection::Unavailable)?;
+            let lease = self
+                .pool
+                .checkout_starting(Some(&head))
+                .await
+                .map_err(Rejection::Unavailable)?;
             let checked_out = Instant::now();
             queued += checked_out - waited;
             self.metrics.queue_wait.record(checked_out - waited);
@@ -374,13 +378,15 @@ impl Proxy {
         timeouts: &Timeouts,
         sent_at: Instant,
     ) -> (Attempt, Lease<Upstream>) {
+        let mut lease = lease;
+        let prestarted = lease.take_prestarted();
         let mut flight = InFlight {
             lease: Some(lease),
             limit: timeouts.read,
         };
         let result = flight
             .conn()
-            .exchange(request, timeouts.connect, timeouts.read)
+            .exchange(request, prestarted, timeouts.connect, timeouts.read)
             .await;
         let lease = flight.land();
         let attempt = match result {

@@ -33,7 +33,7 @@ use tokio::net::UnixStream;
 use tokio::time::{Instant, Sleep};
 
 use super::body::{BoxError, ClientBody};
-use super::pool::Lease;
+use super::pool::{Conn as PoolConn, Lease};
 use super::wire::{
     self, BodyFraming, ChunkedDecoder, Decoded, ResponseHead, WireError, CHUNK_SUFFIX, LAST_CHUNK,
 };
@@ -469,21 +469,42 @@ impl Upstream {
     /// Sends `out` and reads the response head. The read timeout runs from
     /// the end of the send (a slow upload is not a hung worker), and while
     /// the worker takes no request bytes.
+    ///
+    /// `prestarted`: bytes of the head the pool's hand-off already wrote on
+    /// this connection ([`super::pool::Conn`]); sending resumes after them.
     pub async fn exchange(
         &mut self,
         mut out: Outgoing,
+        prestarted: usize,
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Result<ResponseHead, ExchangeError> {
+        let mut resume = prestarted > 0
+            && self
+                .conn
+                .as_ref()
+                .is_some_and(|c| matches!(c.phase, Phase::Sending));
+        if resume {
+            out.advance(prestarted);
+        }
         // A kept-alive connection the worker has closed fails on its first
         // write: that is a stale connection, not a dead worker. Re-dial once.
         let mut redialled = false;
         let early_answer = loop {
-            let conn = match self.connect(connect_timeout).await {
-                Ok(conn) => conn,
-                Err(e) => return Err(ExchangeError::NotSent(Box::new(out), e)),
+            let conn = if std::mem::take(&mut resume) {
+                self.conn.as_deref_mut()
+            } else {
+                match self.connect(connect_timeout).await {
+                    Ok(conn) => {
+                        conn.phase = Phase::Sending;
+                        Some(conn)
+                    }
+                    Err(e) => return Err(ExchangeError::NotSent(Box::new(out), e)),
+                }
             };
-            conn.phase = Phase::Sending;
+            let Some(conn) = conn else {
+                return Err(ExchangeError::Failed(WireError::Truncated.into()));
+            };
             conn.write_stalled = false;
             let sent = poll_fn(|cx| conn.poll_send(&mut out, read_timeout, cx)).await;
             match sent {
@@ -624,7 +645,7 @@ impl Upstream {
         let socket = self.socket.to_path_buf();
         let request = Outgoing::new(Bytes::from_static(wire::PROBE_REQUEST), None, false);
         let exchange = async {
-            let head = self.exchange(request, timeout, timeout).await?;
+            let head = self.exchange(request, 0, timeout, timeout).await?;
             self.drain().await.map_err(ExchangeError::Failed)?;
             Ok::<bool, ExchangeError>(head.status == StatusCode::OK)
         };
@@ -644,6 +665,33 @@ impl Upstream {
                 Err(DialError::Timeout { socket, timeout })
             }
         }
+    }
+}
+
+impl PoolConn for Upstream {
+    type Head = Bytes;
+
+    /// Writes as much of a queued request's head as the socket takes now.
+    fn prestart(&mut self, head: &Bytes) -> usize {
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return 0;
+        };
+        if !matches!(conn.phase, Phase::Idle) {
+            return 0;
+        }
+        match conn.stream.try_write(head) {
+            Ok(written) if written > 0 => {
+                conn.phase = Phase::Sending;
+                written
+            }
+            // A closed connection shows up here as EPIPE: the request's own
+            // task re-dials, as for any stale connection.
+            _ => 0,
+        }
+    }
+
+    fn abandon(&mut self) {
+        self.invalidate();
     }
 }
 
