@@ -216,12 +216,27 @@ check_clean() { # NAME FILE...: report non-2xx answers and errors
 
 # ------------------------------------------------------------- memory
 
-# sample_rss PID FILE: VmRSS every 100 ms until killed (or PID exits)
+# sample_rss PID FILE: VmRSS every 100 ms until killed (or PID exits), in KiB.
+# One long-lived python process: a shell loop forks awk and sleep every
+# 100 ms, and those forks took CPU from the server under test on a small
+# machine, during rip-server's rows only.
 sample_rss() {
-  while [[ -r /proc/$1/status ]]; do
-    rss_kib "$1" VmRSS >>"$2" || return 0
-    sleep 0.1
-  done
+  exec python3 - "$1" "$2" <<'PY'
+import sys, time
+pid, out = sys.argv[1], sys.argv[2]
+with open(out, "a") as samples:
+    while True:
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                rss = next((l.split()[1] for l in status if l.startswith("VmRSS:")), None)
+        except OSError:
+            break
+        if rss is None:
+            break
+        samples.write(rss + "\n")
+        samples.flush()
+        time.sleep(0.1)
+PY
 }
 
 # ------------------------------------------------------------- run
