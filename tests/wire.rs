@@ -124,6 +124,21 @@ async fn the_worker_receives_the_framing_the_body_needs() {
     assert!(!received.contains("transfer-encoding"), "{received}");
     assert!(received.ends_with("\r\n\r\nhello"), "{received}");
 
+    // A client cannot strip the framing with `Connection`: the smuggled
+    // request stays the body of the first one.
+    let smuggled = "GET /ping HTTP/1.1\r\nHost: x\r\nRip-Probe: 1\r\n\r\n";
+    let attempt = format!(
+        "POST /raw HTTP/1.1\r\nHost: x\r\nConnection: content-length, close\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let reply = raw(server.port, attempt.as_bytes()).await;
+    let received = reply.split_once("\r\n\r\n").unwrap().1.to_lowercase();
+    assert!(
+        received.contains(&format!("\r\ncontent-length: {}\r\n", smuggled.len())),
+        "{received}"
+    );
+    assert!(received.ends_with(&smuggled.to_lowercase()), "{received}");
+
     let bodiless = server.get("/raw").await.body.to_lowercase();
     assert!(bodiless.starts_with("get /raw http/1.1\r\n"), "{bodiless}");
     assert!(!bodiless.contains("content-length") && !bodiless.contains("transfer-encoding"));

@@ -88,14 +88,37 @@ pub fn encode_request_head(
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
 
+    // Host, the body's framing and X-Forwarded-* are written below from what
+    // the server knows, never copied: a client's `Connection` header must not
+    // be able to remove them (`Connection: content-length` would leave the
+    // body unframed, and the worker would read it as a second request).
     let connection = ConnectionTokens::of(&parts.headers);
     for (name, value) in &parts.headers {
-        let replaced =
-            *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST;
-        let unframed = *name == header::CONTENT_LENGTH && framing != RequestFraming::Length;
-        if crosses(name, &connection) && !replaced && !unframed {
+        let written_below = *name == header::HOST
+            || *name == header::CONTENT_LENGTH
+            || *name == X_FORWARDED_FOR
+            || *name == X_FORWARDED_PROTO
+            || *name == X_FORWARDED_HOST;
+        if !written_below && crosses(name, &connection) {
             put_header(&mut out, name.as_str(), value.as_bytes());
         }
+    }
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
+    if let Some(host) = host {
+        put_header(&mut out, "host", host);
+    }
+    match framing {
+        RequestFraming::Empty => {}
+        RequestFraming::Length => {
+            if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
+                put_header(&mut out, "content-length", length.as_bytes());
+            }
+        }
+        RequestFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
     }
     // Every X-Forwarded-For line the client sent, in order, then the client.
     out.put_slice(b"x-forwarded-for: ");
@@ -110,19 +133,8 @@ pub fn encode_request_head(
         "x-forwarded-proto",
         client.scheme.as_str().as_bytes(),
     );
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .map(HeaderValue::as_bytes)
-        .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
     if let Some(host) = host {
-        if !parts.headers.contains_key(header::HOST) {
-            put_header(&mut out, "host", host);
-        }
         put_header(&mut out, "x-forwarded-host", host);
-    }
-    if framing == RequestFraming::Chunked {
-        out.put_slice(b"transfer-encoding: chunked\r\n");
     }
     out.put_slice(b"\r\n");
     out.freeze()
@@ -340,11 +352,15 @@ fn build_head(
         }
         headers.append(name, value);
     }
-    // Headers the worker's `Connection` names are hop-by-hop too.
+    // Headers the worker's `Connection` names are hop-by-hop too, except the
+    // body's length, which the client needs (for `HEAD` it is all there is).
     for value in &connection_values {
         for token in value.as_bytes().split(|&b| b == b',') {
-            if let Ok(name) = HeaderName::from_bytes(token.trim_ascii()) {
-                headers.remove(name);
+            match HeaderName::from_bytes(token.trim_ascii()) {
+                Ok(name) if name != header::CONTENT_LENGTH => {
+                    headers.remove(name);
+                }
+                _ => {}
             }
         }
     }
@@ -582,6 +598,42 @@ mod tests {
         assert!(lines.contains(&"host: example.com"));
         assert!(lines.contains(&"x-forwarded-host: example.com"));
         assert!(head.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn connection_cannot_remove_the_framing_or_the_host() {
+        let request = Request::post("/u")
+            .header("host", "h")
+            .header("connection", "content-length, host, transfer-encoding")
+            .header("content-length", "37")
+            .body(())
+            .unwrap();
+        let head = head_of(request, RequestFraming::Length);
+        let lines = lines(&head);
+        assert!(lines.contains(&"content-length: 37"), "{head}");
+        assert!(lines.contains(&"host: h"), "{head}");
+        assert_eq!(head.matches("content-length").count(), 1, "{head}");
+
+        let request = Request::post("/u")
+            .header("host", "h")
+            .header("connection", "transfer-encoding")
+            .header("transfer-encoding", "chunked")
+            .body(())
+            .unwrap();
+        let head = head_of(request, RequestFraming::Chunked);
+        assert!(
+            head.contains("\r\ntransfer-encoding: chunked\r\n"),
+            "{head}"
+        );
+
+        let (response, _) = parse(
+            "HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 4\r\n\r\npong",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(response.headers["content-length"], "4");
+        assert_eq!(response.framing, BodyFraming::Length(4));
     }
 
     #[test]
