@@ -104,9 +104,15 @@ pub trait Conn: Send + 'static {
     /// Starts sending `head` without blocking; returns how many bytes went
     /// out (0: none, and the request's own task sends it all).
     fn prestart(&mut self, head: &Self::Head) -> usize;
-    /// A prestarted request will not follow (its waiter left): make the
-    /// connection safe for the next request.
+    /// A prestarted request will not follow: make the connection safe for
+    /// the next request (a fallback; see [`Conn::abandoned`]).
     fn abandon(&mut self);
+    /// The waiter of a prestarted request left before it ran (its client
+    /// went away). The request may be running on the worker: finish it, then
+    /// let `lease` go, so the worker rejoins the pool only when it is free.
+    fn abandoned(lease: Lease<Self>)
+    where
+        Self: Sized;
 }
 
 /// Plain values stand in for connections in tests and benches: nothing to start.
@@ -118,6 +124,9 @@ macro_rules! inert_conn {
                 0
             }
             fn abandon(&mut self) {}
+            fn abandoned(lease: Lease<Self>) {
+                drop(lease);
+            }
         }
     )*};
 }
@@ -565,8 +574,13 @@ impl<C: Conn> QueueGuard<'_, C> {
 
 impl<C: Conn> Drop for QueueGuard<'_, C> {
     fn drop(&mut self) {
-        if let Some(checkout) = self.reclaim() {
-            self.pool.release(checkout, Placement::Top, Served::No);
+        match self.reclaim() {
+            // Its request is already on the worker: let it finish there first.
+            Some(checkout) if checkout.prestarted > 0 => {
+                C::abandoned(Lease::new(self.pool.clone(), checkout));
+            }
+            Some(checkout) => self.pool.release(checkout, Placement::Top, Served::No),
+            None => {}
         }
     }
 }
@@ -657,6 +671,7 @@ mod tests {
     struct Recorder {
         started: Vec<u32>,
         abandoned: usize,
+        finished: usize,
     }
 
     impl Conn for Recorder {
@@ -667,6 +682,10 @@ mod tests {
         }
         fn abandon(&mut self) {
             self.abandoned += 1;
+        }
+        fn abandoned(mut lease: Lease<Self>) {
+            lease.take_prestarted();
+            lease.conn().finished += 1;
         }
     }
 
@@ -713,6 +732,27 @@ mod tests {
         let lease = p.checkout().await.unwrap();
         assert_eq!(lease.conn_ref().started, vec![8]);
         assert_eq!(lease.conn_ref().abandoned, 1);
+    }
+
+    #[tokio::test]
+    async fn a_prestarted_request_whose_client_left_is_finished_before_reuse() {
+        let p: Arc<Pool<Recorder>> = Pool::new(10, Duration::from_secs(5));
+        p.admit(1, 0, None, Recorder::default()).unwrap();
+        let held = p.checkout().await.unwrap();
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move { p2.checkout_starting(Some(&9)).await.map(drop) });
+        queued_until(&p, 1).await;
+        // The hand-off starts request 9 on the worker; its client leaves
+        // before the waiting task runs.
+        drop(held);
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        let lease = p.checkout().await.unwrap();
+        assert_eq!(lease.conn_ref().started, vec![9]);
+        assert_eq!(
+            (lease.conn_ref().finished, lease.conn_ref().abandoned),
+            (1, 0)
+        );
     }
 
     #[tokio::test]

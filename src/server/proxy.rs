@@ -28,7 +28,7 @@ use super::access_log::AccessRecord;
 use super::body::{BodyStalled, BodyTooLarge, ClientBody, ResponseBody};
 use super::metrics::Metrics;
 use super::pool::{Lease, Pool, Report, Unavailable};
-use super::upstream::{settle, ExchangeError, Outgoing, Upstream};
+use super::upstream::{settle, ExchangeError, Outgoing, Prestart, Upstream};
 use super::wire::{self, RequestFraming, ResponseHead};
 use crate::config::{Limits, Timeouts};
 
@@ -295,6 +295,12 @@ impl Proxy {
             let body = ClientBody::new(body, limits.max_body_bytes, timeouts.header);
             (body, framing == RequestFraming::Chunked)
         });
+        let prestart = Prestart {
+            head: head.clone(),
+            bodiless: replayable,
+            head_request,
+            read_timeout: timeouts.read,
+        };
         let mut pending = Some(Outgoing::new(head.clone(), upload, head_request));
 
         let mut queued = Duration::ZERO;
@@ -307,7 +313,7 @@ impl Proxy {
             let waited = Instant::now();
             let lease = self
                 .pool
-                .checkout_starting(Some(&head))
+                .checkout_starting(Some(&prestart))
                 .await
                 .map_err(Rejection::Unavailable)?;
             let checked_out = Instant::now();

@@ -63,6 +63,9 @@ struct Conn {
     /// It has carried a request before: a write that fails on it may mean
     /// the worker closed an idle connection, not that the worker is gone.
     reused: bool,
+    /// The read timeout of a prestarted request: bounds finishing it if its
+    /// client leaves before its task runs.
+    read_timeout: Duration,
 }
 
 /// Where a connection is in its exchange.
@@ -230,6 +233,16 @@ impl Outgoing {
     }
 }
 
+/// Where the pool's hand-off left a prestarted request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resumed {
+    Nothing,
+    /// Part of it was written; the rest follows.
+    Sending,
+    /// All of it (a bodiless request) was written.
+    AwaitingHead,
+}
+
 /// Why sending stopped.
 enum SendError {
     Io(io::Error),
@@ -247,6 +260,7 @@ impl Conn {
             deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
             write_stalled: false,
             reused: false,
+            read_timeout: Duration::ZERO,
         }
     }
 
@@ -479,66 +493,75 @@ impl Upstream {
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Result<ResponseHead, ExchangeError> {
-        let mut resume = prestarted > 0
-            && self
-                .conn
-                .as_ref()
-                .is_some_and(|c| matches!(c.phase, Phase::Sending));
-        if resume {
+        let prestart_phase = match self.conn.as_deref().map(|c| &c.phase) {
+            _ if prestarted == 0 => Resumed::Nothing,
+            Some(Phase::Sending) => Resumed::Sending,
+            Some(Phase::AwaitingHead { .. }) => Resumed::AwaitingHead,
+            _ => Resumed::Nothing,
+        };
+        if prestart_phase != Resumed::Nothing {
             out.advance(prestarted);
         }
+        let mut resume = prestart_phase == Resumed::Sending;
         // A kept-alive connection the worker has closed fails on its first
         // write: that is a stale connection, not a dead worker. Re-dial once.
         let mut redialled = false;
-        let early_answer = loop {
-            let conn = if std::mem::take(&mut resume) {
-                self.conn.as_deref_mut()
-            } else {
-                match self.connect(connect_timeout).await {
-                    Ok(conn) => {
-                        conn.phase = Phase::Sending;
-                        Some(conn)
+        let early_answer = match prestart_phase {
+            // The hand-off wrote the whole request.
+            Resumed::AwaitingHead => false,
+            Resumed::Nothing | Resumed::Sending => loop {
+                let conn = if std::mem::take(&mut resume) {
+                    self.conn.as_deref_mut()
+                } else {
+                    match self.connect(connect_timeout).await {
+                        Ok(conn) => {
+                            conn.phase = Phase::Sending;
+                            Some(conn)
+                        }
+                        Err(e) => return Err(ExchangeError::NotSent(Box::new(out), e)),
                     }
-                    Err(e) => return Err(ExchangeError::NotSent(Box::new(out), e)),
-                }
-            };
-            let Some(conn) = conn else {
-                return Err(ExchangeError::Failed(WireError::Truncated.into()));
-            };
-            conn.write_stalled = false;
-            let sent = poll_fn(|cx| conn.poll_send(&mut out, read_timeout, cx)).await;
-            match sent {
-                Ok(()) => break false,
-                Err(SendError::Io(e)) if out.written == 0 => {
-                    let stale = conn.reused && !redialled;
-                    self.conn = None;
-                    if stale {
-                        redialled = true;
-                        continue;
+                };
+                let Some(conn) = conn else {
+                    return Err(ExchangeError::Failed(WireError::Truncated.into()));
+                };
+                conn.write_stalled = false;
+                let sent = poll_fn(|cx| conn.poll_send(&mut out, read_timeout, cx)).await;
+                match sent {
+                    Ok(()) => break false,
+                    Err(SendError::Io(e)) if out.written == 0 => {
+                        let stale = conn.reused && !redialled;
+                        self.conn = None;
+                        if stale {
+                            redialled = true;
+                            continue;
+                        }
+                        let socket = self.socket.to_path_buf();
+                        let e = DialError::Io { socket, source: e };
+                        return Err(ExchangeError::NotSent(Box::new(out), e));
                     }
-                    let socket = self.socket.to_path_buf();
-                    let e = DialError::Io { socket, source: e };
-                    return Err(ExchangeError::NotSent(Box::new(out), e));
+                    // Part of the request is in: the worker may have answered
+                    // early (and closed); read what it said.
+                    Err(SendError::Io(_)) => break true,
+                    Err(SendError::Upload(e)) => {
+                        self.conn = None;
+                        return Err(ExchangeError::Upload(e));
+                    }
+                    Err(SendError::Stalled) => {
+                        self.conn = None;
+                        return Err(ExchangeError::Timeout);
+                    }
                 }
-                // Part of the request is in: the worker may have answered
-                // early (and closed); read what it said.
-                Err(SendError::Io(_)) => break true,
-                Err(SendError::Upload(e)) => {
-                    self.conn = None;
-                    return Err(ExchangeError::Upload(e));
-                }
-                Err(SendError::Stalled) => {
-                    self.conn = None;
-                    return Err(ExchangeError::Timeout);
-                }
-            }
+            },
         };
         let Some(conn) = self.conn.as_deref_mut() else {
             return Err(ExchangeError::Failed(WireError::Truncated.into()));
         };
         let head_request = out.head_request;
-        conn.phase = Phase::AwaitingHead { head_request };
-        conn.arm(read_timeout);
+        if prestart_phase != Resumed::AwaitingHead {
+            // (A prestarted request's deadline runs from its hand-off.)
+            conn.phase = Phase::AwaitingHead { head_request };
+            conn.arm(read_timeout);
+        }
         match poll_fn(|cx| conn.poll_head(head_request, cx)).await {
             Ok(mut head) => {
                 head.reusable &= !early_answer;
@@ -668,20 +691,41 @@ impl Upstream {
     }
 }
 
+/// What a queued request leaves with the pool, to be started on the worker
+/// handed to it ([`super::pool::Conn`]).
+#[derive(Clone)]
+pub struct Prestart {
+    /// The encoded request head.
+    pub head: Bytes,
+    /// No body follows: once the head is written the request is complete.
+    pub bodiless: bool,
+    pub head_request: bool,
+    pub read_timeout: Duration,
+}
+
 impl PoolConn for Upstream {
-    type Head = Bytes;
+    type Head = Prestart;
 
     /// Writes as much of a queued request's head as the socket takes now.
-    fn prestart(&mut self, head: &Bytes) -> usize {
+    fn prestart(&mut self, start: &Prestart) -> usize {
         let Some(conn) = self.conn.as_deref_mut() else {
             return 0;
         };
         if !matches!(conn.phase, Phase::Idle) {
             return 0;
         }
-        match conn.stream.try_write(head) {
+        match conn.stream.try_write(&start.head) {
             Ok(written) if written > 0 => {
-                conn.phase = Phase::Sending;
+                conn.read_timeout = start.read_timeout;
+                conn.phase = if written == start.head.len() && start.bodiless {
+                    // The whole request is in: its read timeout runs from now.
+                    conn.arm(start.read_timeout);
+                    Phase::AwaitingHead {
+                        head_request: start.head_request,
+                    }
+                } else {
+                    Phase::Sending
+                };
                 written
             }
             // A closed connection shows up here as EPIPE: the request's own
@@ -692,6 +736,14 @@ impl PoolConn for Upstream {
 
     fn abandon(&mut self) {
         self.invalidate();
+    }
+
+    /// Completes the prestarted request in the background (or closes a
+    /// connection left with half a head), then returns the worker.
+    fn abandoned(mut lease: Lease<Self>) {
+        lease.take_prestarted();
+        let limit = lease.conn_ref().conn.as_ref().map(|c| c.read_timeout);
+        settle(lease, limit.unwrap_or(Duration::ZERO));
     }
 }
 
