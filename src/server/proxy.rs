@@ -287,7 +287,6 @@ impl Proxy {
             return Err(Rejection::BodyTooLarge);
         }
         let framing = RequestFraming::of(&parts.headers, body.is_end_stream());
-        let head = wire::encode_request_head(&parts, client, framing);
         let head_request = parts.method == Method::HEAD;
         // A request without a body can be sent again, to another worker.
         let replayable = body.is_end_stream();
@@ -295,12 +294,14 @@ impl Proxy {
             let body = ClientBody::new(body, limits.max_body_bytes, timeouts.header);
             (body, framing == RequestFraming::Chunked)
         });
+        // The encoded head serves every attempt and the pool's hand-off.
         let prestart = Prestart {
-            head: head.clone(),
+            head: wire::encode_request_head(&parts, client, framing),
             bodiless: replayable,
             head_request,
             read_timeout: timeouts.read,
         };
+        let head = &prestart.head;
         let mut pending = Some(Outgoing::new(head.clone(), upload, head_request));
 
         let mut queued = Duration::ZERO;
