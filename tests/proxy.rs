@@ -6,9 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 
-use crate::harness::{Builder, Server};
+use crate::harness::{http1, Builder, Server};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn node_app_answers_through_the_server() {
@@ -87,10 +86,7 @@ async fn responses_stream_without_buffering() {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
         .await
         .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _connection) = http1(stream).await;
     let request = http::Request::get("/stream?n=5&ms=200")
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))
@@ -174,10 +170,7 @@ async fn occupy_worker_directly(
         .runtime_dir()
         .join(format!("{}.w{worker}.sock", server.name));
     let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _connection) = http1(stream).await;
     let request = http::Request::get(format!("/sleep?ms={ms}"))
         .header("host", "direct")
         .body(Full::new(Bytes::new()))
@@ -190,10 +183,7 @@ async fn occupy_worker_directly(
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let probe = tokio::net::UnixStream::connect(&socket).await.unwrap();
-        let (mut probe, connection) = hyper::client::conn::http1::handshake(TokioIo::new(probe))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let (mut probe, _connection) = http1(probe).await;
         let request = http::Request::get("/ping")
             .header("host", "direct")
             .body(Full::new(Bytes::new()))
@@ -269,10 +259,7 @@ async fn a_request_whose_client_left_keeps_its_worker_until_done() {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
         .await
         .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let conn_task = tokio::spawn(connection);
+    let (mut sender, conn_task) = http1(stream).await;
     let request = http::Request::get("/sleep?ms=1000")
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))

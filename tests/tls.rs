@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::harness::{clean_command, node_app, Builder, Server, BIN};
+use crate::harness::{clean_command, http1, node_app, Builder, Server, BIN};
 
 /// A certificate and key written to `dir` as `NAME.pem` / `NAME.key`.
 struct TestCert {
@@ -110,10 +110,7 @@ async fn https_serves_http1_and_h2_with_a_trusted_self_signed_certificate() {
     .await
     .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = http1(tls).await;
     let response = sender.send_request(get("/echo")).await.unwrap();
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -188,10 +185,7 @@ async fn hsts_on_https_only_and_never_over_the_apps_own() {
     )
     .await
     .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = http1(tls).await;
     let response = sender.send_request(get("/ping")).await.unwrap();
     assert_eq!(
         response.headers()["strict-transport-security"],

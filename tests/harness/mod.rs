@@ -390,14 +390,28 @@ impl Drop for Server {
 }
 
 /// Sends one request on a fresh connection to 127.0.0.1:`port`.
+/// An HTTP/1.1 client over `io`. Its connection runs in a spawned task,
+/// returned so a test can cut the connection.
+pub async fn http1<T>(
+    io: T,
+) -> (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .expect("HTTP/1.1 handshake");
+    (sender, tokio::spawn(connection))
+}
+
 pub async fn send(port: u16, request: http::Request<Full<Bytes>>) -> Reply {
     let stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _connection) = http1(stream).await;
     let response = sender.send_request(request).await.expect("response");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
