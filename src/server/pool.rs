@@ -17,6 +17,11 @@
 //! - only workers of the admitted generation take new requests; workers of a
 //!   newer generation wait on standby until [`Pool::switch_generation`].
 //!
+//! Queue timeouts are kept by one clock per pool ([`Pool::expire_waiters`],
+//! a task that runs while anyone waits), not by a timer per waiter: under
+//! load nearly every request queues, and a timer each would be armed and
+//! cancelled for every one of them.
+//!
 //! The supervisor learns what the pool noticed (a hung worker, an
 //! unreachable one, one that reached its request limit) through
 //! [`Pool::take_reports`], woken by a coalescing [`Notify`].
@@ -27,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
 
 /// A worker's identity, unique for the life of the server.
 pub type WorkerId = u64;
@@ -158,10 +164,27 @@ impl<C: Conn> Checkout<C> {
     }
 }
 
+/// What a waiter is sent: a worker, or why it will get none.
+enum Handed<C> {
+    Worker(Checkout<C>),
+    Refused(Unavailable),
+}
+
 struct Waiter<C: Conn> {
     ticket: u64,
-    tx: oneshot::Sender<Checkout<C>>,
+    tx: oneshot::Sender<Handed<C>>,
     head: Option<C::Head>,
+    /// When it stops waiting: `--queue-timeout-ms` after it queued.
+    deadline: Instant,
+}
+
+/// The queue clock: whether a task is keeping the waiters' deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueClock {
+    /// Nobody waits; the next waiter starts the clock.
+    Stopped,
+    /// Running, asleep until this deadline (the earliest it knows of).
+    WakesAt(Instant),
 }
 
 struct State<C: Conn> {
@@ -170,6 +193,7 @@ struct State<C: Conn> {
     idle: Vec<Checkout<C>>,
     standby: Vec<Checkout<C>>,
     waiters: VecDeque<Waiter<C>>,
+    clock: QueueClock,
     members: HashMap<WorkerId, Member>,
     reports: Vec<Report>,
     booting: usize,
@@ -184,6 +208,9 @@ pub struct Pool<C: Conn> {
     max_queue: AtomicUsize,
     queue_timeout_ms: AtomicU64,
     reported: Notify,
+    /// Wakes the queue clock early: a waiter with an earlier deadline than
+    /// it sleeps for (the queue timeout was shortened).
+    clock_changed: Notify,
 }
 
 impl<C: Conn> Pool<C> {
@@ -194,6 +221,7 @@ impl<C: Conn> Pool<C> {
                 idle: Vec::new(),
                 standby: Vec::new(),
                 waiters: VecDeque::new(),
+                clock: QueueClock::Stopped,
                 members: HashMap::new(),
                 reports: Vec::new(),
                 booting: 0,
@@ -203,6 +231,7 @@ impl<C: Conn> Pool<C> {
             max_queue: AtomicUsize::new(max_queue),
             queue_timeout_ms: AtomicU64::new(queue_timeout.as_millis() as u64),
             reported: Notify::new(),
+            clock_changed: Notify::new(),
         })
     }
 
@@ -225,7 +254,7 @@ impl<C: Conn> Pool<C> {
         self: &Arc<Self>,
         head: Option<&C::Head>,
     ) -> Result<Lease<C>, Unavailable> {
-        let (ticket, rx) = {
+        let (ticket, rx, start_clock) = {
             let mut state = self.lock();
             if state.closed {
                 return Err(Unavailable::ShuttingDown);
@@ -243,42 +272,76 @@ impl<C: Conn> Pool<C> {
             let ticket = state.next_ticket;
             state.next_ticket += 1;
             let (tx, rx) = oneshot::channel();
-            let head = head.cloned();
-            state.waiters.push_back(Waiter { ticket, tx, head });
-            (ticket, rx)
+            let deadline = Instant::now() + self.queue_timeout();
+            state.waiters.push_back(Waiter {
+                ticket,
+                tx,
+                head: head.cloned(),
+                deadline,
+            });
+            let start_clock = match state.clock {
+                QueueClock::Stopped => {
+                    state.clock = QueueClock::WakesAt(deadline);
+                    true
+                }
+                QueueClock::WakesAt(at) => {
+                    if deadline < at {
+                        self.clock_changed.notify_one();
+                    }
+                    false
+                }
+            };
+            (ticket, rx, start_clock)
         };
-        // The wait is the slow path: boxed, so every caller's future stays
-        // small for the fast one (an idle worker).
-        Box::pin(self.wait(ticket, rx)).await
+        if start_clock {
+            tokio::spawn(Self::expire_waiters(self.clone()));
+        }
+        self.wait(ticket, rx).await
     }
 
-    /// Waits in the queue for a worker, up to the queue timeout.
+    fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Waits in the queue until handed a worker or refused one (the queue
+    /// clock expired it, or the pool closed).
     async fn wait(
         self: &Arc<Self>,
         ticket: u64,
-        rx: oneshot::Receiver<Checkout<C>>,
+        rx: oneshot::Receiver<Handed<C>>,
     ) -> Result<Lease<C>, Unavailable> {
         let mut guard = QueueGuard {
             pool: self,
             ticket,
             rx: Some(rx),
         };
-        // Internal invariant: the receiver is taken only by `reclaim`, below or on drop.
+        // Internal invariant: the receiver is taken only here or by `reclaim` on drop.
         let rx = guard.rx.as_mut().expect("waiter holds its receiver");
-        let queue_timeout = Duration::from_millis(self.queue_timeout_ms.load(Ordering::Relaxed));
-        let outcome = tokio::time::timeout(queue_timeout, rx).await;
-        match outcome {
-            Ok(Ok(checkout)) => {
-                guard.rx = None;
-                Ok(Lease::new(self.clone(), checkout))
+        let handed = rx.await;
+        guard.rx = None;
+        match handed {
+            Ok(Handed::Worker(checkout)) => Ok(Lease::new(self.clone(), checkout)),
+            Ok(Handed::Refused(why)) => Err(why),
+            Err(_dropped) => Err(Unavailable::ShuttingDown),
+        }
+    }
+
+    /// The queue clock: refuses each waiter whose deadline has passed with
+    /// [`Unavailable::QueueTimeout`], sleeping until the earliest deadline
+    /// left; stops when the queue is empty (the next waiter starts it again).
+    ///
+    /// Under steady load it wakes about once per queue timeout: by then the
+    /// waiter it slept for has long been served, and the one at the front
+    /// queued a moment ago.
+    async fn expire_waiters(pool: Arc<Self>) {
+        loop {
+            let Some(wakes_at) = pool.lock().expire(Instant::now()) else {
+                return;
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(wakes_at) => {}
+                () = pool.clock_changed.notified() => {}
             }
-            Ok(Err(_closed)) => Err(Unavailable::ShuttingDown),
-            // The guard removes the waiter; a worker handed over in that very
-            // instant is reclaimed by it and used rather than wasted.
-            Err(_elapsed) => match guard.reclaim() {
-                Some(checkout) => Ok(Lease::new(self.clone(), checkout)),
-                None => Err(Unavailable::QueueTimeout),
-            },
         }
     }
 
@@ -518,6 +581,29 @@ impl<C: Conn> State<C> {
         }
     }
 
+    /// Refuses every waiter whose deadline is `now` or past; returns the
+    /// earliest deadline left, or stops the clock when nobody waits.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
+        // Deadlines are in queue order unless the timeout was changed while
+        // requests waited, so every waiter is looked at.
+        if self.waiters.iter().any(|w| w.deadline <= now) {
+            let (expired, kept) = std::mem::take(&mut self.waiters)
+                .into_iter()
+                .partition(|w| w.deadline <= now);
+            self.waiters = kept;
+            for waiter in Vec::from(expired) {
+                // A waiter already gone needs no answer.
+                let _ = waiter.tx.send(Handed::Refused(Unavailable::QueueTimeout));
+            }
+        }
+        let earliest = self.waiters.iter().map(|w| w.deadline).min();
+        self.clock = match earliest {
+            Some(at) => QueueClock::WakesAt(at),
+            None => QueueClock::Stopped,
+        };
+        earliest
+    }
+
     /// Gives a free worker to the oldest waiter, else puts it on the stack.
     fn hand_off(&mut self, mut checkout: Checkout<C>, placement: Placement) {
         checkout.abandon();
@@ -528,13 +614,14 @@ impl<C: Conn> State<C> {
             if let Some(head) = &waiter.head {
                 checkout.prestarted = checkout.conn.prestart(head);
             }
-            match waiter.tx.send(checkout) {
+            match waiter.tx.send(Handed::Worker(checkout)) {
                 Ok(()) => return,
                 // The waiter is gone (its guard removes it first, so this is rare).
-                Err(mut returned) => {
+                Err(Handed::Worker(mut returned)) => {
                     returned.abandon();
                     checkout = returned;
                 }
+                Err(Handed::Refused(_)) => unreachable!("a worker was sent"),
             }
         }
         self.set_member_state(checkout.id, MemberState::Idle);
@@ -552,12 +639,12 @@ impl<C: Conn> State<C> {
 }
 
 /// Removes a waiter from the queue if its request goes away while waiting
-/// (queue timeout, client disconnected), and returns a worker it was handed
-/// in that instant to the pool, so no worker is ever lost in a dropped channel.
+/// (its client disconnected), and returns a worker it was handed in that
+/// instant to the pool, so no worker is ever lost in a dropped channel.
 struct QueueGuard<'a, C: Conn> {
     pool: &'a Arc<Pool<C>>,
     ticket: u64,
-    rx: Option<oneshot::Receiver<Checkout<C>>>,
+    rx: Option<oneshot::Receiver<Handed<C>>>,
 }
 
 impl<C: Conn> QueueGuard<'_, C> {
@@ -567,8 +654,11 @@ impl<C: Conn> QueueGuard<'_, C> {
         let ticket = self.ticket;
         self.pool.lock().waiters.retain(|w| w.ticket != ticket);
         // Hand-offs happen under the lock, so after the removal above the
-        // channel holds either nothing or the one worker we were given.
-        rx.try_recv().ok()
+        // channel holds either nothing or the one answer we were given.
+        match rx.try_recv() {
+            Ok(Handed::Worker(checkout)) => Some(checkout),
+            Ok(Handed::Refused(_)) | Err(_) => None,
+        }
     }
 }
 
@@ -793,6 +883,70 @@ mod tests {
         let _held = p.checkout().await.unwrap();
         assert_eq!(p.checkout().await.err(), Some(Unavailable::QueueTimeout));
         assert_eq!(p.stats().queued, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_waiter_times_out_at_its_own_deadline() {
+        let p = Pool::new(4, Duration::from_millis(100));
+        p.admit(1, 0, None, 1u32).unwrap();
+        let held = p.checkout().await.unwrap();
+        let start = Instant::now();
+        let first = tokio::spawn({
+            let p = p.clone();
+            async move { p.checkout().await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let second = tokio::spawn({
+            let p = p.clone();
+            async move { (p.checkout().await.map(drop), start.elapsed()) }
+        });
+        assert_eq!(first.await.unwrap(), Err(Unavailable::QueueTimeout));
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        // The second waiter is still inside its own 100 ms.
+        assert_eq!(p.stats().queued, 1);
+        let (outcome, waited) = second.await.unwrap();
+        assert_eq!(outcome, Err(Unavailable::QueueTimeout));
+        assert_eq!(waited, Duration::from_millis(160));
+        assert_eq!(p.stats().queued, 0);
+
+        // The clock stopped with the queue empty; the next waiter restarts
+        // it, and one that gets a worker in time is not refused.
+        let third = tokio::spawn({
+            let p = p.clone();
+            async move { p.checkout().await.map(|lease| lease.worker_id()) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        assert_eq!(third.await.unwrap(), Ok(1));
+        let _held = p.checkout().await.unwrap();
+        let started = Instant::now();
+        assert_eq!(p.checkout().await.err(), Some(Unavailable::QueueTimeout));
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_queue_timeout_applies_to_the_next_waiter_at_once() {
+        let p = Pool::new(4, Duration::from_secs(10));
+        p.admit(1, 0, None, 1u32).unwrap();
+        let _held = p.checkout().await.unwrap();
+        let patient = tokio::spawn({
+            let p = p.clone();
+            async move { p.checkout().await.map(drop) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(p.stats().queued, 1);
+        // The clock sleeps until the first waiter's deadline, 10 s away.
+        p.set_queue_limits(4, Duration::from_millis(100));
+        let started = Instant::now();
+        assert_eq!(p.checkout().await.err(), Some(Unavailable::QueueTimeout));
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        assert_eq!(
+            p.stats().queued,
+            1,
+            "the first waiter keeps its own deadline"
+        );
+        assert_eq!(patient.await.unwrap(), Err(Unavailable::QueueTimeout));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
     }
 
     #[tokio::test]
