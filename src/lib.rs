@@ -25,6 +25,16 @@
 //! [`serve`] wires these together and runs until SIGTERM, SIGINT or
 //! `rip-server stop`.
 
+/// Prints a line for the operator on standard output. A closed stdout (a
+/// pipe whose reader left, as in `rip-server status | head -1`) must not
+/// bring the server or a command down, so a failed write is ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -156,7 +166,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
         ));
     }
 
-    println!(
+    say!(
         "rip-server {}: serving {} ({}, {}) with {} worker{}, reload={}",
         env!("CARGO_PKG_VERSION"),
         config.name,
@@ -166,11 +176,11 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
         if config.workers == 1 { "" } else { "s" },
         config.reload.as_str(),
     );
-    println!("listening on {url}");
+    say!("listening on {url}");
     if let Some(redirect_url) = &listeners.redirect_url {
-        println!("redirecting {redirect_url} to {url}");
+        say!("redirecting {redirect_url} to {url}");
     }
-    println!("control socket {}", control_path.display());
+    say!("control socket {}", control_path.display());
     let workers = config.workers;
     tokio::spawn(async move {
         if ready_rx.await.is_ok() {
@@ -314,10 +324,10 @@ fn load_tls(config: &Config) -> Result<Option<Arc<tls::Tls>>, Error> {
         .collect();
     let (tls, loaded) = tls::Tls::load(https.tls.clone(), tls::auto::state_dir(), names)?;
     for cert in &loaded {
-        println!("certificate {}", cert.origin);
-        println!("{}", cert.material.info);
+        say!("certificate {}", cert.origin);
+        say!("{}", cert.material.info);
         if let Some(hint) = &cert.trust_hint {
-            println!("  {hint}");
+            say!("  {hint}");
         }
     }
     Ok(Some(Arc::new(tls)))
@@ -352,18 +362,18 @@ async fn open_listeners(config: &Config, tls: Option<&Arc<tls::Tls>>) -> Result<
             };
             let redirect = match https.redirect {
                 config::Redirect::Off => None,
-                config::Redirect::From(from) => match listen::bind(config::PortChoice::Fixed(from))
-                    .await
-                {
-                    Ok(listener) => {
-                        let bound = listener.local_addr()?.port();
-                        Some((listener, bound))
+                config::Redirect::From(from) => {
+                    match listen::bind(config::PortChoice::Fixed(from)).await {
+                        Ok(listener) => {
+                            let bound = listener.local_addr()?.port();
+                            Some((listener, bound))
+                        }
+                        Err(e) => {
+                            say!("no HTTP redirect: {e} (use --no-redirect-http to silence this)");
+                            None
+                        }
                     }
-                    Err(e) => {
-                        println!("no HTTP redirect: {e} (use --no-redirect-http to silence this)");
-                        None
-                    }
-                },
+                }
             };
             let redirect_url = redirect
                 .as_ref()
@@ -428,18 +438,19 @@ pub async fn control_command(cli: &Cli, command: Command) -> Result<(), Error> {
     }
     match command {
         Command::Status => match serde_json::from_str::<serde_json::Value>(&body) {
-            Ok(value) => println!("{}", serde_json::to_string_pretty(&value).unwrap_or(body)),
-            Err(_) => println!("{body}"),
+            Ok(value) => say!("{}", serde_json::to_string_pretty(&value).unwrap_or(body)),
+            Err(_) => say!("{body}"),
         },
         Command::Stop => {
             wait_until_gone(&socket).await;
-            println!("stopped");
+            say!("stopped");
         }
         Command::Reload => {
             let outcome: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            println!(
+            say!(
                 "rolled to generation {} in {} ms",
-                outcome["generation"], outcome["duration_ms"]
+                outcome["generation"],
+                outcome["duration_ms"]
             );
         }
     }

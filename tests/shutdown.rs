@@ -3,9 +3,12 @@
 //! sockets are private to the server's user.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use crate::harness::{sockets_in, wait_gone, worker_pids, Builder};
+use crate::harness::{
+    clean_command, send, sockets_in, wait_gone, worker_pids, Builder, BIN, EXAMPLE_WORKER,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_command_leaves_no_process_and_no_socket() {
@@ -150,4 +153,76 @@ async fn a_second_instance_of_the_same_name_is_refused() {
     assert!(sockets_in(&first.runtime_dir())
         .iter()
         .any(|s| s.starts_with("rust.w")));
+}
+
+/// A pipe whose reader has already gone: every write to it fails (EPIPE).
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = nix::unistd::pipe().expect("pipe");
+    drop(reader);
+    Stdio::from(writer)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stdout_stops_neither_the_server_nor_a_command() {
+    let runtime = tempfile::tempdir().unwrap();
+    let mut child = clean_command(BIN, runtime.path())
+        .args([
+            EXAMPLE_WORKER,
+            "w:1",
+            "http:0",
+            "--reload=none",
+            "--name=quiet",
+        ])
+        .stdout(closed_pipe())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rip-server");
+    let pid = child.id();
+    let status_command = || {
+        clean_command(BIN, runtime.path())
+            .args(["status", "--name", "quiet"])
+            .output()
+            .expect("run rip-server status")
+    };
+
+    // The startup banner went nowhere; the server must still come up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status: serde_json::Value = loop {
+        assert_eq!(child.try_wait().unwrap(), None, "rip-server exited");
+        let output = status_command();
+        if output.status.success() {
+            break serde_json::from_slice(&output.stdout).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no status within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let url = status["listeners"][0].as_str().unwrap();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let reply = send(
+        port,
+        http::Request::get("/server")
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
+
+    // A command whose output nobody reads finishes normally.
+    let quiet_status = clean_command(BIN, runtime.path())
+        .args(["status", "--name", "quiet"])
+        .stdout(closed_pipe())
+        .status()
+        .expect("run rip-server status");
+    assert_eq!(quiet_status.code(), Some(0));
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(
+        wait_gone(pid, Duration::from_secs(15)).await,
+        "rip-server still running"
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }
