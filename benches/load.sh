@@ -5,12 +5,15 @@
 #   3. haproxy    the same example worker binary behind HAProxy (one `server`
 #                 line per worker socket, maxconn 1, queueing), at each CONCURRENCY,
 #                 with nbthread = the CPU count and = rip-server's threads (and 1)
-# then the table, the ratios and rip-server's entry-process memory.
+# in ROUNDS rounds (2 and 3 alternate, so a slow drift of a shared machine
+# touches every row alike), then the medians, the ratios (taken within each
+# round) and rip-server's entry-process memory.
 # Results and method: docs/benchmarks.md.
 #
 # Settings (environment):
 #   W=2                  workers (rip-server w:W; W standalone workers for limit/HAProxy)
-#   DURATION=10          seconds measured per run
+#   ROUNDS=3             rounds of rows 2 and 3 (the limit is measured once)
+#   DURATION=6           seconds measured per run
 #   WARMUP=2             seconds of discarded load before each measured run
 #   CONCURRENCY="16 64"  client connections for the rip-server and HAProxy runs
 #   THREADS=nproc/2      rip-server's runtime threads (--threads; its own default: half
@@ -40,7 +43,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 here="$root/benches/load"
 
 W=${W:-2}
-DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-6}
 WARMUP=${WARMUP:-2}
 CONCURRENCY=${CONCURRENCY:-16 64}
 THREADS=${THREADS:-$(($(nproc) / 2 > 0 ? $(nproc) / 2 : 1))}
@@ -58,6 +62,7 @@ prog=load.sh
 source "$here/lib.sh"
 
 [[ $W =~ ^[1-9][0-9]*$ ]] || die "W must be a positive whole number, got '$W'"
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive whole number, got '$ROUNDS'"
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be whole seconds, got '$DURATION'"
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be whole seconds, got '$WARMUP'"
 [[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "THREADS must be a positive whole number, got '$THREADS'"
@@ -195,7 +200,7 @@ measure_limit() {
   check_clean limit "${outs[@]}"
 }
 
-add_busy() { sed "s/\$/\t$busy_now/"; }
+add_busy() { sed "s/\$/\t$busy_now\t$round/"; }
 row_echo() { awk -F'\t' '{ printf "#   %-10s c=%-5s %8s req/s  p50 %7s ms  p99 %7s ms  non-2xx %s  errors %s  (other processes: %s%% CPU)\n", $1, $2, $3, $4, $5, $6, $7, $8 }'; }
 
 check_clean() { # NAME FILE...: report non-2xx answers and errors
@@ -246,7 +251,7 @@ note "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /p
 note "rip-server: $rip (${RIP_COMMIT:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- src Cargo.toml Cargo.lock loaders 2>/dev/null || echo "+uncommitted changes")})"
 note "haproxy: $(haproxy -v | head -n 1)"
 if [[ $LOADGEN == oha ]]; then note "load: $("$OHA" --version)"; else note "load: wrk (oha not found; no limit row: wrk cannot use Unix sockets)"; fi
-note "W=$W DURATION=${DURATION}s WARMUP=${WARMUP}s CONCURRENCY=\"${concurrencies[*]}\" THREADS=$THREADS HAPROXY_NBTHREADS=\"${haproxy_nbthreads[*]}\" HAPROXY_BALANCE=$HAPROXY_BALANCE RIP_ARGS=\"$RIP_ARGS\""
+note "W=$W ROUNDS=$ROUNDS DURATION=${DURATION}s WARMUP=${WARMUP}s CONCURRENCY=\"${concurrencies[*]}\" THREADS=$THREADS HAPROXY_NBTHREADS=\"${haproxy_nbthreads[*]}\" HAPROXY_BALANCE=$HAPROXY_BALANCE RIP_ARGS=\"$RIP_ARGS\""
 
 settle  # is the machine quiet to begin with?
 
@@ -279,15 +284,18 @@ rss_idle=$(rss_kib "$rip_pid" VmRSS)
 note "rip-server pid $rip_pid on 127.0.0.1:$rip_port (workers $(grandchild_pids | xargs))"
 for t in "${haproxy_nbthreads[@]}"; do note "haproxy nbthread $t on 127.0.0.1:${haproxy_port[$t]}"; done
 
+round=1
 if [[ $LOADGEN == oha ]]; then
   note "limit: $W x oha -c 1 --unix-socket (one per worker)"
   measure_limit
 fi
-for c in "${concurrencies[@]}"; do
-  note "c=$c"
-  measure rip-server "$c" "$rip_port"
-  for t in "${haproxy_nbthreads[@]}"; do
-    measure "haproxy-${t}t" "$c" "${haproxy_port[$t]}"
+for ((round = 1; round <= ROUNDS; round++)); do
+  for c in "${concurrencies[@]}"; do
+    note "round $round of $ROUNDS, c=$c"
+    measure rip-server "$c" "$rip_port"
+    for t in "${haproxy_nbthreads[@]}"; do
+      measure "haproxy-${t}t" "$c" "${haproxy_port[$t]}"
+    done
   done
 done
 sleep 2
@@ -299,7 +307,7 @@ kill -0 "$rip_pid" 2>/dev/null || die "rip-server exited during the run; log: $s
 restarts=$(rip_status_now | python3 -c 'import json, sys; print(json.load(sys.stdin)["restarts"])' || echo '?')
 
 echo
-echo "## load: GET $URL_PATH, W=$W, ${DURATION}s per run (after ${WARMUP}s warm-up), $LOADGEN, $(nproc) CPUs"
+echo "## load: GET $URL_PATH, W=$W, $ROUNDS rounds of ${DURATION}s per run (after ${WARMUP}s warm-up), $LOADGEN, $(nproc) CPUs"
 echo
 python3 "$here/summarize.py" table "$results"
 echo

@@ -4,9 +4,9 @@
   summarize.py row NAME CONCURRENCY FILE...   one TSV row; several files
                                               (parallel runs) are combined
   summarize.py detail FILE...                 status codes and errors, for logs
-  summarize.py table RESULTS.tsv              the Markdown table and the ratios
+  summarize.py table RESULTS.tsv              the Markdown tables and the ratios
                                               (RESULTS.tsv: rows, each with the other-CPU
-                                              busy % that load.sh appends)
+                                              busy % and the round that load.sh appends)
   summarize.py tlstable RESULTS.tsv           the same for benches/tls.sh (each row led by
                                               its test: h1-16, h2, hs-full, ...)
   summarize.py rolls STEADY.json ROLLS.json SAVES.tsv BEFORE.json AFTER.json TIMELINE.tsv
@@ -98,41 +98,81 @@ def detail(paths):
 
 
 def table(path):
+    """load.sh's results: one row per run, each with its round last. Rows are
+    summarised by their median over the rounds, and each ratio is taken
+    within a round (both runs minutes apart at most) before its median."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
-                rows.append(line.rstrip("\n").split("\t"))
-    print("| run | concurrency | requests/s | p50 ms | p99 ms | non-2xx | errors | other CPU % |")
+                name, conc, rps, p50, p99, non2xx, errors, busy, rnd = line.rstrip("\n").split("\t")
+                rows.append({"name": name, "conc": conc, "rps": float(rps), "p50": float(p50),
+                             "p99": float(p99), "non2xx": int(non2xx), "errors": int(errors),
+                             "busy": busy, "round": int(rnd)})
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["name"], r["conc"]), []).append(r)
+    rounds = max(r["round"] for r in rows) if rows else 0
+    print(f"Medians over {rounds} round(s); each row's runs are listed under the ratios.")
+    print()
+    print("| run | concurrency | requests/s | p50 ms | p99 ms | non-2xx | errors | other CPU % (max) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, conc, rps, p50, p99, non2xx, errors, *busy in rows:
-        busy = busy[0] if busy else "?"
-        print(f"| {name} | {conc} | {float(rps):,.0f} | {float(p50):.2f} | {float(p99):.2f} | {non2xx} | {errors} | {busy} |")
+    for (name, conc), runs in groups.items():
+        busy = max((int(r["busy"]) for r in runs if r["busy"].isdigit()), default="?")
+        print(f"| {name} | {conc} | {median([r['rps'] for r in runs]):,.0f} | "
+              f"{median([r['p50'] for r in runs]):.2f} | {median([r['p99'] for r in runs]):.2f} | "
+              f"{sum(r['non2xx'] for r in runs)} | {sum(r['errors'] for r in runs)} | {busy} |")
 
-    limit = next((r for r in rows if r[0] == "limit"), None)
-    peers = list(dict.fromkeys(r[0] for r in rows if r[0].startswith("haproxy")))
-    by = {(r[0], r[1]): r for r in rows}
+    by_round = {(r["name"], r["conc"], r["round"]): r for r in rows}
+    limit = groups.get(next((k for k in groups if k[0] == "limit"), None))
+    peers = list(dict.fromkeys(r["name"] for r in rows if r["name"].startswith("haproxy")))
     print()
     print("| concurrency | rip-server against | req/s ratio | p99 ratio |")
     print("|---:|---|---:|---:|")
-    for (name, conc), r in by.items():
+    for name, conc in groups:
         if name != "rip-server":
             continue
-        rps, p99 = float(r[2]), float(r[4])
-        found = [by[(p, conc)] for p in peers if (p, conc) in by]
-        for peer in found:
-            print(f"| {conc} | {peer[0]} | {ratio(rps, float(peer[2]))} | {ratio(p99, float(peer[4]))} |")
+        found = [p for p in peers if (p, conc) in groups]
+        columns = [(p, lambda rnd, p=p: by_round.get((p, conc, rnd))) for p in found]
         if len(found) > 1:
-            best_rps = max(float(p[2]) for p in found)
-            best_p99 = min(float(p[4]) for p in found)
-            print(f"| {conc} | best HAProxy | **{ratio(rps, best_rps)}** | **{ratio(p99, best_p99)}** |")
+            def best(rnd, found=found):
+                runs = [by_round[(p, conc, rnd)] for p in found if (p, conc, rnd) in by_round]
+                if not runs:
+                    return None
+                return {"rps": max(r["rps"] for r in runs), "p99": min(r["p99"] for r in runs)}
+            columns.append(("best HAProxy", best))
+        for label, peer_in in columns:
+            rps_ratios, p99_ratios = [], []
+            for rip in groups[(name, conc)]:
+                peer = peer_in(rip["round"])
+                if peer and peer["rps"] and peer["p99"]:
+                    rps_ratios.append(rip["rps"] / peer["rps"])
+                    p99_ratios.append(rip["p99"] / peer["p99"])
+            mark = "**" if label == "best HAProxy" or len(found) == 1 else ""
+            print(f"| {conc} | {label} | {mark}{spread(rps_ratios)}{mark} | {mark}{spread(p99_ratios)}{mark} |")
         if limit:
-            print(f"| {conc} | limit ({limit[1]}) | {ratio(rps, float(limit[2]))} | — |")
+            limit_rps = median([r["rps"] for r in limit])
+            rip_rps = median([r["rps"] for r in groups[(name, conc)]])
+            print(f"| {conc} | limit ({limit[0]['conc']}) | {ratio(rip_rps, limit_rps)} | — |")
     print()
-    print("req/s ratio above 1: rip-server serves more; p99 ratio below 1: rip-server's tail is shorter")
+    print("req/s ratio above 1: rip-server serves more; p99 ratio below 1: rip-server's tail is shorter.")
+    print("Each ratio: the median of the per-round ratios, (lowest–highest) when there are several rounds.")
     print("(no p99 ratio against the limit: it runs one request per worker, with no queue).")
     if len(peers) > 1:
-        print("best HAProxy: the highest req/s and, separately, the lowest p99 of the HAProxy rows at that concurrency.")
+        print("best HAProxy: in each round, the highest req/s and, separately, the lowest p99 of the HAProxy rows.")
+    print()
+    print("| round | run | concurrency | requests/s | p50 ms | p99 ms | other CPU % |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: r["round"]):
+        print(f"| {r['round']} | {r['name']} | {r['conc']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['busy']} |")
+
+
+def spread(values):
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
 def tlstable(path):
