@@ -10,9 +10,10 @@
 //! across an `.await`):
 //! - a worker is idle, leased to exactly one request, or gone: never two
 //!   requests on one worker;
-//! - a waiter is either in the queue or has been handed exactly one worker,
-//!   and a waiter that gives up (timeout, client gone) passes a worker it was
-//!   just handed on to the next waiter: no worker is lost;
+//! - a waiter is in the queue, or has been handed exactly one worker, or has
+//!   been refused one (queue timeout, shutdown), each decided under the lock;
+//!   a waiter whose client left passes a worker it was just handed on to the
+//!   next waiter: no worker is lost;
 //! - waiters are served in arrival order;
 //! - only workers of the admitted generation take new requests; workers of a
 //!   newer generation wait on standby until [`Pool::switch_generation`].
@@ -178,6 +179,15 @@ struct Waiter<C: Conn> {
     deadline: Instant,
 }
 
+/// How the waiters' deadlines lie along the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeadlineOrder {
+    /// Each deadline is at or after the one before: the expired are at the front.
+    Ascending,
+    /// A shortened queue timeout put a later waiter's deadline first.
+    Mixed,
+}
+
 /// The queue clock: whether a task is keeping the waiters' deadlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum QueueClock {
@@ -193,6 +203,7 @@ struct State<C: Conn> {
     idle: Vec<Checkout<C>>,
     standby: Vec<Checkout<C>>,
     waiters: VecDeque<Waiter<C>>,
+    deadline_order: DeadlineOrder,
     clock: QueueClock,
     members: HashMap<WorkerId, Member>,
     reports: Vec<Report>,
@@ -221,6 +232,7 @@ impl<C: Conn> Pool<C> {
                 idle: Vec::new(),
                 standby: Vec::new(),
                 waiters: VecDeque::new(),
+                deadline_order: DeadlineOrder::Ascending,
                 clock: QueueClock::Stopped,
                 members: HashMap::new(),
                 reports: Vec::new(),
@@ -273,6 +285,13 @@ impl<C: Conn> Pool<C> {
             state.next_ticket += 1;
             let (tx, rx) = oneshot::channel();
             let deadline = Instant::now() + self.queue_timeout();
+            match state.waiters.back() {
+                None => state.deadline_order = DeadlineOrder::Ascending,
+                Some(last) if deadline < last.deadline => {
+                    state.deadline_order = DeadlineOrder::Mixed;
+                }
+                Some(_) => {}
+            }
             state.waiters.push_back(Waiter {
                 ticket,
                 tx,
@@ -334,8 +353,11 @@ impl<C: Conn> Pool<C> {
     /// waiter it slept for has long been served, and the one at the front
     /// queued a moment ago.
     async fn expire_waiters(pool: Arc<Self>) {
+        let mut running = ClockRunning(Some(pool.clone()));
         loop {
             let Some(wakes_at) = pool.lock().expire(Instant::now()) else {
+                // `expire` stopped the clock: the next waiter starts another.
+                running.0 = None;
                 return;
             };
             tokio::select! {
@@ -459,6 +481,8 @@ impl<C: Conn> Pool<C> {
         let mut state = self.lock();
         state.closed = true;
         state.waiters.clear();
+        // Let the queue clock see the empty queue and end now.
+        self.clock_changed.notify_one();
         state.idle.clear();
         state.standby.clear();
         state.members.keys().copied().collect()
@@ -584,19 +608,34 @@ impl<C: Conn> State<C> {
     /// Refuses every waiter whose deadline is `now` or past; returns the
     /// earliest deadline left, or stops the clock when nobody waits.
     fn expire(&mut self, now: Instant) -> Option<Instant> {
-        // Deadlines are in queue order unless the timeout was changed while
-        // requests waited, so every waiter is looked at.
-        if self.waiters.iter().any(|w| w.deadline <= now) {
-            let (expired, kept) = std::mem::take(&mut self.waiters)
-                .into_iter()
-                .partition(|w| w.deadline <= now);
-            self.waiters = kept;
-            for waiter in Vec::from(expired) {
-                // A waiter already gone needs no answer.
-                let _ = waiter.tx.send(Handed::Refused(Unavailable::QueueTimeout));
+        let earliest = match self.deadline_order {
+            DeadlineOrder::Ascending => {
+                while self.waiters.front().is_some_and(|w| w.deadline <= now) {
+                    if let Some(waiter) = self.waiters.pop_front() {
+                        waiter.refuse(Unavailable::QueueTimeout);
+                    }
+                }
+                self.waiters.front().map(|w| w.deadline)
             }
-        }
-        let earliest = self.waiters.iter().map(|w| w.deadline).min();
+            DeadlineOrder::Mixed => {
+                let (expired, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiters)
+                    .into_iter()
+                    .partition(|w| w.deadline <= now);
+                self.waiters = kept;
+                for waiter in expired {
+                    waiter.refuse(Unavailable::QueueTimeout);
+                }
+                let in_order = self
+                    .waiters
+                    .iter()
+                    .zip(self.waiters.iter().skip(1))
+                    .all(|(a, b)| a.deadline <= b.deadline);
+                if in_order {
+                    self.deadline_order = DeadlineOrder::Ascending;
+                }
+                self.waiters.iter().map(|w| w.deadline).min()
+            }
+        };
         self.clock = match earliest {
             Some(at) => QueueClock::WakesAt(at),
             None => QueueClock::Stopped,
@@ -634,6 +673,27 @@ impl<C: Conn> State<C> {
     fn set_member_state(&mut self, id: WorkerId, new: MemberState) {
         if let Some(member) = self.members.get_mut(&id) {
             member.state = new;
+        }
+    }
+}
+
+impl<C: Conn> Waiter<C> {
+    fn refuse(self, why: Unavailable) {
+        // A waiter already gone needs no answer.
+        let _ = self.tx.send(Handed::Refused(why));
+    }
+}
+
+/// Held by the queue clock's task. If the task ends other than through
+/// [`State::expire`] stopping it (a panic, its runtime shutting down), the
+/// clock is marked stopped, so the next waiter starts a new one instead of
+/// every later waiter going without a timeout.
+struct ClockRunning<C: Conn>(Option<Arc<Pool<C>>>);
+
+impl<C: Conn> Drop for ClockRunning<C> {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            pool.lock().clock = QueueClock::Stopped;
         }
     }
 }
@@ -947,6 +1007,45 @@ mod tests {
         );
         assert_eq!(patient.await.unwrap(), Err(Unavailable::QueueTimeout));
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_queue_clock_lost_with_its_runtime_is_started_again() {
+        let p = Pool::new(4, Duration::from_millis(100));
+        p.admit(1, 0, None, 1u32).unwrap();
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let held = first.block_on(async {
+            let held = p.checkout().await.unwrap();
+            // Queue a waiter, which starts the clock on this runtime.
+            let waiter = tokio::spawn({
+                let p = p.clone();
+                async move { p.checkout().await.map(drop) }
+            });
+            while p.stats().queued == 0 {
+                tokio::task::yield_now().await;
+            }
+            drop(waiter);
+            held
+        });
+        // Its clock task and its waiter go with it.
+        drop(first);
+
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        second.block_on(async {
+            let bounded = tokio::time::timeout(Duration::from_secs(60), p.checkout()).await;
+            assert_eq!(
+                bounded.expect("no queue clock refused the waiter").err(),
+                Some(Unavailable::QueueTimeout)
+            );
+        });
+        drop(held);
     }
 
     #[tokio::test]
