@@ -3,7 +3,8 @@
 //! sockets are private to the server's user.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{
@@ -162,10 +163,31 @@ fn closed_pipe() -> Stdio {
     Stdio::from(writer)
 }
 
+/// A server started by hand: killed by PID when the test ends, passing or
+/// not, with its log shown if the test failed.
+struct HandStarted {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for HandStarted {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("---- rip-server log ----\n{log}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_closed_stdout_stops_neither_the_server_nor_a_command() {
     let runtime = tempfile::tempdir().unwrap();
-    let mut child = clean_command(BIN, runtime.path())
+    let log = runtime.path().join("server.log");
+    let child = clean_command(BIN, runtime.path())
         .args([
             EXAMPLE_WORKER,
             "w:1",
@@ -174,10 +196,11 @@ async fn a_closed_stdout_stops_neither_the_server_nor_a_command() {
             "--name=quiet",
         ])
         .stdout(closed_pipe())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("start rip-server");
-    let pid = child.id();
+    let mut server = HandStarted { child, log };
+    let pid = server.child.id();
     let status_command = || {
         clean_command(BIN, runtime.path())
             .args(["status", "--name", "quiet"])
@@ -188,7 +211,7 @@ async fn a_closed_stdout_stops_neither_the_server_nor_a_command() {
     // The startup banner went nowhere; the server must still come up.
     let deadline = Instant::now() + Duration::from_secs(20);
     let status: serde_json::Value = loop {
-        assert_eq!(child.try_wait().unwrap(), None, "rip-server exited");
+        assert_eq!(server.child.try_wait().unwrap(), None, "rip-server exited");
         let output = status_command();
         if output.status.success() {
             break serde_json::from_slice(&output.stdout).unwrap();
@@ -224,5 +247,5 @@ async fn a_closed_stdout_stops_neither_the_server_nor_a_command() {
         wait_gone(pid, Duration::from_secs(15)).await,
         "rip-server still running"
     );
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(server.child.wait().unwrap().code(), Some(0));
 }
