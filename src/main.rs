@@ -1,6 +1,7 @@
 //! The `rip-server` binary: parse the command line, then serve or send a
 //! command to a running instance. All logic lives in the library.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -20,7 +21,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rip-server: {e}");
+            // A closed stderr must not turn exit status 2 into a panic's 101.
+            let _ = writeln!(std::io::stderr().lock(), "rip-server: {e}");
             ExitCode::from(2)
         }
     }

@@ -1,7 +1,7 @@
 //! Bad command lines and config files: exit 2 with a message that names the
 //! bad token and what was expected; nothing starts.
 
-use crate::harness::{clean_command, node_app, BIN};
+use crate::harness::{clean_command, closed_pipe, node_app, BIN};
 
 fn run(args: &[&str]) -> (i32, String) {
     let runtime = tempfile::tempdir().unwrap();
@@ -36,6 +36,17 @@ fn malformed_tokens_exit_2_naming_the_token() {
         assert!(stderr.starts_with("rip-server: "), "{stderr}");
         assert!(stderr.contains(expected), "{token}: {stderr}");
     }
+}
+
+#[test]
+fn a_closed_stderr_keeps_exit_status_2() {
+    let runtime = tempfile::tempdir().unwrap();
+    let status = clean_command(BIN, runtime.path())
+        .args(["w:abc", "http:0"])
+        .stderr(closed_pipe())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
 }
 
 #[test]

@@ -4,11 +4,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    clean_command, send, sockets_in, wait_gone, worker_pids, Builder, BIN, EXAMPLE_WORKER,
+    clean_command, closed_pipe, send, sockets_in, wait_gone, worker_pids, Builder, BIN,
+    EXAMPLE_WORKER,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -154,13 +155,6 @@ async fn a_second_instance_of_the_same_name_is_refused() {
     assert!(sockets_in(&first.runtime_dir())
         .iter()
         .any(|s| s.starts_with("rust.w")));
-}
-
-/// A pipe whose reader has already gone: every write to it fails (EPIPE).
-fn closed_pipe() -> Stdio {
-    let (reader, writer) = nix::unistd::pipe().expect("pipe");
-    drop(reader);
-    Stdio::from(writer)
 }
 
 /// A server started by hand: killed by PID when the test ends, passing or

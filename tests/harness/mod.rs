@@ -163,6 +163,13 @@ pub fn clean_command(bin: &str, runtime: &Path) -> Command {
     command
 }
 
+/// A pipe whose reader has already gone: every write to it fails (EPIPE).
+pub fn closed_pipe() -> Stdio {
+    let (reader, writer) = nix::unistd::pipe().expect("pipe");
+    drop(reader);
+    Stdio::from(writer)
+}
+
 fn capture(
     pipe: impl std::io::Read + Send + 'static,
     log: Arc<Mutex<String>>,
