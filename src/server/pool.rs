@@ -839,10 +839,19 @@ mod tests {
         }
     }
 
-    async fn queued_until(pool: &Arc<Pool<Recorder>>, queued: usize) {
+    async fn queued_until<C: Conn>(pool: &Arc<Pool<C>>, queued: usize) {
         while pool.stats().queued != queued {
             tokio::task::yield_now().await;
         }
+    }
+
+    /// A request that waits for a worker in its own task; it ends with the
+    /// worker's id or why it got none.
+    fn spawn_waiter(
+        pool: &Arc<Pool<u32>>,
+    ) -> tokio::task::JoinHandle<Result<WorkerId, Unavailable>> {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.checkout().await.map(|lease| lease.worker_id()) })
     }
 
     #[tokio::test]
@@ -928,9 +937,7 @@ mod tests {
         let _held = p.checkout().await.unwrap();
         let p2 = p.clone();
         let waiting = tokio::spawn(async move { p2.checkout().await.map(|l| l.worker_id()) });
-        while p.stats().queued == 0 {
-            tokio::task::yield_now().await;
-        }
+        queued_until(&p, 1).await;
         assert_eq!(p.checkout().await.err(), Some(Unavailable::QueueFull));
         drop(_held);
         assert_eq!(waiting.await.unwrap(), Ok(1));
@@ -951,30 +958,20 @@ mod tests {
         p.admit(1, 0, None, 1u32).unwrap();
         let held = p.checkout().await.unwrap();
         let start = Instant::now();
-        let first = tokio::spawn({
-            let p = p.clone();
-            async move { p.checkout().await.map(drop) }
-        });
+        let first = spawn_waiter(&p);
         tokio::time::sleep(Duration::from_millis(60)).await;
-        let second = tokio::spawn({
-            let p = p.clone();
-            async move { (p.checkout().await.map(drop), start.elapsed()) }
-        });
+        let second = spawn_waiter(&p);
         assert_eq!(first.await.unwrap(), Err(Unavailable::QueueTimeout));
         assert_eq!(start.elapsed(), Duration::from_millis(100));
         // The second waiter is still inside its own 100 ms.
         assert_eq!(p.stats().queued, 1);
-        let (outcome, waited) = second.await.unwrap();
-        assert_eq!(outcome, Err(Unavailable::QueueTimeout));
-        assert_eq!(waited, Duration::from_millis(160));
+        assert_eq!(second.await.unwrap(), Err(Unavailable::QueueTimeout));
+        assert_eq!(start.elapsed(), Duration::from_millis(160));
         assert_eq!(p.stats().queued, 0);
 
         // The clock stopped with the queue empty; the next waiter restarts
         // it, and one that gets a worker in time is not refused.
-        let third = tokio::spawn({
-            let p = p.clone();
-            async move { p.checkout().await.map(|lease| lease.worker_id()) }
-        });
+        let third = spawn_waiter(&p);
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(held);
         assert_eq!(third.await.unwrap(), Ok(1));
@@ -989,10 +986,7 @@ mod tests {
         let p = Pool::new(4, Duration::from_secs(10));
         p.admit(1, 0, None, 1u32).unwrap();
         let _held = p.checkout().await.unwrap();
-        let patient = tokio::spawn({
-            let p = p.clone();
-            async move { p.checkout().await.map(drop) }
-        });
+        let patient = spawn_waiter(&p);
         tokio::task::yield_now().await;
         assert_eq!(p.stats().queued, 1);
         // The clock sleeps until the first waiter's deadline, 10 s away.
@@ -1020,13 +1014,8 @@ mod tests {
         let held = first.block_on(async {
             let held = p.checkout().await.unwrap();
             // Queue a waiter, which starts the clock on this runtime.
-            let waiter = tokio::spawn({
-                let p = p.clone();
-                async move { p.checkout().await.map(drop) }
-            });
-            while p.stats().queued == 0 {
-                tokio::task::yield_now().await;
-            }
+            let waiter = spawn_waiter(&p);
+            queued_until(&p, 1).await;
             drop(waiter);
             held
         });
