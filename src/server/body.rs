@@ -98,8 +98,6 @@ pub struct WorkerBody {
     /// `None` once the body has ended (or been handed to [`settle`]).
     lease: Option<Lease<Upstream>>,
     record: Option<Box<AccessRecord>>,
-    /// How long finishing an abandoned response may take.
-    drain_limit: Duration,
 }
 
 impl ResponseBody {
@@ -108,15 +106,10 @@ impl ResponseBody {
     }
 
     /// The body of the response whose head was just read on `lease`.
-    pub fn worker(
-        lease: Lease<Upstream>,
-        record: Option<Box<AccessRecord>>,
-        drain_limit: Duration,
-    ) -> Self {
+    pub fn worker(lease: Lease<Upstream>, record: Option<Box<AccessRecord>>) -> Self {
         ResponseBody::Worker(WorkerBody {
             lease: Some(lease),
             record,
-            drain_limit,
         })
     }
 }
@@ -125,7 +118,7 @@ impl WorkerBody {
     /// The response is over: return the worker, log the request.
     fn finish(&mut self, outcome: &'static str) {
         if let Some(lease) = self.lease.take() {
-            settle(lease, self.drain_limit);
+            settle(lease);
         }
         if let Some(record) = self.record.take() {
             record.emit(outcome);

@@ -196,7 +196,6 @@ enum Attempt {
 /// abandoned request is never handed the next one.
 struct InFlight {
     lease: Option<Lease<Upstream>>,
-    limit: Duration,
 }
 
 impl InFlight {
@@ -219,7 +218,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
-            settle(lease, self.limit);
+            settle(lease);
         }
     }
 }
@@ -387,10 +386,7 @@ impl Proxy {
     ) -> (Attempt, Lease<Upstream>) {
         let mut lease = lease;
         let prestarted = lease.take_prestarted();
-        let mut flight = InFlight {
-            lease: Some(lease),
-            limit: timeouts.read,
-        };
+        let mut flight = InFlight { lease: Some(lease) };
         let result = flight
             .conn()
             .exchange(request, prestarted, timeouts.connect, timeouts.read)
@@ -423,8 +419,7 @@ impl Proxy {
         lease: Lease<Upstream>,
         record: Option<Box<AccessRecord>>,
     ) -> Response<ResponseBody> {
-        let drain_limit = self.tuning().1.read;
-        let mut response = Response::new(ResponseBody::worker(lease, record, drain_limit));
+        let mut response = Response::new(ResponseBody::worker(lease, record));
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
         response

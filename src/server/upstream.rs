@@ -63,8 +63,8 @@ struct Conn {
     /// It has carried a request before: a write that fails on it may mean
     /// the worker closed an idle connection, not that the worker is gone.
     reused: bool,
-    /// The read timeout of a prestarted request: bounds finishing it if its
-    /// client leaves before its task runs.
+    /// The read timeout of the request on this connection: it also bounds
+    /// finishing that request if its client leaves ([`settle`]).
     read_timeout: Duration,
 }
 
@@ -525,6 +525,7 @@ impl Upstream {
                     return Err(ExchangeError::Failed(WireError::Truncated.into()));
                 };
                 conn.write_stalled = false;
+                conn.read_timeout = read_timeout;
                 let sent = poll_fn(|cx| conn.poll_send(&mut out, read_timeout, cx)).await;
                 match sent {
                     Ok(()) => break false,
@@ -742,21 +743,24 @@ impl PoolConn for Upstream {
     /// connection left with half a head), then returns the worker.
     fn abandoned(mut lease: Lease<Self>) {
         lease.take_prestarted();
-        let limit = lease.conn_ref().conn.as_ref().map(|c| c.read_timeout);
-        settle(lease, limit.unwrap_or(Duration::ZERO));
+        settle(lease);
     }
 }
 
 /// Returns a worker to the pool once its exchange is over. An exchange cut
 /// short (the client left) is completed in the background first, for at
-/// most `limit`; a worker that does not finish in time has its connection
-/// closed, so its next request starts clean.
-pub fn settle(mut lease: Lease<Upstream>, limit: Duration) {
+/// most its request's read timeout; a worker that does not finish in time
+/// has its connection closed, so its next request starts clean.
+pub fn settle(mut lease: Lease<Upstream>) {
     let upstream = lease.conn();
     if upstream.is_settled() {
         upstream.finish_settled();
         return;
     }
+    let limit = upstream
+        .conn
+        .as_ref()
+        .map_or(Duration::ZERO, |conn| conn.read_timeout);
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
             let upstream = lease.conn();
