@@ -38,8 +38,8 @@ const MAX_ATTEMPTS: usize = 16;
 /// Where a request came from.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
-    pub ip: IpAddr,
-    /// `ip` as text, formatted once per connection for `X-Forwarded-For`.
+    /// The client's address as text, formatted once per connection for
+    /// `X-Forwarded-For`.
     ip_text: IpText,
     pub scheme: Scheme,
 }
@@ -47,7 +47,6 @@ pub struct ClientInfo {
 impl ClientInfo {
     pub fn new(ip: IpAddr, scheme: Scheme) -> Self {
         ClientInfo {
-            ip,
             ip_text: IpText::new(ip),
             scheme,
         }
