@@ -92,14 +92,15 @@ pub fn encode_request_head(
     // the server knows, never copied: a client's `Connection` header must not
     // be able to remove them (`Connection: content-length` would leave the
     // body unframed, and the worker would read it as a second request).
-    let connection = ConnectionTokens::of(&parts.headers);
+    let listed: Vec<HeaderName> =
+        connection_options(parts.headers.get_all(header::CONNECTION)).collect();
     for (name, value) in &parts.headers {
         let written_below = *name == header::HOST
             || *name == header::CONTENT_LENGTH
             || *name == X_FORWARDED_FOR
             || *name == X_FORWARDED_PROTO
             || *name == X_FORWARDED_HOST;
-        if !written_below && crosses(name, &connection) {
+        if !written_below && crosses(name, &listed) {
             put_header(&mut out, name.as_str(), value.as_bytes());
         }
     }
@@ -154,9 +155,9 @@ const RIP_WORKER_BUSY: &str = "rip-worker-busy";
 const RIP_WORKER_DRAINING: &str = "rip-worker-draining";
 
 /// Whether a header may cross the server: not hop-by-hop (RFC 9110 §7.6.1),
-/// not named by `Connection`, not one of the protocol's own `Rip-*`.
-fn crosses(name: &HeaderName, connection: &ConnectionTokens) -> bool {
-    !(is_hop_by_hop(name) || is_internal(name) || connection.names(name))
+/// not `listed` by the message's `Connection`, not one of the protocol's own `Rip-*`.
+fn crosses(name: &HeaderName, listed: &[HeaderName]) -> bool {
+    !(is_hop_by_hop(name) || is_internal(name) || listed.contains(name))
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -174,29 +175,16 @@ fn is_internal(name: &HeaderName) -> bool {
     name.as_str().starts_with("rip-")
 }
 
-/// The header names a message's `Connection` header lists.
-struct ConnectionTokens<'a> {
-    values: Option<header::GetAll<'a, HeaderValue>>,
-}
-
-impl<'a> ConnectionTokens<'a> {
-    fn of(headers: &'a HeaderMap) -> Self {
-        let values = headers
-            .contains_key(header::CONNECTION)
-            .then(|| headers.get_all(header::CONNECTION));
-        ConnectionTokens { values }
-    }
-
-    fn names(&self, name: &HeaderName) -> bool {
-        let Some(values) = &self.values else {
-            return false;
-        };
-        values
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-    }
+/// The header names a `Connection` header lists (RFC 9110 §7.6.1), without
+/// its `close` and `keep-alive` options. Usually none, so nothing is allocated.
+fn connection_options<'a>(
+    values: impl IntoIterator<Item = &'a HeaderValue> + 'a,
+) -> impl Iterator<Item = HeaderName> + 'a {
+    values
+        .into_iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .filter(|name| name != "close" && name != "keep-alive")
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -354,14 +342,9 @@ fn build_head(
     }
     // Headers the worker's `Connection` names are hop-by-hop too, except the
     // body's length, which the client needs (for `HEAD` it is all there is).
-    for value in &connection_values {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            match HeaderName::from_bytes(token.trim_ascii()) {
-                Ok(name) if name != header::CONTENT_LENGTH => {
-                    headers.remove(name);
-                }
-                _ => {}
-            }
+    for name in connection_options(&connection_values) {
+        if name != header::CONTENT_LENGTH {
+            headers.remove(name);
         }
     }
 
