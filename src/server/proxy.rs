@@ -345,7 +345,8 @@ impl Proxy {
                         "worker answered busy; trying another"
                     );
                     Metrics::incr(&self.metrics.busy_retries);
-                    discard_body(&mut lease, timeouts.connect).await;
+                    // A short busy answer: read it so the connection is reused.
+                    lease.conn().complete_within(timeouts.connect).await;
                     lease.release_to_bottom();
                 }
                 Attempt::Busy(response) => {
@@ -433,15 +434,6 @@ fn upload_rejection(error: &(dyn std::error::Error + 'static)) -> Rejection {
         Rejection::BodyStalled
     } else {
         Rejection::BodyBroken
-    }
-}
-
-/// Reads a short busy answer to its end so the connection can be reused.
-async fn discard_body(lease: &mut Lease<Upstream>, limit: Duration) {
-    let upstream = lease.conn();
-    let drained = tokio::time::timeout(limit, upstream.drain()).await;
-    if !matches!(drained, Ok(Ok(()))) {
-        upstream.invalidate();
     }
 }
 

@@ -584,9 +584,7 @@ impl Upstream {
         };
         match ready!(conn.poll_body(cx)) {
             None => {
-                if !conn.finish() {
-                    self.conn = None;
-                }
+                self.finish_settled();
                 Poll::Ready(None)
             }
             Some(Err(e)) => {
@@ -598,7 +596,7 @@ impl Upstream {
     }
 
     /// Reads the response body to its end.
-    pub async fn drain(&mut self) -> Result<(), WorkerError> {
+    async fn drain(&mut self) -> Result<(), WorkerError> {
         loop {
             match poll_fn(|cx| self.poll_body(cx)).await {
                 None => return Ok(()),
@@ -631,6 +629,20 @@ impl Upstream {
             if !conn.finish() {
                 self.conn = None;
             }
+        }
+    }
+
+    /// Completes the exchange ([`Upstream::complete`]) within `limit`; a
+    /// connection that does not finish in time, or fails, is closed, so the
+    /// worker's next request starts clean.
+    pub async fn complete_within(&mut self, limit: Duration) {
+        match tokio::time::timeout(limit, self.complete()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(socket = %self.socket.display(), error = %e, "unfinished exchange failed");
+                self.invalidate();
+            }
+            Err(_) => self.invalidate(),
         }
     }
 
@@ -762,17 +774,7 @@ pub fn settle(mut lease: Lease<Upstream>) {
         .as_ref()
         .map_or(Duration::ZERO, |conn| conn.read_timeout);
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            let upstream = lease.conn();
-            match tokio::time::timeout(limit, upstream.complete()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(socket = %upstream.socket.display(), error = %e, "abandoned exchange failed");
-                    upstream.invalidate();
-                }
-                Err(_) => upstream.invalidate(),
-            }
-        });
+        runtime.spawn(async move { lease.conn().complete_within(limit).await });
     } else {
         upstream.invalidate();
     }
