@@ -192,6 +192,8 @@ async fn hsts_on_https_only_and_never_over_the_apps_own() {
         "max-age=31536000; includeSubDomains"
     );
     response.into_body().collect().await.unwrap();
+    // The connection takes the next request once it has seen the last one end.
+    sender.ready().await.unwrap();
     let response = sender.send_request(get("/with-sts")).await.unwrap();
     assert_eq!(
         response.headers()["strict-transport-security"],
