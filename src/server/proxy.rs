@@ -345,8 +345,10 @@ impl Proxy {
                         "worker answered busy; trying another"
                     );
                     Metrics::incr(&self.metrics.busy_retries);
-                    // A short busy answer: read it so the connection is reused.
-                    lease.conn().complete_within(timeouts.connect).await;
+                    // A short busy answer: read it so the connection is
+                    // reused. Boxed: this rare wait would otherwise grow
+                    // every request's future.
+                    Box::pin(lease.conn().complete_within(timeouts.connect)).await;
                     lease.release_to_bottom();
                 }
                 Attempt::Busy(response) => {
