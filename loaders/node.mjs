@@ -259,12 +259,28 @@ function waitDone(res) {
   });
 }
 
+// The body length the app declared, if it is a valid one.
+function declaredLength(headers) {
+  const value = headers.get('content-length');
+  if (value === null || !/^\d{1,15}$/.test(value.trim())) return null;
+  return Number(value.trim());
+}
+
+// The wire must never carry a length that does not match the body that follows: the server
+// reads exactly what the framing says, and any byte past it would be read as the answer to
+// the next request. So the loader, not the app, has the last word on Content-Length:
+// - HEAD, 204 and 304 send no body whatever the app returns (204 also no Content-Length);
+// - a body already in memory goes out with its real length;
+// - a streamed body the app gave a length is held to it: bytes beyond it are dropped, and a
+//   body that ends short has its connection closed, so the client sees a cut-off answer;
+// - a streamed body without a length goes out chunked.
 async function sendResponse(req, res, response) {
   const status = response.status;
   res.statusCode = status;
   if (response.statusText) res.statusMessage = response.statusText;
+  const declared = declaredLength(response.headers);
   for (const [name, value] of response.headers) {
-    if (name === 'set-cookie' || HOP_BY_HOP.has(name)) continue;
+    if (name === 'set-cookie' || name === 'content-length' || HOP_BY_HOP.has(name)) continue;
     res.setHeader(name, value);
   }
   const cookies = response.headers.getSetCookie ? response.headers.getSetCookie() : [];
@@ -272,8 +288,15 @@ async function sendResponse(req, res, response) {
   res.setHeader('rip-worker-id', WORKER_ID);
 
   const body = response.body;
-  if (!body || req.method === 'HEAD' || status === 204 || status === 304) {
+  if (req.method === 'HEAD' || status === 204 || status === 304) {
+    // A HEAD or 304 answer may say how long the body would be.
+    if (declared !== null && status !== 204) res.setHeader('content-length', declared);
     if (body) body.cancel().catch(() => {});
+    res.end();
+    return;
+  }
+  if (!body) {
+    res.setHeader('content-length', 0);
     res.end();
     return;
   }
@@ -284,7 +307,7 @@ async function sendResponse(req, res, response) {
   };
   res.on('close', onClose);
   try {
-    // Fast path: a body already in memory goes out with Content-Length.
+    // Fast path: a body already in memory goes out whole, with its real length.
     let next = reader.read();
     let r = await readSoon(next);
     if (r !== PENDING && !r.done) {
@@ -292,13 +315,20 @@ async function sendResponse(req, res, response) {
       next = reader.read();
       r = await readSoon(next);
       if (r !== PENDING && r.done) {
+        if (declared !== null && declared !== first.byteLength) lengthMismatch(req, declared, first.byteLength);
+        res.setHeader('content-length', first.byteLength);
         res.end(first);
         return;
       }
-      if (!res.write(first)) await waitWritable(res);
+      if (declared !== null) res.setHeader('content-length', declared);
+      if (!(await writeLimited(req, res, first, declared))) return;
     } else if (r !== PENDING && r.done) {
+      if (declared !== null && declared !== 0) lengthMismatch(req, declared, 0);
+      res.setHeader('content-length', 0);
       res.end();
       return;
+    } else if (declared !== null) {
+      res.setHeader('content-length', declared);
     }
     if (r === PENDING) {
       if (typeof res.flushHeaders === 'function') res.flushHeaders(); // the server expects headers promptly (SSE, slow streams)
@@ -307,14 +337,50 @@ async function sendResponse(req, res, response) {
     // Streaming path: chunk by chunk, honouring backpressure.
     while (!r.done) {
       if (res.destroyed) return;
-      if (!res.write(r.value)) await waitWritable(res);
+      if (!(await writeLimited(req, res, r.value, declared))) return;
       if (res.destroyed) return;
       r = await reader.read();
     }
-    if (!res.destroyed) res.end();
+    if (res.destroyed) return;
+    if (declared !== null && sentBytes(res) < declared) {
+      lengthMismatch(req, declared, sentBytes(res));
+      res.destroy(); // the answer cannot be completed: cut it off rather than let the wire desync
+      return;
+    }
+    res.end();
   } finally {
     res.off('close', onClose);
   }
+}
+
+const SENT = Symbol('sent');
+const sentBytes = (res) => res[SENT] || 0;
+
+// Writes `chunk`, or as much of it as the declared length leaves room for. Returns false once
+// the answer is over (the length is reached and the rest of the app's body dropped).
+async function writeLimited(req, res, chunk, declared) {
+  let piece = chunk;
+  if (declared !== null) {
+    const room = declared - sentBytes(res);
+    if (piece.byteLength > room) {
+      lengthMismatch(req, declared, sentBytes(res) + piece.byteLength, 'more than');
+      piece = piece.subarray(0, Math.max(room, 0));
+      res[SENT] = sentBytes(res) + piece.byteLength;
+      res.end(piece);
+      return false;
+    }
+  }
+  res[SENT] = sentBytes(res) + piece.byteLength;
+  if (!res.write(piece)) await waitWritable(res);
+  return true;
+}
+
+function lengthMismatch(req, declared, actual, how = '') {
+  const what = how ? `${how} ${actual}` : `${actual}`;
+  logErr(
+    `${ENTRY} answered ${req.method} ${pathOf(req)} with Content-Length ${declared} but a body of ${what} bytes; ` +
+      'the loader sends the real length (or cuts the answer off); fix the Content-Length the app sets',
+  );
 }
 
 async function serveApp(req, res) {

@@ -146,6 +146,7 @@ where
     H: Fn(Request<Incoming>) -> F,
     F: Future<Output = Response<Full<Bytes>>>,
 {
+    let head = request.method() == Method::HEAD;
     let mut response = if request.headers().contains_key("rip-probe")
         && request.method() == Method::GET
         && request.uri().path() == "/ready"
@@ -168,6 +169,17 @@ where
     response
         .headers_mut()
         .insert("rip-worker-id", shared.worker_id.clone());
+    // The body's length on the wire is hyper's to write, from the body
+    // itself: a Content-Length the handler set could disagree with it, and
+    // the server would read the difference as the next request's answer. A
+    // HEAD answer keeps it (it says how long the body would be).
+    let status = response.status();
+    if !head || status == StatusCode::NO_CONTENT {
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    } else if response.headers().contains_key(header::CONTENT_LENGTH) {
+        // No body goes out for HEAD; hyper then trusts the header as given.
+        *response.body_mut() = Full::new(Bytes::new());
+    }
     response
 }
 
@@ -196,4 +208,73 @@ async fn announce(env: &WorkerEnv, op: &str) {
         Bytes::from(body.to_string()),
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), call).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A handler that sets lengths its bodies do not have.
+    async fn liar(request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let mut response = match request.uri().path() {
+            "/empty" => text(204, "a body a 204 must not carry"),
+            _ => text(200, "hello world"),
+        };
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        response
+    }
+
+    #[tokio::test]
+    async fn the_wire_carries_the_bodys_real_length_whatever_the_handler_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = WorkerEnv {
+            socket: dir.path().join("w.sock"),
+            id: 7,
+            version: 0,
+            control: None,
+        };
+        let socket = env.socket.clone();
+        let worker = tokio::spawn(run(env, liar));
+        let stream = loop {
+            match tokio::net::UnixStream::connect(&socket).await {
+                Ok(stream) => break stream,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        // One connection, several exchanges: a wrong length on any of them
+        // would break the framing of the next.
+        for (method, path, status, body, length) in [
+            (Method::GET, "/", 200, "hello world", Some("11")),
+            (Method::GET, "/empty", 204, "", None),
+            (Method::HEAD, "/", 200, "", Some("3")),
+            (Method::GET, "/", 200, "hello world", Some("11")),
+        ] {
+            let request = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(header::HOST, "x")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), status, "{method} {path}");
+            assert_eq!(
+                response
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .map(|v| v.to_str().unwrap()),
+                length,
+                "{method} {path}"
+            );
+            let got = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(got, body.as_bytes(), "{method} {path}");
+        }
+        worker.abort();
+    }
 }

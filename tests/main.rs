@@ -4,6 +4,7 @@
 mod harness;
 
 mod cli;
+mod hostile;
 mod limits;
 mod proxy;
 mod queue;

@@ -4,7 +4,6 @@
 //! garbage costs at most the request it held. The worker is
 //! `tests/fixtures/raw-worker`, which speaks HTTP/1.1 by hand.
 
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,10 +14,7 @@ use tokio::net::TcpStream;
 use crate::harness::{serving_workers, Builder, Server};
 
 fn raw_worker() -> Builder {
-    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/raw-worker");
-    Builder::app(worker.to_str().unwrap(), "raw")
-        .arg("w:1")
-        .arg("--reload=none")
+    Builder::raw_worker()
 }
 
 /// Sends `request` on a fresh connection and reads until the server closes it.

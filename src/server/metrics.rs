@@ -63,6 +63,8 @@ pub struct Metrics {
     pub rolls_failed: AtomicU64,
     pub module_reloads: AtomicU64,
     pub busy_retries: AtomicU64,
+    pub stray_bytes: AtomicU64,
+    pub idle_connections_closed: AtomicU64,
 }
 
 impl Metrics {
@@ -80,6 +82,8 @@ impl Metrics {
             rolls_failed: AtomicU64::new(0),
             module_reloads: AtomicU64::new(0),
             busy_retries: AtomicU64::new(0),
+            stray_bytes: AtomicU64::new(0),
+            idle_connections_closed: AtomicU64::new(0),
         }
     }
 
@@ -121,7 +125,17 @@ impl Metrics {
             "Time from sending a request to a worker to its response headers.",
             &labels,
         );
-        let counters: [(&str, &str, &AtomicU64); 8] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
+            (
+                "rip_worker_stray_bytes_total",
+                "Worker connections closed because the worker sent bytes outside any response.",
+                &self.stray_bytes,
+            ),
+            (
+                "rip_worker_idle_closes_total",
+                "Idle worker connections found closed by the worker (and dialled again).",
+                &self.idle_connections_closed,
+            ),
             (
                 "rip_busy_retries_total",
                 "Requests moved to another worker after a busy answer.",

@@ -64,6 +64,21 @@ pub enum Report {
     RequestLimit(WorkerId),
     /// A retiring worker finished its last request; it holds nothing now.
     Released(WorkerId),
+    /// Its connection noticed something on the wire (see [`ConnFault`]).
+    Conn(WorkerId, ConnFault),
+}
+
+/// What a worker's connection noticed between exchanges. The connection has
+/// already been dropped (the next request dials a fresh one); the report
+/// tells the supervisor, which counts it and decides about the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnFault {
+    /// The worker closed a kept-alive connection while it was idle.
+    ClosedIdle,
+    /// The worker sent bytes outside any response (after the end of its
+    /// answer, or while idle): a protocol violation. Read as the next
+    /// exchange's answer, they would reach the wrong client.
+    StrayBytes,
 }
 
 /// Where the pool stands, for `/status` and `/metrics`.
@@ -120,6 +135,8 @@ pub trait Conn: Send + 'static {
     fn abandoned(lease: Lease<Self>)
     where
         Self: Sized;
+    /// What the connection noticed since it was last asked, if anything.
+    fn take_fault(&mut self) -> Option<ConnFault>;
 }
 
 /// Plain values stand in for connections in tests and benches: nothing to start.
@@ -133,6 +150,9 @@ macro_rules! inert_conn {
             fn abandon(&mut self) {}
             fn abandoned(lease: Lease<Self>) {
                 drop(lease);
+            }
+            fn take_fault(&mut self) -> Option<ConnFault> {
+                None
             }
         }
     )*};
@@ -399,6 +419,7 @@ impl<C: Conn> Pool<C> {
         } else {
             state.hand_off(Checkout::new(id, conn), Placement::Top);
         }
+        self.notify_if_reported(state);
         Ok(())
     }
 
@@ -428,6 +449,7 @@ impl<C: Conn> Pool<C> {
         for checkout in promote {
             state.hand_off(checkout, Placement::Top);
         }
+        self.notify_if_reported(state);
         old_idle
     }
 
@@ -529,34 +551,40 @@ impl<C: Conn> Pool<C> {
         self.reported.notify_one();
     }
 
-    fn release(&self, checkout: Checkout<C>, placement: Placement, served: Served) {
+    fn release(&self, mut checkout: Checkout<C>, placement: Placement, served: Served) {
         let mut state = self.lock();
+        state.collect_fault(&mut checkout);
         let id = checkout.id;
         let (admitting, closed) = (state.admitting, state.closed);
-        let limit_reached = match state.members.get_mut(&id) {
+        match state.members.get_mut(&id) {
             Some(member)
                 if member.generation == admitting
                     && member.state != MemberState::Retiring
                     && !closed =>
             {
                 member.served += u64::from(served == Served::Yes);
-                member.request_limit == Some(member.served)
+                let limit_reached = member.request_limit == Some(member.served);
+                state.hand_off(checkout, placement);
+                if limit_reached {
+                    state.reports.push(Report::RequestLimit(id));
+                }
             }
             // Retiring or of an older generation: it takes nothing new.
             Some(_) => {
                 state.members.remove(&id);
                 state.reports.push(Report::Released(id));
-                drop(state);
-                self.reported.notify_one();
-                return;
             }
             // Removed: its process is gone or being killed.
-            None => return,
-        };
-        state.hand_off(checkout, placement);
-        if limit_reached {
-            state.reports.push(Report::RequestLimit(id));
-            drop(state);
+            None => {}
+        }
+        self.notify_if_reported(state);
+    }
+
+    /// Wakes the supervisor if a report is waiting (the lock is released first).
+    fn notify_if_reported(&self, state: MutexGuard<'_, State<C>>) {
+        let reported = !state.reports.is_empty();
+        drop(state);
+        if reported {
             self.reported.notify_one();
         }
     }
@@ -646,12 +674,14 @@ impl<C: Conn> State<C> {
     /// Gives a free worker to the oldest waiter, else puts it on the stack.
     fn hand_off(&mut self, mut checkout: Checkout<C>, placement: Placement) {
         checkout.abandon();
+        self.collect_fault(&mut checkout);
         while let Some(waiter) = self.waiters.pop_front() {
             self.set_member_state(checkout.id, MemberState::Busy);
             // A non-blocking write of a few hundred bytes: short enough to
             // do under the lock, and it keeps the hand-off in one step.
             if let Some(head) = &waiter.head {
                 checkout.prestarted = checkout.conn.prestart(head);
+                self.collect_fault(&mut checkout);
             }
             match waiter.tx.send(Handed::Worker(checkout)) {
                 Ok(()) => return,
@@ -667,6 +697,13 @@ impl<C: Conn> State<C> {
         match placement {
             Placement::Top => self.idle.push(checkout),
             Placement::Bottom => self.idle.insert(0, checkout),
+        }
+    }
+
+    /// Queues a report of what the worker's connection noticed, if anything.
+    fn collect_fault(&mut self, checkout: &mut Checkout<C>) {
+        if let Some(fault) = checkout.conn.take_fault() {
+            self.reports.push(Report::Conn(checkout.id, fault));
         }
     }
 
@@ -822,6 +859,7 @@ mod tests {
         started: Vec<u32>,
         abandoned: usize,
         finished: usize,
+        fault: Option<ConnFault>,
     }
 
     impl Conn for Recorder {
@@ -836,6 +874,9 @@ mod tests {
         fn abandoned(mut lease: Lease<Self>) {
             lease.take_prestarted();
             lease.conn().finished += 1;
+        }
+        fn take_fault(&mut self) -> Option<ConnFault> {
+            self.fault.take()
         }
     }
 
@@ -891,6 +932,34 @@ mod tests {
         let lease = p.checkout().await.unwrap();
         assert_eq!(lease.conn_ref().started, vec![8]);
         assert_eq!(lease.conn_ref().abandoned, 1);
+    }
+
+    #[tokio::test]
+    async fn what_a_connection_noticed_is_reported_when_its_worker_comes_back() {
+        let p: Arc<Pool<Recorder>> = Pool::new(10, Duration::from_secs(5));
+        p.admit(1, 0, None, Recorder::default()).unwrap();
+        let mut lease = p.checkout().await.unwrap();
+        lease.conn().fault = Some(ConnFault::StrayBytes);
+        drop(lease);
+        assert_eq!(
+            p.take_reports(),
+            vec![Report::Conn(1, ConnFault::StrayBytes)]
+        );
+        // Noticed while a queued request held it: reported on its release.
+        let held = p.checkout().await.unwrap();
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move {
+            let mut lease = p2.checkout_starting(Some(&9)).await.unwrap();
+            lease.take_prestarted();
+            lease.conn().fault = Some(ConnFault::ClosedIdle);
+        });
+        queued_until(&p, 1).await;
+        drop(held);
+        waiter.await.unwrap();
+        assert_eq!(
+            p.take_reports(),
+            vec![Report::Conn(1, ConnFault::ClosedIdle)]
+        );
     }
 
     #[tokio::test]

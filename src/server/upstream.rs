@@ -33,7 +33,7 @@ use tokio::net::UnixStream;
 use tokio::time::{Instant, Sleep};
 
 use super::body::{BoxError, ClientBody};
-use super::pool::{Conn as PoolConn, Lease};
+use super::pool::{Conn as PoolConn, ConnFault, Lease, WorkerId};
 use super::wire::{
     self, BodyFraming, ChunkedDecoder, Decoded, ResponseHead, WireError, CHUNK_SUFFIX, LAST_CHUNK,
 };
@@ -47,7 +47,11 @@ const MIN_READ_ROOM: usize = 2 * 1024;
 /// One worker's connection, dialled lazily.
 pub struct Upstream {
     socket: Arc<Path>,
+    /// The worker's id, for the log.
+    worker: WorkerId,
     conn: Option<Box<Conn>>,
+    /// What the connection noticed since the pool last asked ([`PoolConn::take_fault`]).
+    fault: Option<ConnFault>,
 }
 
 /// An open connection to a worker.
@@ -419,18 +423,68 @@ impl Conn {
     }
 
     /// The exchange is over: can the connection carry the next one?
-    fn finish(&mut self) -> bool {
+    fn finish(&mut self) -> Finished {
         let reusable = match &self.phase {
             Phase::Idle => true,
             Phase::Body { reusable, .. } => *reusable && self.body_done(),
             Phase::Sending | Phase::AwaitingHead { .. } => false,
         };
         self.phase = Phase::Idle;
-        // Bytes past the end of the response break the framing of the next.
-        let clean = reusable && self.buf.is_empty();
-        self.reused |= clean;
-        clean
+        if !reusable {
+            return Finished::Closed;
+        }
+        // Bytes past the end of the response would be read as the next
+        // exchange's answer, and reach the wrong client.
+        if !self.buf.is_empty() {
+            return Finished::StrayBytes(preview(&self.buf));
+        }
+        self.reused = true;
+        Finished::Reusable
     }
+
+    /// Whether an idle connection is still clean: the worker has sent
+    /// nothing since its last answer ended, and has not closed it. Checked
+    /// before every reuse, without blocking. When tokio saw no readiness
+    /// since the last read, this costs nothing; otherwise it is the one
+    /// `read` that the wait for the next answer would have made anyway.
+    fn check_idle(&mut self) -> IdleCheck {
+        let mut probe = [0u8; 64];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => IdleCheck::Clean,
+            Ok(0) => IdleCheck::Closed,
+            Ok(n) => IdleCheck::StrayBytes(preview(&probe[..n])),
+            Err(_) => IdleCheck::Closed,
+        }
+    }
+}
+
+/// How an exchange left its connection.
+enum Finished {
+    Reusable,
+    /// It cannot carry another exchange (the worker said close, or the
+    /// exchange was cut short).
+    Closed,
+    /// The worker sent more than its answer's framing declared.
+    StrayBytes(String),
+}
+
+/// What an idle connection held when it was checked before reuse.
+enum IdleCheck {
+    Clean,
+    /// The worker closed it.
+    Closed,
+    /// The worker sent bytes outside any exchange.
+    StrayBytes(String),
+}
+
+/// The first bytes a worker sent out of turn, printable, for the log.
+fn preview(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(48)];
+    let mut text: String = shown.escape_ascii().to_string();
+    if bytes.len() > shown.len() {
+        text.push('…');
+    }
+    text
 }
 
 /// Reads what the worker has sent into `buf`.
@@ -446,12 +500,49 @@ fn fill(
 }
 
 impl Upstream {
-    /// A connection to `socket`, not yet dialled.
-    pub fn new(socket: &Path) -> Self {
+    /// A connection to worker `worker`'s `socket`, not yet dialled.
+    pub fn new(socket: &Path, worker: WorkerId) -> Self {
         Upstream {
             socket: Arc::from(socket),
+            worker,
             conn: None,
+            fault: None,
         }
+    }
+
+    /// Drops an idle connection the worker has written to or closed since
+    /// its last answer; the next use dials a fresh one. Returns whether a
+    /// connection is left to use.
+    fn keep_if_clean(&mut self) -> bool {
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return false;
+        };
+        match conn.check_idle() {
+            IdleCheck::Clean => return true,
+            IdleCheck::Closed => {
+                tracing::debug!(
+                    worker = self.worker,
+                    "the worker closed its idle connection; dialling a new one"
+                );
+                self.fault = Some(ConnFault::ClosedIdle);
+            }
+            IdleCheck::StrayBytes(preview) => self.stray_bytes("while idle", &preview),
+        }
+        self.conn = None;
+        false
+    }
+
+    /// Records and logs bytes a worker sent out of turn. The connection is
+    /// dropped by the caller; the supervisor replaces the worker.
+    fn stray_bytes(&mut self, when: &str, preview: &str) {
+        tracing::warn!(
+            worker = self.worker,
+            bytes = %preview,
+            "the worker sent bytes outside any response ({when}); its connection is closed so \
+             they cannot reach another client, and the worker will be replaced. Check that the \
+             app's Content-Length matches its body and that it sends no body for HEAD, 204 and 304"
+        );
+        self.fault = Some(ConnFault::StrayBytes);
     }
 
     pub fn socket(&self) -> &Path {
@@ -463,7 +554,7 @@ impl Upstream {
         self.conn = None;
     }
 
-    /// An idle connection, dialled if there is none.
+    /// An idle, clean connection, dialled if there is none.
     async fn connect(&mut self, timeout: Duration) -> Result<&mut Conn, DialError> {
         if self
             .conn
@@ -472,6 +563,7 @@ impl Upstream {
         {
             self.conn = None;
         }
+        self.keep_if_clean();
         let conn = match self.conn.take() {
             Some(conn) => conn,
             // Boxed: dialling is rare, and its future is large.
@@ -625,8 +717,14 @@ impl Upstream {
 
     /// Marks a body read to its end as finished, so the connection is idle.
     fn finish_settled(&mut self) {
-        if let Some(conn) = self.conn.as_deref_mut() {
-            if !conn.finish() {
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return;
+        };
+        match conn.finish() {
+            Finished::Reusable => {}
+            Finished::Closed => self.conn = None,
+            Finished::StrayBytes(preview) => {
+                self.stray_bytes("after its response", &preview);
                 self.conn = None;
             }
         }
@@ -721,12 +819,21 @@ impl PoolConn for Upstream {
 
     /// Writes as much of a queued request's head as the socket takes now.
     fn prestart(&mut self, start: &Prestart) -> usize {
+        if !self
+            .conn
+            .as_ref()
+            .is_some_and(|c| matches!(c.phase, Phase::Idle))
+        {
+            return 0;
+        }
+        // A connection the worker wrote to or closed is not used: the
+        // request's own task dials a fresh one.
+        if !self.keep_if_clean() {
+            return 0;
+        }
         let Some(conn) = self.conn.as_deref_mut() else {
             return 0;
         };
-        if !matches!(conn.phase, Phase::Idle) {
-            return 0;
-        }
         match conn.stream.try_write(&start.head) {
             Ok(written) if written > 0 => {
                 conn.read_timeout = start.read_timeout;
@@ -749,6 +856,10 @@ impl PoolConn for Upstream {
 
     fn abandon(&mut self) {
         self.invalidate();
+    }
+
+    fn take_fault(&mut self) -> Option<ConnFault> {
+        self.fault.take()
     }
 
     /// Completes the prestarted request in the background (or closes a

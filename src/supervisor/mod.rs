@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use crate::cli::ReloadMode;
 use crate::config::{RestartPolicy, Timeouts};
 use crate::server::metrics::Metrics;
-use crate::server::pool::{Generation, Pool, Report, Retire, WorkerId};
+use crate::server::pool::{ConnFault, Generation, Pool, Report, Retire, WorkerId};
 use crate::server::upstream::Upstream;
 use rolling::Roll;
 use watch::{AppWatcher, Changed};
@@ -91,6 +91,8 @@ enum RecycleReason {
     Requests,
     Age,
     Reloads,
+    /// It sent bytes outside any response.
+    ProtocolError,
 }
 
 #[derive(Debug)]
@@ -384,6 +386,7 @@ impl Supervisor {
         let joined = Arc::new(Notify::new());
         let events = self.events_tx.clone();
         let boot = worker::boot(
+            id,
             process.socket.clone(),
             deadline,
             joined.clone(),
@@ -610,6 +613,16 @@ impl Supervisor {
                 }
             }
             Report::RequestLimit(id) => self.mark_due(id, RecycleReason::Requests),
+            Report::Conn(_, ConnFault::ClosedIdle) => {
+                Metrics::incr(&self.metrics.idle_connections_closed);
+            }
+            Report::Conn(id, ConnFault::StrayBytes) => {
+                // Its connection is already closed; a worker that breaks the
+                // framing once may do it again, so it is replaced (gracefully:
+                // the replacement boots first).
+                Metrics::incr(&self.metrics.stray_bytes);
+                self.mark_due(id, RecycleReason::ProtocolError);
+            }
             Report::Released(id) => {
                 if matches!(
                     self.workers.get(&id).map(|w| &w.state),

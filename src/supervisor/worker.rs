@@ -217,13 +217,14 @@ async fn forward_lines(pipe: impl AsyncRead + Unpin, label: String, stream: Stre
 
 /// Polls a new worker until its app is loaded, or the deadline passes.
 pub async fn boot(
+    id: WorkerId,
     socket: PathBuf,
     deadline: Instant,
     joined: Arc<Notify>,
     connect_timeout: Duration,
     boot_timeout: Duration,
 ) -> Result<Box<Upstream>, BootError> {
-    let mut upstream = Box::new(Upstream::new(&socket));
+    let mut upstream = Box::new(Upstream::new(&socket, id));
     let mut delay = Duration::from_millis(5);
     let mut last_error = None;
     while Instant::now() < deadline {

@@ -61,6 +61,15 @@ impl Builder {
         Builder::app(EXAMPLE_WORKER, "rust").arg("--reload=none")
     }
 
+    /// `tests/fixtures/raw-worker`: one worker that speaks HTTP/1.1 by hand
+    /// and misbehaves in exact ways, by path (see its header).
+    pub fn raw_worker() -> Self {
+        let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/raw-worker");
+        Builder::app(worker.to_str().unwrap(), "raw")
+            .arg("w:1")
+            .arg("--reload=none")
+    }
+
     pub fn app(path: &str, name: &str) -> Self {
         Builder {
             args: vec![
