@@ -11,6 +11,14 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::Logging;
 
+/// Colour only for a person at a terminal: a log written to a file or a
+/// pipe (journald, a log shipper) gets plain text, and `NO_COLOR` turns it
+/// off everywhere (no-color.org).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
+}
+
 /// Installs the global subscriber; keep the guard alive until exit so
 /// buffered lines are flushed.
 pub fn init(logging: Logging) -> WorkerGuard {
@@ -25,6 +33,7 @@ pub fn init(logging: Logging) -> WorkerGuard {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour())
         .with_writer(writer);
     let installed = if logging.json {
         builder.json().flatten_event(true).try_init()
