@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -195,22 +195,73 @@ enum Stream {
 /// Longest worker log line kept; the rest of a longer line is dropped.
 const MAX_LINE: usize = 16 * 1024;
 
-async fn forward_lines(pipe: impl AsyncRead + Unpin, label: String, stream: Stream) {
-    let mut reader = BufReader::new(pipe);
-    let mut line = Vec::with_capacity(256);
+/// Forwards a worker's output to the log, line by line. Memory is bounded
+/// whatever the worker writes: a line longer than [`MAX_LINE`] is cut there
+/// (and says so), and the rest of it is read and dropped.
+async fn forward_lines(mut pipe: impl AsyncRead + Unpin, label: String, stream: Stream) {
+    let mut lines = LineCutter::default();
+    let mut chunk = vec![0u8; 8 * 1024];
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
+        let n = match pipe.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
-                line.truncate(MAX_LINE);
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end();
-                match stream {
-                    Stream::Stdout => tracing::info!(target: "worker", "[{label}] {text}"),
-                    Stream::Stderr => tracing::warn!(target: "worker", "[{label}] {text}"),
+            Ok(n) => n,
+        };
+        lines.feed(&chunk[..n], |line| emit(&label, stream, line));
+    }
+    lines.finish(|line| emit(&label, stream, line));
+}
+
+fn emit(label: &str, stream: Stream, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end();
+    match stream {
+        Stream::Stdout => tracing::info!(target: "worker", "[{label}] {text}"),
+        Stream::Stderr => tracing::warn!(target: "worker", "[{label}] {text}"),
+    }
+}
+
+/// Splits a byte stream into lines of at most [`MAX_LINE`] bytes.
+#[derive(Default)]
+struct LineCutter {
+    line: Vec<u8>,
+    /// The current line was cut: drop bytes until its end.
+    skipping: bool,
+}
+
+const CUT_MARK: &[u8] = b" [line cut at 16384 bytes]";
+
+impl LineCutter {
+    fn feed(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&[u8])) {
+        while !bytes.is_empty() {
+            let newline = bytes.iter().position(|&b| b == b'\n');
+            let (part, rest, ends) = match newline {
+                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+                None => (bytes, &[][..], false),
+            };
+            bytes = rest;
+            if !self.skipping {
+                let room = MAX_LINE - self.line.len();
+                self.line.extend_from_slice(&part[..part.len().min(room)]);
+                if part.len() > room {
+                    self.line.extend_from_slice(CUT_MARK);
+                    emit(&self.line);
+                    self.line.clear();
+                    self.skipping = true;
                 }
             }
+            if ends {
+                if !self.skipping {
+                    emit(&self.line);
+                }
+                self.line.clear();
+                self.skipping = false;
+            }
+        }
+    }
+
+    fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
+        if !self.skipping && !self.line.is_empty() {
+            emit(&self.line);
         }
     }
 }
@@ -247,4 +298,33 @@ pub async fn boot(
         timeout: boot_timeout,
         last_error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut(pieces: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut cutter = LineCutter::default();
+        for piece in pieces {
+            cutter.feed(piece, |line| out.push(line.to_vec()));
+        }
+        cutter.finish(|line| out.push(line.to_vec()));
+        out
+    }
+
+    #[test]
+    fn lines_are_split_and_cut_at_the_limit() {
+        assert_eq!(
+            cut(&[b"a\nb", b"c\n", b"d"]),
+            vec![b"a".to_vec(), b"bc".to_vec(), b"d".to_vec()]
+        );
+        let long = vec![b'x'; MAX_LINE * 3];
+        let out = cut(&[&long, b"tail\nnext\n"]);
+        assert_eq!(out.len(), 2, "the rest of a cut line is dropped");
+        assert_eq!(out[0].len(), MAX_LINE + CUT_MARK.len());
+        assert!(out[0].ends_with(CUT_MARK));
+        assert_eq!(out[1], b"next");
+    }
 }
