@@ -23,6 +23,10 @@
 #                        ratios are taken against the best of them (see docs/benchmarks.md)
 #   HAPROXY_BALANCE=leastconn   HAProxy's balance algorithm
 #   RIP_ARGS="r:0 --reload=none"  extra rip-server arguments (see docs/benchmarks.md)
+#   BASELINE_BIN_DIR     another build's directory (holding rip-server): its rip-server runs
+#                        beside this one, with the same workers binary and arguments, as row
+#                        "rip-base" in every round, so a change is measured side by side
+#                        against the build before it (BASELINE_COMMIT names it in the header)
 #   BIN_DIR=target/release  where rip-server and rip-example-worker are; built
 #                        (CARGO_TARGET_DIR=BIN_DIR/..) if missing or if BUILD=1
 #   LOADGEN=oha|wrk      load generator (default: oha if found, else wrk)
@@ -102,6 +106,10 @@ esac
 
 rip="$BIN_DIR/rip-server"
 worker="$BIN_DIR/rip-example-worker"
+BASELINE_BIN_DIR=${BASELINE_BIN_DIR:-}
+if [[ -n $BASELINE_BIN_DIR ]]; then
+  [[ -x $BASELINE_BIN_DIR/rip-server ]] || die "BASELINE_BIN_DIR=$BASELINE_BIN_DIR holds no rip-server"
+fi
 if [[ $BUILD == 1 || ! -x $rip || ! -x $worker ]]; then
   [[ $(basename "$BIN_DIR") == release ]] || die "BIN_DIR must end in /release to be built, or hold both binaries"
   note "building: CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins"
@@ -249,6 +257,7 @@ PY
 note "rip-server load benchmark: GET $URL_PATH, keep-alive, $LOADGEN"
 note "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r)"
 note "rip-server: $rip (${RIP_COMMIT:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- src Cargo.toml Cargo.lock loaders 2>/dev/null || echo "+uncommitted changes")})"
+if [[ -n $BASELINE_BIN_DIR ]]; then note "rip-base: $BASELINE_BIN_DIR/rip-server (${BASELINE_COMMIT:-?})"; fi
 note "haproxy: $(haproxy -v | head -n 1)"
 if [[ $LOADGEN == oha ]]; then note "load: $("$OHA" --version)"; else note "load: wrk (oha not found; no limit row: wrk cannot use Unix sockets)"; fi
 note "W=$W ROUNDS=$ROUNDS DURATION=${DURATION}s WARMUP=${WARMUP}s CONCURRENCY=\"${concurrencies[*]}\" THREADS=$THREADS HAPROXY_NBTHREADS=\"${haproxy_nbthreads[*]}\" HAPROXY_BALANCE=$HAPROXY_BALANCE RIP_ARGS=\"$RIP_ARGS\""
@@ -282,6 +291,17 @@ start_rip bench http "$W" "$scratch/rip-server.log" "$worker" "w:$W" http:0 --no
 wait_until "$rip_pid" "$scratch/rip-server.log" 5 "rip-server on port $rip_port" ping_tcp "$rip_port"
 rss_idle=$(rss_kib "$rip_pid" VmRSS)
 note "rip-server pid $rip_pid on 127.0.0.1:$rip_port (workers $(grandchild_pids | xargs))"
+if [[ -n $BASELINE_BIN_DIR ]]; then
+  # The baseline build, started the same way; the first one's variables are kept.
+  main=("$rip" "$rip_pid" "$rip_port" "$rip_ctl" "$rip_status")
+  rip="$BASELINE_BIN_DIR/rip-server"
+  mkdir -p "$scratch/base"
+  start_rip base http "$W" "$scratch/rip-base.log" "$worker" "w:$W" http:0 --no-access-log "${rip_args[@]}"
+  wait_until "$rip_pid" "$scratch/rip-base.log" 5 "rip-base on port $rip_port" ping_tcp "$rip_port"
+  base_port=$rip_port
+  note "rip-base pid $rip_pid on 127.0.0.1:$base_port"
+  rip=${main[0]} rip_pid=${main[1]} rip_port=${main[2]} rip_ctl=${main[3]} rip_status=${main[4]}
+fi
 for t in "${haproxy_nbthreads[@]}"; do note "haproxy nbthread $t on 127.0.0.1:${haproxy_port[$t]}"; done
 
 round=1
@@ -293,6 +313,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
   for c in "${concurrencies[@]}"; do
     note "round $round of $ROUNDS, c=$c"
     measure rip-server "$c" "$rip_port"
+    if [[ -n $BASELINE_BIN_DIR ]]; then measure rip-base "$c" "$base_port"; fi
     for t in "${haproxy_nbthreads[@]}"; do
       measure "haproxy-${t}t" "$c" "${haproxy_port[$t]}"
     done

@@ -97,9 +97,55 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES")]
     pub max_header_bytes: Option<usize>,
 
-    /// How long a client may take to send a request head; also the keep-alive idle timeout (default 30000).
+    /// How long a client may take to send a request head, and the longest pause in a request
+    /// body; also how long an idle HTTP/1.1 connection is kept (default 30000).
     #[arg(long, value_name = "MS")]
     pub header_timeout_ms: Option<u64>,
+
+    /// How long an HTTP/2 connection with no open request is kept (default 60000).
+    #[arg(long, value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+
+    /// How long a client may take no response bytes before it is disconnected (default 60000).
+    #[arg(long, value_name = "MS")]
+    pub send_timeout_ms: Option<u64>,
+
+    /// How long a worker may pause in the middle of a response body before the response is cut
+    /// off and the worker replaced; keep it above an event stream's heartbeat (default 60000).
+    #[arg(long, value_name = "MS")]
+    pub body_idle_timeout_ms: Option<u64>,
+
+    /// Request bodies up to this size are read whole before a worker is taken, so a slow
+    /// upload never holds one; larger ones stream to the worker (default 65536).
+    #[arg(long, value_name = "BYTES")]
+    pub upload_buffer_bytes: Option<usize>,
+
+    /// How much of a response the server may hold for a slow client, so the worker is free
+    /// once it has answered (default 1048576).
+    #[arg(long, value_name = "BYTES")]
+    pub response_buffer_bytes: Option<usize>,
+
+    /// Slowest upload, in bytes per second over any 10 s, before the client gets 408; 0 turns
+    /// the check off (default 4096).
+    #[arg(long, value_name = "BYTES")]
+    pub min_upload_rate: Option<u64>,
+
+    /// Slowest download, in bytes per second over any 10 s, while a client holds a worker
+    /// (its response outgrew --response-buffer-bytes); then it is disconnected; 0 turns the
+    /// check off (default 4096).
+    #[arg(long, value_name = "BYTES")]
+    pub min_download_rate: Option<u64>,
+
+    /// Most client connections open at once; more wait in the kernel's accept queue
+    /// (default: what the open-file limit allows, after room for workers).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Peers whose X-Forwarded-* / X-Real-IP / Forwarded headers are believed (a load
+    /// balancer in front): comma-separated addresses or CIDR ranges. From anyone else those
+    /// headers are replaced by what the server saw (default: none).
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 
     /// Threads for rip-server itself (default: half the cores, at least 1; the workers need the rest).
     #[arg(long, value_name = "N")]

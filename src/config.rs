@@ -20,9 +20,13 @@
 //! json_logging = false
 //! ```
 
+use std::net::IpAddr;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 use crate::app::{App, ResolveError};
 use crate::cli::{ArgsError, JsRuntime, ListenSpec, ReloadMode, RestartSpec, ServeArgs, Token};
@@ -41,6 +45,8 @@ pub struct Config {
     pub listen: Listen,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: TrustedProxies,
     pub logging: Logging,
     pub js_runtime: JsRuntime,
     /// Runtime threads of the server process itself.
@@ -92,13 +98,26 @@ pub enum PortChoice {
     FirstFree { preferred: u16, fallback_from: u16 },
 }
 
-/// Bounds on what clients may send and how long they may wait.
+/// Bounds on what clients may send, hold and wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_queue: usize,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
+    /// Request bodies up to this size are read whole before a worker is taken.
+    pub upload_buffer_bytes: usize,
+    /// How much of one response may wait in the server for a slow client.
+    pub response_buffer_bytes: usize,
+    /// Slowest accepted upload, bytes per second over [`RATE_WINDOW`]; 0: no check.
+    pub min_upload_rate: u64,
+    /// Slowest accepted download while a client holds a worker; 0: no check.
+    pub min_download_rate: u64,
+    /// Client connections open at once (`None`: from the open-file limit).
+    pub max_connections: Option<usize>,
 }
+
+/// The window the minimum client rates are measured over.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Every wait the server makes has a bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +128,12 @@ pub struct Timeouts {
     pub boot: Duration,
     pub grace: Duration,
     pub header: Duration,
+    /// An HTTP/2 connection with no open stream is closed after this.
+    pub idle: Duration,
+    /// A client that takes no response bytes for this long is disconnected.
+    pub send: Duration,
+    /// A worker that pauses this long mid-body is cut off and replaced.
+    pub body_idle: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +156,13 @@ pub mod defaults {
     pub const HEADER_TIMEOUT_MS: u64 = 30_000;
     pub const MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
     pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+    pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+    pub const SEND_TIMEOUT_MS: u64 = 60_000;
+    pub const BODY_IDLE_TIMEOUT_MS: u64 = 60_000;
+    pub const UPLOAD_BUFFER_BYTES: usize = 64 * 1024;
+    pub const RESPONSE_BUFFER_BYTES: usize = 1024 * 1024;
+    pub const MIN_UPLOAD_RATE: u64 = 4096;
+    pub const MIN_DOWNLOAD_RATE: u64 = 4096;
     pub const HTTP_PORT: u16 = 80;
     pub const HTTPS_PORT: u16 = 443;
     pub const FALLBACK_PORT_FROM: u16 = 5_000;
@@ -186,6 +218,15 @@ struct FileConfig {
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<usize>,
     header_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    send_timeout_ms: Option<u64>,
+    body_idle_timeout_ms: Option<u64>,
+    upload_buffer_bytes: Option<usize>,
+    response_buffer_bytes: Option<usize>,
+    min_upload_rate: Option<u64>,
+    min_download_rate: Option<u64>,
+    max_connections: Option<usize>,
+    trusted_proxies: Option<Vec<String>>,
     runtime: Option<JsRuntime>,
     threads: Option<usize>,
     json_logging: Option<bool>,
@@ -299,7 +340,43 @@ impl Config {
                     defaults::MAX_BODY_BYTES,
                 )?,
                 max_header_bytes: layers.header_bytes()?,
+                upload_buffer_bytes: layers.bounded(
+                    "--upload-buffer-bytes",
+                    cli.upload_buffer_bytes,
+                    file.upload_buffer_bytes,
+                    defaults::UPLOAD_BUFFER_BYTES,
+                    0..=64 * 1024 * 1024,
+                )?,
+                response_buffer_bytes: layers.bounded(
+                    "--response-buffer-bytes",
+                    cli.response_buffer_bytes,
+                    file.response_buffer_bytes,
+                    defaults::RESPONSE_BUFFER_BYTES,
+                    0..=1024 * 1024 * 1024,
+                )?,
+                min_upload_rate: cli
+                    .min_upload_rate
+                    .or(file.min_upload_rate)
+                    .unwrap_or(defaults::MIN_UPLOAD_RATE),
+                min_download_rate: cli
+                    .min_download_rate
+                    .or(file.min_download_rate)
+                    .unwrap_or(defaults::MIN_DOWNLOAD_RATE),
+                max_connections: match cli.max_connections.or(file.max_connections) {
+                    Some(0) => {
+                        return Err(ConfigError::Invalid {
+                            setting: "--max-connections",
+                            message: "0 would refuse every client: expected 1 or more".into(),
+                        })
+                    }
+                    other => other,
+                },
             },
+            trusted_proxies: TrustedProxies::parse(if cli.trusted_proxies.is_empty() {
+                file.trusted_proxies.as_deref().unwrap_or_default()
+            } else {
+                &cli.trusted_proxies
+            })?,
             timeouts: layers.timeouts()?,
             logging: Logging {
                 json: cli.json_logging || file.json_logging.unwrap_or(false),
@@ -423,7 +500,51 @@ impl Layers<'_> {
                 defaults::HEADER_TIMEOUT_MS,
                 "--header-timeout-ms",
             )?,
+            idle: self.millis(
+                cli.idle_timeout_ms,
+                "",
+                file.idle_timeout_ms,
+                defaults::IDLE_TIMEOUT_MS,
+                "--idle-timeout-ms",
+            )?,
+            send: self.millis(
+                cli.send_timeout_ms,
+                "",
+                file.send_timeout_ms,
+                defaults::SEND_TIMEOUT_MS,
+                "--send-timeout-ms",
+            )?,
+            body_idle: self.millis(
+                cli.body_idle_timeout_ms,
+                "",
+                file.body_idle_timeout_ms,
+                defaults::BODY_IDLE_TIMEOUT_MS,
+                "--body-idle-timeout-ms",
+            )?,
         })
+    }
+
+    /// A size setting from flag or file, checked against `range`.
+    fn bounded(
+        &self,
+        setting: &'static str,
+        flag: Option<usize>,
+        file: Option<usize>,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, ConfigError> {
+        let value = flag.or(file).unwrap_or(default);
+        if !range.contains(&value) {
+            return Err(ConfigError::Invalid {
+                setting,
+                message: format!(
+                    "{value} is out of range: expected {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            });
+        }
+        Ok(value)
     }
 
     /// The server's own threads: half the cores by default, because on a
@@ -744,6 +865,46 @@ fn sanitize_name(raw: &str) -> String {
     match cleaned.trim_start_matches('.') {
         "" => "app".to_string(),
         name => name.to_string(),
+    }
+}
+
+/// Peers whose forwarding headers (`X-Forwarded-*`, `X-Real-IP`,
+/// `Forwarded`) are believed: the load balancers in front of the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Arc<[IpNet]>);
+
+impl TrustedProxies {
+    /// Addresses (`10.0.0.7`, `::1`) or CIDR ranges (`10.0.0.0/8`).
+    pub fn parse(entries: &[String]) -> Result<Self, ConfigError> {
+        let nets = entries
+            .iter()
+            .map(|entry| entry.trim())
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| ConfigError::Invalid {
+                        setting: "--trusted-proxies",
+                        message: format!(
+                            "'{entry}' is neither an IP address nor a CIDR range (10.0.0.0/8, ::1)"
+                        ),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustedProxies(nets.into()))
+    }
+
+    /// Whether `peer` is one of them (an IPv4 peer on an IPv6 socket counts as IPv4).
+    pub fn contains(&self, peer: IpAddr) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|net| net.contains(&peer))
     }
 }
 

@@ -147,10 +147,14 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
         control_state,
         control_stop_rx,
     ));
+    let max_connections = listen::connection_cap(config.limits.max_connections, config.workers);
+    tracing::info!(max_connections, "client connection limit");
     let options = ServeOptions {
         limits: config.limits,
         timeouts: config.timeouts,
         transport: listeners.transport,
+        trusted_proxies: config.trusted_proxies.clone(),
+        max_connections,
     };
     let listener_task = tokio::spawn(listen::serve(
         listeners.main,

@@ -60,7 +60,10 @@ async fn internal_headers_never_cross_and_forwarded_headers_are_set() {
         !headers.contains_key("x-hop"),
         "hop-by-hop header reached the worker"
     );
-    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    // The client's own forwarding headers are not believed.
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-real-ip"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-port"], server.port.to_string());
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(
         headers["x-forwarded-host"],

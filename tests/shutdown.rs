@@ -60,6 +60,71 @@ async fn sigterm_finishes_the_request_in_flight() {
     assert_eq!(sockets_in(&server.runtime_dir()), Vec::<String>::new());
 }
 
+/// Whether process `pid` holds the server end of the loopback TCP
+/// connection from `client_port` to `server_port` (it has accepted it).
+fn holds_connection(pid: u32, server_port: u16, client_port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let inode = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+        let matches = port(fields.get(1)?)? == server_port && port(fields.get(2)?)? == client_port;
+        matches.then(|| fields.get(9).map(|inode| inode.to_string()))?
+    });
+    let Some(inode) = inode else { return false };
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy() == wanted)
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_connected_just_before_a_stop_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = Builder::node().arg("w:1").start();
+    server.wait_ready().await;
+    let pid = server.pid();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let client_port = stream.local_addr().unwrap().port();
+    // The server has accepted it, and no request came yet.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !holds_connection(pid, server.port, client_port) {
+        assert!(
+            Instant::now() < deadline,
+            "the connection was never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    server.wait_log("SIGTERM received").await;
+    // Its request, sent now, is served (and the connection then closed).
+    stream
+        .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+        .await
+        .expect("the connection ends within 10 s")
+        .ok();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert!(reply.ends_with("pong"), "{reply:?}");
+    let status = tokio::task::spawn_blocking(move || server.wait_exit())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn status_command_prints_json() {
     let server = Builder::rust().arg("w:2").start();

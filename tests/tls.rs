@@ -48,7 +48,7 @@ fn make_cert(
 }
 
 /// A TLS client that trusts exactly `roots` and offers `alpn`.
-fn connector(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> TlsConnector {
+pub fn connector(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> TlsConnector {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
         store.add(root.clone()).unwrap();
@@ -63,7 +63,7 @@ fn connector(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> TlsConnector 
     TlsConnector::from(Arc::new(config))
 }
 
-async fn handshake(
+pub async fn handshake(
     port: u16,
     sni: &str,
     connector: &TlsConnector,
@@ -82,7 +82,7 @@ fn presented(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
 }
 
 /// The cached automatic certificate of a server.
-fn cached_cert(server: &Server) -> CertificateDer<'static> {
+pub fn cached_cert(server: &Server) -> CertificateDer<'static> {
     let pem = std::fs::read(server.home.join(".rip/certs/self-signed.pem")).unwrap();
     use rustls::pki_types::pem::PemObject;
     CertificateDer::from_pem_slice(&pem).unwrap()

@@ -94,7 +94,29 @@ async fn a_worker_answering_garbage_costs_that_request_only() {
 async fn the_worker_receives_the_framing_the_body_needs() {
     let server = raw_worker().start();
     server.wait_ready().await;
+    // A body that fits the upload buffer is read whole first, and arrives
+    // with its length, however the client framed it.
+    let small_chunked = raw(
+        server.port,
+        b"POST /raw HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    let received = small_chunked
+        .split_once("\r\n\r\n")
+        .unwrap()
+        .1
+        .to_lowercase();
+    assert!(
+        received.contains("\r\ncontent-length: 11\r\n"),
+        "{received}"
+    );
+    assert!(!received.contains("transfer-encoding"), "{received}");
+    assert!(received.ends_with("\r\n\r\nhello world"), "{received}");
+    drop(server);
 
+    // Past the buffer (here, any body) it streams, chunked as it came.
+    let server = raw_worker().arg("--upload-buffer-bytes=0").start();
+    server.wait_ready().await;
     let chunked = raw(
         server.port,
         b"POST /raw HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",

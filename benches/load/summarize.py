@@ -126,6 +126,7 @@ def table(path):
     by_round = {(r["name"], r["conc"], r["round"]): r for r in rows}
     limit = groups.get(next((k for k in groups if k[0] == "limit"), None))
     peers = list(dict.fromkeys(r["name"] for r in rows if r["name"].startswith("haproxy")))
+    builds = list(dict.fromkeys(r["name"] for r in rows if r["name"].startswith("rip-") and r["name"] != "rip-server"))
     print()
     print("| concurrency | rip-server against | req/s ratio | p99 ratio |")
     print("|---:|---|---:|---:|")
@@ -133,7 +134,7 @@ def table(path):
         if name != "rip-server":
             continue
         found = [p for p in peers if (p, conc) in groups]
-        columns = [(p, lambda rnd, p=p: by_round.get((p, conc, rnd))) for p in found]
+        columns = [(p, lambda rnd, p=p: by_round.get((p, conc, rnd))) for p in builds + found]
         if len(found) > 1:
             def best(rnd, found=found):
                 runs = [by_round[(p, conc, rnd)] for p in found if (p, conc, rnd) in by_round]

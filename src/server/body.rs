@@ -1,15 +1,17 @@
 //! The two bodies that cross the proxy.
 //!
-//! [`ClientBody`] carries a client's upload to a worker: streamed, capped at
-//! `--max-body-bytes`, with a stall timeout between pieces. The upstream
-//! connection pulls it as it writes, so the worker's read timeout starts
-//! only once it is fully sent (a slow upload is not a hung worker).
+//! [`ClientBody`] carries a client's upload to a worker: capped at
+//! `--max-body-bytes`, with a stall timeout between pieces
+//! (`--header-timeout-ms`) and a minimum rate over each
+//! [`RATE_WINDOW`] (`--min-upload-rate`), both answered with 408. A body up
+//! to `--upload-buffer-bytes` is read whole before a worker is taken
+//! ([`ClientBody::read_up_to`]), so a slow upload never holds a worker;
+//! a larger one streams, pulled by the worker connection as it writes.
 //!
-//! [`ResponseBody`] carries an answer to the client: either a small local
-//! answer (errors, `/server`) or a worker's streamed response that holds the
-//! worker's [`Lease`] until the last byte, read straight from the worker's
-//! socket. When the stream ends the worker goes back to the pool; if the
-//! client leaves early, [`settle`] lets the worker finish first.
+//! [`ResponseBody`] carries an answer to the client: a complete one (the
+//! server's own, or a worker's small body read whole while its head was
+//! read, the worker already back in the pool), or a worker's streamed body
+//! relayed through a bounded buffer ([`super::relay`]).
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -17,15 +19,14 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
-use super::access_log::AccessRecord;
-use super::pool::Lease;
-use super::upstream::{settle, Upstream};
+use super::relay::RelayBody;
+use crate::config::RATE_WINDOW;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -34,30 +35,101 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 #[error("request body exceeds the limit of {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
-/// The client stopped sending its body.
+/// The client stopped sending its body, or sent it too slowly.
 #[derive(Debug, thiserror::Error)]
-#[error("request body stalled for {0:?}")]
-pub struct BodyStalled(pub Duration);
+pub enum BodyStalled {
+    #[error("request body stalled: no data for {0:?}")]
+    Paused(Duration),
+    #[error("request body too slow: under {0} bytes per second")]
+    TooSlow(u64),
+}
 
-/// A client's request body on its way to a worker: capped at
-/// `--max-body-bytes`, with a stall timeout between pieces.
+/// A client's request body on its way to a worker.
 pub struct ClientBody {
     inner: Incoming,
     remaining: u64,
     limit: u64,
     stall: Duration,
+    min_rate: u64,
+    /// When the last piece came.
+    last_piece: Instant,
+    /// The current rate window: when it opened and what came in it.
+    window_start: Instant,
+    window_bytes: u64,
     timer: Pin<Box<Sleep>>,
 }
 
+/// What [`ClientBody::read_up_to`] found.
+pub enum Buffered {
+    /// The whole body.
+    Whole(Bytes),
+    /// The body is larger: its first part, the rest still to come.
+    Prefix(Bytes),
+}
+
 impl ClientBody {
-    pub fn new(inner: Incoming, limit: u64, stall: Duration) -> Box<Self> {
-        Box::new(ClientBody {
+    pub fn new(inner: Incoming, limit: u64, stall: Duration, min_rate: u64) -> Box<Self> {
+        let now = Instant::now();
+        let mut body = Box::new(ClientBody {
             inner,
             remaining: limit,
             limit,
             stall,
-            timer: Box::pin(tokio::time::sleep(stall)),
-        })
+            min_rate,
+            last_piece: now,
+            window_start: now,
+            window_bytes: 0,
+            timer: Box::pin(tokio::time::sleep_until(now + stall)),
+        });
+        body.rearm();
+        body
+    }
+
+    /// The client's declared length, if it gave one.
+    pub fn exact_len(&self) -> Option<u64> {
+        self.inner.size_hint().exact()
+    }
+
+    /// Reads until the body ends or more than `limit` bytes are in.
+    pub async fn read_up_to(&mut self, limit: usize) -> Result<Buffered, BoxError> {
+        let mut buf = BytesMut::new();
+        loop {
+            match std::future::poll_fn(|cx| self.poll_data(cx)).await {
+                None => return Ok(Buffered::Whole(buf.freeze())),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(data)) => {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > limit {
+                        return Ok(Buffered::Prefix(buf.freeze()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next deadline: a pause past `stall`, or the end of the window.
+    fn rearm(&mut self) {
+        let paused = self.last_piece + self.stall;
+        let deadline = if self.min_rate == 0 {
+            paused
+        } else {
+            paused.min(self.window_start + RATE_WINDOW)
+        };
+        self.timer.as_mut().reset(deadline);
+    }
+
+    /// The timer fired: a stall, a window too slow, or a new window.
+    fn judge(&mut self, now: Instant) -> Result<(), BodyStalled> {
+        if now >= self.last_piece + self.stall {
+            return Err(BodyStalled::Paused(self.stall));
+        }
+        if self.window_bytes < self.min_rate.saturating_mul(RATE_WINDOW.as_secs()) {
+            return Err(BodyStalled::TooSlow(self.min_rate));
+        }
+        self.window_start = now;
+        self.window_bytes = 0;
+        self.rearm();
+        Ok(())
     }
 
     /// The next piece of data; trailers are dropped (workers get none).
@@ -72,15 +144,18 @@ impl ClientBody {
                         Some(rest) => self.remaining = rest,
                         None => return Poll::Ready(Some(Err(BodyTooLarge(self.limit).into()))),
                     }
-                    let deadline = tokio::time::Instant::now() + self.stall;
-                    self.timer.as_mut().reset(deadline);
+                    self.last_piece = Instant::now();
+                    self.window_bytes += data.len() as u64;
+                    self.rearm();
                     return Poll::Ready(Some(Ok(data)));
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => {
                     ready!(self.timer.as_mut().poll(cx));
-                    return Poll::Ready(Some(Err(BodyStalled(self.stall).into())));
+                    if let Err(e) = self.judge(Instant::now()) {
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
                 }
             }
         }
@@ -89,56 +164,15 @@ impl ClientBody {
 
 /// A response body on its way to a client.
 pub enum ResponseBody {
+    /// Complete: the server's own answer, or a worker's small body.
     Local(Full<Bytes>),
-    Worker(WorkerBody),
-}
-
-/// A worker's response, holding the worker until its last byte.
-pub struct WorkerBody {
-    /// `None` once the body has ended (or been handed to [`settle`]).
-    lease: Option<Lease<Upstream>>,
-    record: Option<Box<AccessRecord>>,
+    /// A worker's body, still streaming.
+    Relay(RelayBody),
 }
 
 impl ResponseBody {
     pub fn text(text: impl Into<Bytes>) -> Self {
         ResponseBody::Local(Full::new(text.into()))
-    }
-
-    /// The body of the response whose head was just read on `lease`.
-    pub fn worker(lease: Lease<Upstream>, record: Option<Box<AccessRecord>>) -> Self {
-        ResponseBody::Worker(WorkerBody {
-            lease: Some(lease),
-            record,
-        })
-    }
-}
-
-impl WorkerBody {
-    /// The response is over: return the worker, log the request.
-    fn finish(&mut self, outcome: &'static str) {
-        if let Some(lease) = self.lease.take() {
-            settle(lease);
-        }
-        if let Some(record) = self.record.take() {
-            record.emit(outcome);
-        }
-    }
-}
-
-impl Drop for WorkerBody {
-    fn drop(&mut self) {
-        let Some(lease) = self.lease.as_mut() else {
-            return;
-        };
-        // hyper may stop polling once `is_end_stream` says the body is over.
-        if lease.conn().is_settled() {
-            self.finish("ok");
-        } else {
-            // The client left mid-response: the worker finishes in the
-            // background before it takes another request.
-            self.finish("client-closed");
-        }
     }
 }
 
@@ -150,53 +184,25 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let body = match self.get_mut() {
-            ResponseBody::Local(full) => {
-                return Pin::new(full)
-                    .poll_frame(cx)
-                    .map_err(|never| match never {})
-            }
-            ResponseBody::Worker(body) => body,
-        };
-        let Some(lease) = body.lease.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match ready!(lease.conn().poll_body(cx)) {
-            Some(Ok(data)) => {
-                if let Some(record) = body.record.as_mut() {
-                    record.bytes += data.len() as u64;
-                }
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
-            Some(Err(e)) => {
-                tracing::warn!(worker = lease.worker_id(), error = %e, "worker response broke off mid-stream; the client gets a truncated response");
-                body.finish("worker-error");
-                Poll::Ready(Some(Err(e.into())))
-            }
-            None => {
-                body.finish("ok");
-                Poll::Ready(None)
-            }
+        match self.get_mut() {
+            ResponseBody::Local(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            ResponseBody::Relay(relay) => Pin::new(relay).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Local(full) => full.is_end_stream(),
-            ResponseBody::Worker(body) => body
-                .lease
-                .as_ref()
-                .is_none_or(|lease| lease.conn_ref().is_settled()),
+            ResponseBody::Relay(relay) => relay.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Local(full) => full.size_hint(),
-            ResponseBody::Worker(body) => body.lease.as_ref().map_or_else(
-                || SizeHint::with_exact(0),
-                |l| l.conn_ref().body_size_hint(),
-            ),
+            ResponseBody::Relay(relay) => relay.size_hint(),
         }
     }
 }

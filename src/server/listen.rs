@@ -1,40 +1,52 @@
 //! The public listener: bind a port, accept connections, serve each one with
 //! hyper (HTTP/1.1 and HTTP/2) in its own task, and shut down gracefully.
 //!
-//! Limits applied here: at most [`MAX_CONNECTIONS`] open client connections
-//! (a semaphore; further clients wait in the kernel's accept backlog), the
-//! request-head size (`--max-header-bytes`, 431 beyond it) and the head read
-//! timeout (`--header-timeout-ms`; hyper starts it whenever the connection
-//! waits for a request head, so it also bounds idle keep-alive connections).
-//! Malformed requests get hyper's 400.
+//! Every connection is bounded, so no client can hold the server's capacity
+//! by doing nothing:
+//! - at most `max_connections` open at once (a semaphore; further clients
+//!   wait in the kernel's accept backlog), sized from the open-file limit;
+//! - with TLS, the handshake runs in the connection's own task under
+//!   [`HANDSHAKE_TIMEOUT`], so a slow client never blocks accepting others;
+//! - the first request must arrive within `--header-timeout-ms` of the
+//!   connection (or of its handshake): a client that sends nothing, or only
+//!   part of the HTTP/2 preface, is closed ([`Activity`]);
+//! - a connection with no request in flight is closed after about
+//!   `--idle-timeout-ms` (HTTP/2: GOAWAY); HTTP/1.1 must also send each next
+//!   head within `--header-timeout-ms` (hyper's header read timeout);
+//! - a client that takes no response bytes for `--send-timeout-ms` is
+//!   disconnected ([`ClientIo`]);
+//! - request heads over `--max-header-bytes` get 431, malformed ones 400.
 //!
-//! With TLS the handshake runs in the connection's own task under
-//! [`HANDSHAKE_TIMEOUT`], so a slow client never blocks accepting others.
 //! [`serve_redirect`] answers plain HTTP with `301` to the HTTPS URL.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
-use super::body::ResponseBody;
+use super::body::{BoxError, ResponseBody};
+use super::conn::{ClientConn, Ongoing};
 use super::proxy::{ClientInfo, Scheme};
 use super::routes::Router;
-use crate::config::{Limits, PortChoice, Timeouts};
-
-/// Open client connections beyond this wait in the accept backlog.
-pub const MAX_CONNECTIONS: usize = 16_384;
+use crate::config::{Limits, PortChoice, Timeouts, TrustedProxies};
 
 /// Longest a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,12 +84,57 @@ pub async fn bind(choice: PortChoice) -> io::Result<TcpListener> {
     }
 }
 
+/// File descriptors kept free for everything that is not a client
+/// connection: the listeners, the control socket, log files, and for each
+/// worker (twice over, for a rolling restart) its connection, its output
+/// pipes and its process handle.
+fn reserved_fds(workers: usize) -> u64 {
+    128 + 2 * 4 * workers as u64
+}
+
+/// How many client connections may be open at once: `requested`, or what
+/// the open-file limit leaves after [`reserved_fds`]. Raises the soft
+/// `RLIMIT_NOFILE` to the hard limit first (the default soft limit of 1024
+/// would cap a busy server at a few hundred clients).
+pub fn connection_cap(requested: Option<usize>, workers: usize) -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    };
+    let room = limit.saturating_sub(reserved_fds(workers)).max(16);
+    let room = usize::try_from(room).unwrap_or(usize::MAX).min(1 << 20);
+    match requested {
+        Some(n) if n > room => {
+            tracing::warn!(
+                requested = n,
+                allowed = room,
+                open_file_limit = limit,
+                "--max-connections is more than the open-file limit allows; raise LimitNOFILE (ulimit -n) or lower it"
+            );
+            room
+        }
+        Some(n) => n,
+        None => room,
+    }
+}
+
 /// How client connections are served.
 #[derive(Clone)]
 pub struct ServeOptions {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub transport: Transport,
+    pub trusted_proxies: TrustedProxies,
+    /// Client connections open at once.
+    pub max_connections: usize,
 }
 
 /// Plain TCP, or TLS terminated here.
@@ -103,8 +160,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(connection_builder(&options));
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(Semaphore::new(options.max_connections));
+    let port = listener.local_addr().map_or(0, |a| a.port());
     let mut backoff = Duration::from_millis(5);
 
     loop {
@@ -130,50 +187,20 @@ pub async fn serve(
         };
         backoff = Duration::from_millis(5);
         let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
-        let router = router.clone();
-        let watcher = graceful.watcher();
-        let transport = options.transport.clone();
-        tokio::spawn(async move {
-            let result = match transport {
-                Transport::Plain => {
-                    let client = ClientInfo::new(peer.ip(), Scheme::Http);
-                    let service = service(router, client, false);
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    watcher.watch(connection).await
-                }
-                Transport::Tls { acceptor, hsts } => {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(client = %peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let client = ClientInfo::new(peer.ip(), Scheme::Https);
-                    let service = service(router, client, hsts);
-                    let connection = builder
-                        .serve_connection(TokioIo::new(tls), service)
-                        .into_owned();
-                    watcher.watch(connection).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "client connection ended with an error");
-            }
-            drop(permit);
-        });
+        let connection = Connection {
+            builder: builder.clone(),
+            router: router.clone(),
+            options: options.clone(),
+            shutdown: shutdown.clone(),
+            _permit: permit,
+        };
+        let trusted = options.trusted_proxies.contains(peer.ip());
+        tokio::spawn(connection.run(stream, peer, port, trusted));
     }
     drop(listener);
-    if tokio::time::timeout(options.timeouts.grace, graceful.shutdown())
+    // Every connection task holds a permit: all of them back means all done.
+    let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(options.timeouts.grace, permits.acquire_many(all))
         .await
         .is_err()
     {
@@ -182,6 +209,128 @@ pub async fn serve(
             "client connections still open after the grace period; stopping without them"
         );
     }
+}
+
+/// One client connection and what it needs to be served.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    router: Arc<Router>,
+    options: ServeOptions,
+    shutdown: watch::Receiver<bool>,
+    /// Returned when the connection ends (the connection cap).
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream, peer: SocketAddr, port: u16, trusted: bool) {
+        let socket = stream.as_raw_fd();
+        let io = ClientIo::new(stream, self.options.timeouts.send);
+        let result = match self.options.transport.clone() {
+            Transport::Plain => {
+                let client = ClientInfo::new(peer.ip(), Scheme::Http, port, trusted);
+                self.serve(io, socket, client, false).await
+            }
+            Transport::Tls { acceptor, hsts } => {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let client = ClientInfo::new(peer.ip(), Scheme::Https, port, trusted);
+                self.serve(tls, socket, client, hsts).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+        }
+    }
+
+    /// Serves requests until the client leaves, the connection idles out,
+    /// or the server stops (then the requests in flight finish first).
+    /// `socket`: the raw descriptor under `io`, owned by `io`.
+    async fn serve<I>(
+        self,
+        io: I,
+        socket: RawFd,
+        client: ClientInfo,
+        hsts: bool,
+    ) -> Result<(), BoxError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(ClientConn::default());
+        let service = service(self.router, client, hsts, activity.clone());
+        let abort = activity.clone();
+        let connection = self
+            .builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        tokio::pin!(connection);
+        let timeouts = self.options.timeouts;
+        let mut watch = IdleWatch::new(activity, timeouts.header, timeouts.idle);
+        let mut shutdown = self.shutdown;
+        let mut closing = false;
+        // A stop that finds the connection before its first request: the
+        // client has just connected and its request is on its way (closing
+        // now would fail it, and a client does not retry on a fresh
+        // connection); wait for it this long, then serve it and close.
+        let mut first_request_by: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => return result,
+                () = abort.aborted() => {
+                    reset_on_close(socket);
+                    return Err("the connection was cut off".into());
+                }
+                () = watch.expired(), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = shutdown.wait_for(|stop| *stop), if !closing && first_request_by.is_none() => {
+                    if abort.begun() == 0 {
+                        first_request_by = Some(Instant::now() + FIRST_REQUEST_ON_STOP.min(timeouts.header));
+                    } else {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                () = tokio::time::sleep(STOP_POLL), if !closing && first_request_by.is_some() => {
+                    if abort.begun() > 0 || first_request_by.is_some_and(|by| Instant::now() >= by) {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// On a stop, how long a connection that has sent no request yet is given
+/// to send its first (it is served, then closed).
+const FIRST_REQUEST_ON_STOP: Duration = Duration::from_secs(1);
+
+/// How often such a connection is looked at meanwhile.
+const STOP_POLL: Duration = Duration::from_millis(10);
+
+/// Makes closing `socket` reset the connection rather than linger to
+/// deliver what is still queued for a client that is not reading it.
+fn reset_on_close(socket: RawFd) {
+    use nix::sys::socket::{setsockopt, sockopt::Linger};
+    // SAFETY: `socket` belongs to the connection future that the caller
+    // still holds (it is dropped only after this returns), so the
+    // descriptor is open and is the client's TCP socket.
+    let fd = unsafe { BorrowedFd::borrow_raw(socket) };
+    let reset = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = setsockopt(&fd, Linger, &reset);
 }
 
 fn connection_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
@@ -201,23 +350,213 @@ fn connection_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-type ServiceResult = Result<Response<ResponseBody>, Infallible>;
+/// Decides when a connection has been idle too long: with no request yet,
+/// at `first` after it opened; later, after at least `idle` with no request
+/// in flight and none begun. It looks only when its timer fires (every
+/// `idle`, or sooner for the first deadline), so an idle connection is
+/// closed between `idle` and twice that.
+struct IdleWatch {
+    activity: Arc<ClientConn>,
+    opened: Instant,
+    first: Duration,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// `begun` when the timer was last armed.
+    seen: u64,
+}
+
+impl IdleWatch {
+    fn new(activity: Arc<ClientConn>, first: Duration, idle: Duration) -> Self {
+        let opened = Instant::now();
+        IdleWatch {
+            activity,
+            opened,
+            first,
+            idle,
+            timer: Box::pin(tokio::time::sleep_until(opened + first.min(idle))),
+            seen: 0,
+        }
+    }
+
+    /// Resolves once the connection has idled out.
+    async fn expired(&mut self) {
+        loop {
+            self.timer.as_mut().await;
+            let now = Instant::now();
+            let begun = self.activity.begun();
+            let busy = self.activity.busy();
+            let next = if busy || begun != self.seen {
+                self.seen = begun;
+                now + self.idle
+            } else if begun == 0 && now < self.opened + self.first {
+                (now + self.idle).min(self.opened + self.first)
+            } else {
+                return;
+            };
+            self.timer.as_mut().reset(next);
+        }
+    }
+}
+
+/// A client's byte stream with a send deadline: a write (or flush) that
+/// makes no progress for `send_timeout` fails with `TimedOut`, which ends
+/// the connection. Without it a client that stops reading would hold its
+/// connection, and the response buffered for it, forever.
+pub struct ClientIo<T> {
+    inner: T,
+    send_timeout: Duration,
+    /// Armed while a write is waiting for the client.
+    stalled: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+}
+
+impl<T> ClientIo<T> {
+    pub fn new(inner: T, send_timeout: Duration) -> Self {
+        ClientIo {
+            inner,
+            send_timeout,
+            stalled: None,
+            waiting: false,
+        }
+    }
+
+    /// Called when a write could not proceed: starts the deadline, or
+    /// reports it passed.
+    fn stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = Instant::now() + self.send_timeout;
+            match &mut self.stalled {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.stalled = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let passed = self
+            .stalled
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+        if passed {
+            Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no response bytes within the send timeout",
+            ))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn progressed(&mut self) {
+        self.waiting = false;
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Pending => this.stall(cx).map(Err),
+            ready => {
+                this.progressed();
+                ready
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.stall(cx).map(Err),
+            ready => {
+                this.progressed();
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending => this.stall(cx).map(Err),
+            ready => {
+                this.progressed();
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body that marks its request finished when it is done with.
+pub struct Tracked {
+    body: ResponseBody,
+    _ongoing: Ongoing,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+type ServiceResult = Result<Response<Tracked>, Infallible>;
 
 /// The per-connection service: route the request, add HSTS if asked.
 fn service(
     router: Arc<Router>,
     client: ClientInfo,
     hsts: bool,
+    activity: Arc<ClientConn>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<ResponseBody>,
+    Response = Response<Tracked>,
     Error = Infallible,
     Future = impl std::future::Future<Output = ServiceResult> + Send,
 > + Clone {
     service_fn(move |request| {
         let router = router.clone();
+        let ongoing = Ongoing::begin(&activity);
+        let conn = activity.clone();
         async move {
-            let mut response = router.handle(request, client).await;
+            let mut response = router.handle(request, client, &conn).await;
             if hsts
                 && !response
                     .headers()
@@ -228,7 +567,10 @@ fn service(
                     HeaderValue::from_static(HSTS_VALUE),
                 );
             }
-            Ok(response)
+            Ok(response.map(|body| Tracked {
+                body,
+                _ongoing: ongoing,
+            }))
         }
     })
 }

@@ -1,6 +1,7 @@
 //! The data path: from a client connection to a worker and back.
 //!
 //! - [`listen`]: bind, accept, serve each connection (HTTP/1.1 and HTTP/2), graceful stop.
+//! - [`edge`]: what is refused or settled before routing (method, framing, authority).
 //! - [`routes`]: the server's own `/server`, else the app's proxy.
 //! - [`proxy`]: header hygiene, worker selection, outcome → status.
 //! - [`pool`]: LIFO idle stack and bounded FIFO queue, per app.
@@ -11,10 +12,13 @@
 
 pub mod access_log;
 pub mod body;
+pub mod conn;
+pub mod edge;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod relay;
 pub mod routes;
 pub mod upstream;
 pub mod wire;

@@ -21,34 +21,54 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body::Body as _;
+use http_body::{Body as _, SizeHint};
 use hyper::body::Incoming;
 
+use bytes::{Bytes, BytesMut};
+use http_body_util::Full;
+use tokio::sync::Semaphore;
+
 use super::access_log::AccessRecord;
-use super::body::{BodyStalled, BodyTooLarge, ClientBody, ResponseBody};
+use super::body::{BodyStalled, BodyTooLarge, Buffered, ClientBody, ResponseBody};
+use super::conn::ClientConn;
 use super::metrics::Metrics;
 use super::pool::{Lease, Pool, Report, Unavailable};
-use super::upstream::{settle, ExchangeError, Outgoing, Prestart, Upstream};
-use super::wire::{self, RequestFraming, ResponseHead};
+use super::relay::{self, RelayLimits};
+use super::upstream::{
+    settle, ExchangeError, InHand, Outgoing, Prestart, SmallBodyError, StreamedBody, Upstream,
+};
+use super::wire::{self, BodyFraming, RequestFraming, ResponseHead};
 use crate::config::{Limits, Timeouts};
 
 /// How many workers one request may try before giving up with 503.
 const MAX_ATTEMPTS: usize = 16;
 
-/// Where a request came from.
+/// A worker's response body up to this size (with a `Content-Length`) is
+/// read whole with its head, so the worker is free before the client has
+/// taken a byte.
+const SMALL_BODY: usize = 64 * 1024;
+
+/// Where a request came from: one per client connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
-    /// The client's address as text, formatted once per connection for
+    /// The peer's address as text, formatted once per connection for
     /// `X-Forwarded-For`.
     ip_text: IpText,
+    /// What the peer connected to: `X-Forwarded-Proto` and `-Port`.
     pub scheme: Scheme,
+    pub port: u16,
+    /// The peer is a trusted proxy (`--trusted-proxies`): its own forwarding
+    /// headers pass (see [`wire::encode_request_head`]).
+    pub trusted: bool,
 }
 
 impl ClientInfo {
-    pub fn new(ip: IpAddr, scheme: Scheme) -> Self {
+    pub fn new(ip: IpAddr, scheme: Scheme, port: u16, trusted: bool) -> Self {
         ClientInfo {
             ip_text: IpText::new(ip),
             scheme,
+            port,
+            trusted,
         }
     }
 
@@ -177,6 +197,8 @@ pub struct Proxy {
     /// Replaced when the config is re-read (SIGHUP); copied per request.
     tuning: RwLock<(Limits, Timeouts)>,
     access_log: bool,
+    /// Response bytes queued for slow clients, server-wide ([`relay`]).
+    relay_budget: Arc<Semaphore>,
 }
 
 /// What happened to one attempt at one worker (which comes back with it).
@@ -235,6 +257,7 @@ impl Proxy {
             metrics,
             tuning: RwLock::new((limits, timeouts)),
             access_log,
+            relay_budget: Arc::new(Semaphore::new(relay::TOTAL_BUFFER_BYTES)),
         }
     }
 
@@ -252,13 +275,14 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         client: ClientInfo,
+        conn: &Arc<ClientConn>,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
         let mut record = self
             .access_log
             .then(|| Box::new(AccessRecord::begin(&parts, Instant::now())));
 
-        let response = match self.exchange(parts, body, client, &mut record).await {
+        let response = match self.exchange(parts, body, client, conn, &mut record).await {
             Ok(response) => response,
             Err(rejection) => rejection.response(),
         };
@@ -277,6 +301,7 @@ impl Proxy {
         parts: http::request::Parts,
         body: Incoming,
         client: ClientInfo,
+        conn: &Arc<ClientConn>,
         record: &mut Option<Box<AccessRecord>>,
     ) -> Result<Response<ResponseBody>, Rejection> {
         let (limits, timeouts) = self.tuning();
@@ -284,23 +309,27 @@ impl Proxy {
         if declared.is_some_and(|len| len > limits.max_body_bytes) {
             return Err(Rejection::BodyTooLarge);
         }
-        let framing = RequestFraming::of(&parts.headers, body.is_end_stream());
         let head_request = parts.method == Method::HEAD;
-        // A request without a body can be sent again, to another worker.
-        let replayable = body.is_end_stream();
-        let upload = (!replayable).then(|| {
-            let body = ClientBody::new(body, limits.max_body_bytes, timeouts.header);
-            (body, framing == RequestFraming::Chunked)
-        });
-        // The encoded head serves every attempt and the pool's hand-off.
+        let (framing, whole, streamed) = self.read_body(body, &limits, &timeouts).await?;
+        // A request whose body is in hand (or that has none) can be sent
+        // again, to another worker.
+        let replayable = streamed.is_none();
+        let mut head = wire::encode_request_head(&parts, client, framing);
+        if !whole.is_empty() {
+            let mut with_body = BytesMut::with_capacity(head.len() + whole.len());
+            with_body.extend_from_slice(&head);
+            with_body.extend_from_slice(&whole);
+            head = with_body.freeze();
+        }
+        // The encoded request serves every attempt and the pool's hand-off.
         let prestart = Prestart {
-            head: wire::encode_request_head(&parts, client, framing),
+            head,
             bodiless: replayable,
             head_request,
             read_timeout: timeouts.read,
         };
         let head = &prestart.head;
-        let mut pending = Some(Outgoing::new(head.clone(), upload, head_request));
+        let mut pending = Some(Outgoing::new(head.clone(), streamed, head_request));
 
         let mut queued = Duration::ZERO;
         for _ in 0..MAX_ATTEMPTS {
@@ -328,7 +357,9 @@ impl Proxy {
                         record.worker_id = Some(lease.worker_id());
                         record.status = response.status.as_u16();
                     }
-                    return Ok(self.client_response(response, lease, record.take()));
+                    return self
+                        .client_response(response, lease, conn, record, &limits, &timeouts)
+                        .await;
                 }
                 Attempt::NotSent(request) => {
                     let id = lease.worker_id();
@@ -356,7 +387,9 @@ impl Proxy {
                         record.worker_id = Some(lease.worker_id());
                         record.status = response.status.as_u16();
                     }
-                    return Ok(self.client_response(response, lease, record.take()));
+                    return self
+                        .client_response(response, lease, conn, record, &limits, &timeouts)
+                        .await;
                 }
                 Attempt::Failed(rejection) => {
                     if let Some(record) = record.as_mut() {
@@ -376,6 +409,47 @@ impl Proxy {
             }
         }
         Err(Rejection::NoWorkerTook)
+    }
+
+    /// Reads a request body up to `--upload-buffer-bytes` before any worker
+    /// is taken: a body that ends within it goes to the worker whole (with
+    /// its length), so a slow upload holds only its own connection; a
+    /// larger one streams, starting with what was read.
+    async fn read_body(
+        &self,
+        body: Incoming,
+        limits: &Limits,
+        timeouts: &Timeouts,
+    ) -> Result<(RequestFraming, Bytes, Option<StreamedBody>), Rejection> {
+        if body.is_end_stream() {
+            return Ok((RequestFraming::Empty, Bytes::new(), None));
+        }
+        let mut body = ClientBody::new(
+            body,
+            limits.max_body_bytes,
+            timeouts.header,
+            limits.min_upload_rate,
+        );
+        let buffered = body
+            .read_up_to(limits.upload_buffer_bytes)
+            .await
+            .map_err(|e| upload_rejection(&*e))?;
+        Ok(match buffered {
+            Buffered::Whole(whole) if whole.is_empty() => (RequestFraming::Empty, whole, None),
+            Buffered::Whole(whole) => (RequestFraming::Length(whole.len() as u64), whole, None),
+            Buffered::Prefix(first) => {
+                let framing = match body.exact_len() {
+                    Some(length) => RequestFraming::Length(length + first.len() as u64),
+                    None => RequestFraming::Chunked,
+                };
+                let streamed = StreamedBody {
+                    first,
+                    rest: body,
+                    chunked: framing == RequestFraming::Chunked,
+                };
+                (framing, Bytes::new(), Some(streamed))
+            }
+        })
     }
 
     /// Sends the request on the leased worker's connection.
@@ -415,16 +489,66 @@ impl Proxy {
         (attempt, lease)
     }
 
-    fn client_response(
+    /// The client's response to a worker's answer: its body taken whole if
+    /// it is small (the worker is free at once), else relayed as it streams.
+    async fn client_response(
         &self,
         head: ResponseHead,
-        lease: Lease<Upstream>,
-        record: Option<Box<AccessRecord>>,
-    ) -> Response<ResponseBody> {
-        let mut response = Response::new(ResponseBody::worker(lease, record));
+        mut lease: Lease<Upstream>,
+        conn: &Arc<ClientConn>,
+        record: &mut Option<Box<AccessRecord>>,
+        limits: &Limits,
+        timeouts: &Timeouts,
+    ) -> Result<Response<ResponseBody>, Rejection> {
+        let size = match head.framing {
+            BodyFraming::Empty => SizeHint::with_exact(0),
+            BodyFraming::Length(n) => SizeHint::with_exact(n),
+            BodyFraming::Chunked | BodyFraming::UntilClose => SizeHint::default(),
+        };
+        let taken = lease
+            .conn()
+            .take_small_body(SMALL_BODY, timeouts.body_idle)
+            .await;
+        let body = match taken {
+            Ok(InHand::Whole(bytes)) => {
+                drop(lease);
+                ResponseBody::Local(Full::new(bytes))
+            }
+            Ok(InHand::Partial(first)) => {
+                let relay = RelayLimits {
+                    buffer: limits.response_buffer_bytes,
+                    min_rate: limits.min_download_rate,
+                    body_idle: timeouts.body_idle,
+                };
+                ResponseBody::Relay(relay::start(
+                    lease,
+                    first,
+                    size,
+                    conn.clone(),
+                    record.take(),
+                    relay,
+                    &self.relay_budget,
+                ))
+            }
+            Err(SmallBodyError::Stalled) => {
+                let id = lease.worker_id();
+                tracing::error!(
+                    worker = id,
+                    timeout_ms = timeouts.body_idle.as_millis() as u64,
+                    "worker paused mid-response for longer than --body-idle-timeout-ms; replacing it"
+                );
+                lease.retire(Report::Hung(id));
+                return Err(Rejection::WorkerTimeout);
+            }
+            Err(SmallBodyError::Broken(e)) => {
+                tracing::warn!(worker = lease.worker_id(), error = %e, "worker response broke off mid-body");
+                return Err(Rejection::WorkerFailed);
+            }
+        };
+        let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
-        response
+        Ok(response)
     }
 }
 
@@ -452,7 +576,7 @@ mod tests {
             "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
             "::ffff:255.255.255.255",
         ] {
-            let client = ClientInfo::new(ip.parse().unwrap(), Scheme::Http);
+            let client = ClientInfo::new(ip.parse().unwrap(), Scheme::Http, 80, false);
             assert_eq!(client.ip_text(), ip.as_bytes());
         }
     }

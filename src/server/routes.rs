@@ -10,6 +10,8 @@ use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 
 use super::body::ResponseBody;
+use super::conn::ClientConn;
+use super::edge::{self, Refusal};
 use super::proxy::{ClientInfo, Proxy};
 
 pub struct Router {
@@ -25,14 +27,39 @@ impl Router {
         &self,
         request: Request<Incoming>,
         client: ClientInfo,
+        conn: &Arc<ClientConn>,
     ) -> Response<ResponseBody> {
-        if request.uri().path() == "/server"
-            && matches!(*request.method(), Method::GET | Method::HEAD)
-        {
+        let (mut parts, body) = request.into_parts();
+        if let Err(refusal) = edge::admit(&mut parts) {
+            return refused(refusal, parts.version);
+        }
+        if parts.uri.path() == "/server" && matches!(parts.method, Method::GET | Method::HEAD) {
             return server_ok();
         }
-        self.proxy.forward(request, client).await
+        self.proxy
+            .forward(Request::from_parts(parts, body), client, conn)
+            .await
     }
+}
+
+/// The edge's answer to a request it will not route.
+fn refused(refusal: Refusal, version: http::Version) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::text(refusal.message()));
+    *response.status_mut() = refusal.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(allow) = refusal.allow() {
+        headers.insert(header::ALLOW, allow);
+    }
+    // A client this confused is not worth keeping (its body, if any, is not
+    // read). HTTP/2 has no Connection header; its stream simply ends.
+    if version < http::Version::HTTP_2 {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// `200 ok` from the server itself.

@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
-use http_body::SizeHint;
 use tokio::io::AsyncWrite;
 use tokio::net::UnixStream;
 use tokio::time::{Instant, Sleep};
@@ -88,6 +87,23 @@ enum BodyReader {
     Length(u64),
     Chunked(ChunkedDecoder),
     UntilClose,
+}
+
+/// How much of a response body [`Upstream::take_small_body`] has in hand.
+pub enum InHand {
+    /// All of it: the exchange is over and the worker free.
+    Whole(Bytes),
+    /// Its beginning (maybe nothing); the rest streams.
+    Partial(Bytes),
+}
+
+/// Why a small response body could not be taken whole.
+#[derive(Debug, thiserror::Error)]
+pub enum SmallBodyError {
+    #[error("the worker paused mid-body for longer than the body idle timeout")]
+    Stalled,
+    #[error("{0}")]
+    Broken(WorkerError),
 }
 
 /// Why a worker could not be reached.
@@ -161,20 +177,54 @@ enum Upload {
     },
 }
 
+/// The body of a request that streams to its worker: what was read of it
+/// before the worker was taken, and the rest, still coming from the client.
+pub struct StreamedBody {
+    pub first: Bytes,
+    pub rest: Box<ClientBody>,
+    pub chunked: bool,
+}
+
 impl Outgoing {
-    /// `head` from [`wire::encode_request_head`]; `body` with whether it is
-    /// sent chunked.
-    pub fn new(head: Bytes, body: Option<(Box<ClientBody>, bool)>, head_request: bool) -> Self {
-        Outgoing {
+    /// `head` from [`wire::encode_request_head`] (with the whole body after
+    /// it, if it was read whole), and the body that streams, if any.
+    pub fn new(head: Bytes, body: Option<StreamedBody>, head_request: bool) -> Self {
+        let mut out = Outgoing {
             head,
             piece: [Bytes::new(), Bytes::new(), Bytes::new()],
-            upload: match body {
-                Some((body, chunked)) => Upload::Streaming { body, chunked },
-                None => Upload::Done,
-            },
+            upload: Upload::Done,
             written: 0,
             head_request,
+        };
+        if let Some(body) = body {
+            out.set_piece(body.first, body.chunked);
+            out.upload = Upload::Streaming {
+                body: body.rest,
+                chunked: body.chunked,
+            };
         }
+        out
+    }
+
+    /// Queues `data` as the next piece of the body, framed.
+    fn set_piece(&mut self, data: Bytes, chunked: bool) {
+        if data.is_empty() {
+            return;
+        }
+        self.piece = if chunked {
+            [
+                wire::chunk_prefix(data.len()),
+                data,
+                Bytes::from_static(CHUNK_SUFFIX),
+            ]
+        } else {
+            [Bytes::new(), data, Bytes::new()]
+        };
+    }
+
+    /// Whether a body is still streaming from the client.
+    fn streaming(&self) -> bool {
+        matches!(self.upload, Upload::Streaming { .. })
     }
 
     fn has_unwritten(&self) -> bool {
@@ -213,17 +263,7 @@ impl Outgoing {
             match ready!(body.poll_data(cx)) {
                 // An empty chunk would end a chunked body early.
                 Some(Ok(data)) if data.is_empty() => continue,
-                Some(Ok(data)) => {
-                    self.piece = if chunked {
-                        [
-                            wire::chunk_prefix(data.len()),
-                            data,
-                            Bytes::from_static(CHUNK_SUFFIX),
-                        ]
-                    } else {
-                        [Bytes::new(), data, Bytes::new()]
-                    };
-                }
+                Some(Ok(data)) => self.set_piece(data, chunked),
                 Some(Err(e)) => return Poll::Ready(Err(e)),
                 None => {
                     if chunked {
@@ -245,6 +285,13 @@ enum Resumed {
     Sending,
     /// All of it (a bodiless request) was written.
     AwaitingHead,
+}
+
+/// How sending a request ended.
+enum Sent {
+    Done(Result<(), SendError>),
+    /// The worker answered before the body was all sent.
+    Answered(ResponseHead),
 }
 
 /// Why sending stopped.
@@ -343,6 +390,32 @@ impl Conn {
                     ready!(self.deadline.as_mut().poll(cx));
                     return Poll::Ready(Err(ExchangeError::Timeout));
                 }
+            }
+        }
+    }
+
+    /// While a body is being sent: whether the worker has already answered
+    /// (say, `401` or `413` to an upload it will not read). Reads what has
+    /// arrived without waiting; a closed read side is left for the send to
+    /// find.
+    fn poll_early_head(
+        &mut self,
+        head_request: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<ResponseHead>> {
+        loop {
+            if !self.buf.is_empty() {
+                match wire::parse_response_head(&mut self.buf, head_request) {
+                    Ok(Some(head)) => return Poll::Ready(Some(head)),
+                    Ok(None) => {}
+                    // Garbage: the exchange fails when the send is done.
+                    Err(_) => return Poll::Ready(None),
+                }
+            }
+            match fill(&mut self.stream, &mut self.buf, cx) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Ready(_) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -618,7 +691,31 @@ impl Upstream {
                 };
                 conn.write_stalled = false;
                 conn.read_timeout = read_timeout;
-                let sent = poll_fn(|cx| conn.poll_send(&mut out, read_timeout, cx)).await;
+                let head_request = out.head_request;
+                // A worker may answer an upload before reading it all; then
+                // the rest is not sent and the answer goes to the client.
+                let mut watch_answer = out.streaming();
+                let sent = poll_fn(|cx| {
+                    if watch_answer {
+                        match conn.poll_early_head(head_request, cx) {
+                            Poll::Ready(Some(head)) => return Poll::Ready(Sent::Answered(head)),
+                            Poll::Ready(None) => watch_answer = false,
+                            Poll::Pending => {}
+                        }
+                    }
+                    conn.poll_send(&mut out, read_timeout, cx).map(Sent::Done)
+                })
+                .await;
+                let sent = match sent {
+                    Sent::Done(result) => result,
+                    Sent::Answered(head) => {
+                        let mut head = head;
+                        // Half a body is on this connection: it is not reused.
+                        head.reusable = false;
+                        conn.begin_body(&head);
+                        return Ok(head);
+                    }
+                };
                 match sent {
                     Ok(()) => break false,
                     Err(SendError::Io(e)) if out.written == 0 => {
@@ -698,21 +795,55 @@ impl Upstream {
         }
     }
 
+    /// Takes the body of the response just begun, if it is small: a
+    /// `Content-Length` body up to `limit` (read to its end, each read within
+    /// `idle`), or any body that is already complete in hand. The worker is
+    /// then free at once, whatever the client does. A body that is larger,
+    /// or still coming, is left to stream: [`InHand::Partial`] holds what
+    /// was read of it so far.
+    pub async fn take_small_body(
+        &mut self,
+        limit: usize,
+        idle: Duration,
+    ) -> Result<InHand, SmallBodyError> {
+        let sized_small = matches!(
+            self.conn.as_deref().map(|c| &c.phase),
+            Some(Phase::Body { reader: BodyReader::Length(n), .. }) if *n <= limit as u64
+        );
+        let mut parts = BytesMut::new();
+        loop {
+            let piece = if sized_small {
+                match tokio::time::timeout(idle, poll_fn(|cx| self.poll_body(cx))).await {
+                    Ok(piece) => piece,
+                    Err(_) => {
+                        self.conn = None;
+                        return Err(SmallBodyError::Stalled);
+                    }
+                }
+            } else {
+                // Only what needs no waiting.
+                let waker = std::task::Waker::noop();
+                match self.poll_body(&mut Context::from_waker(waker)) {
+                    Poll::Ready(piece) => piece,
+                    Poll::Pending => return Ok(InHand::Partial(parts.freeze())),
+                }
+            };
+            match piece {
+                None => return Ok(InHand::Whole(parts.freeze())),
+                Some(Ok(data)) => {
+                    parts.extend_from_slice(&data);
+                    if !sized_small && parts.len() > limit {
+                        return Ok(InHand::Partial(parts.freeze()));
+                    }
+                }
+                Some(Err(e)) => return Err(SmallBodyError::Broken(e)),
+            }
+        }
+    }
+
     /// Whether the exchange is over (the body fully read, or never begun).
     pub fn is_settled(&self) -> bool {
         self.conn.as_ref().is_none_or(|c| c.body_done())
-    }
-
-    /// What is left of the response body.
-    pub fn body_size_hint(&self) -> SizeHint {
-        match self.conn.as_deref().map(|c| &c.phase) {
-            Some(Phase::Body {
-                reader: BodyReader::Length(n),
-                ..
-            }) => SizeHint::with_exact(*n),
-            Some(Phase::Body { .. }) => SizeHint::default(),
-            _ => SizeHint::with_exact(0),
-        }
     }
 
     /// Marks a body read to its end as finished, so the connection is idle.

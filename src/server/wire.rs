@@ -48,59 +48,56 @@ pub enum WireError {
     Truncated,
 }
 
-/// How a request body travels to a worker.
+/// How a request body travels to a worker. The server frames it itself,
+/// from what it knows of the body, never from the client's headers: an
+/// upload the client sent chunked is never forwarded with a
+/// `Content-Length` beside it, so the client cannot choose how the worker
+/// frames the body (request smuggling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestFraming {
     /// No body.
     Empty,
-    /// The client's `Content-Length`, passed on.
-    Length,
+    /// This many bytes: a body read whole, or one whose length hyper checked.
+    Length(u64),
     /// Unknown length (chunked HTTP/1.1 upload, or HTTP/2 without a length).
     Chunked,
 }
 
-impl RequestFraming {
-    /// A chunked upload keeps its chunks even if the client also sent a
-    /// `Content-Length`: passing both on would let the client choose how the
-    /// worker frames the body (request smuggling).
-    pub fn of(headers: &HeaderMap, body_is_empty: bool) -> Self {
-        let chunked_upload = headers.contains_key(header::TRANSFER_ENCODING);
-        if headers.contains_key(header::CONTENT_LENGTH) && !chunked_upload {
-            RequestFraming::Length
-        } else if body_is_empty {
-            RequestFraming::Empty
-        } else {
-            RequestFraming::Chunked
-        }
-    }
-}
-
 /// The request head a worker receives for a client's request.
+///
+/// The forwarding headers say who the client is. From a peer that is not a
+/// trusted proxy (`--trusted-proxies`) every such header the client sent is
+/// dropped and the server writes its own, so an app can believe them:
+/// `X-Forwarded-For` and `X-Real-IP` are the peer's address,
+/// `X-Forwarded-Proto`, `-Host` and `-Port` what the peer connected to, and
+/// `Forwarded` is not sent. From a trusted proxy its own headers pass:
+/// `X-Forwarded-For` gains the peer's address, and the others are written
+/// only where the proxy sent none. Header names with `_` never cross
+/// (nginx's default): a CGI-style runtime would map `X_Forwarded_For` or
+/// `Rip_Probe` onto the same variable as the real header.
 pub fn encode_request_head(
     parts: &request::Parts,
     client: ClientInfo,
     framing: RequestFraming,
 ) -> Bytes {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut out = BytesMut::with_capacity(256 + target.len() + 48 * parts.headers.len());
+    let mut out = BytesMut::with_capacity(320 + target.len() + 48 * parts.headers.len());
     out.put_slice(parts.method.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
 
-    // Host, the body's framing and X-Forwarded-* are written below from what
-    // the server knows, never copied: a client's `Connection` header must not
-    // be able to remove them (`Connection: content-length` would leave the
-    // body unframed, and the worker would read it as a second request).
+    // Host, the body's framing and the forwarding headers are written below
+    // from what the server knows, never copied blindly: a client's
+    // `Connection` header must not be able to remove them
+    // (`Connection: content-length` would leave the body unframed, and the
+    // worker would read it as a second request).
     let listed: Vec<HeaderName> =
         connection_options(parts.headers.get_all(header::CONNECTION)).collect();
     for (name, value) in &parts.headers {
-        let written_below = *name == header::HOST
-            || *name == header::CONTENT_LENGTH
-            || *name == X_FORWARDED_FOR
-            || *name == X_FORWARDED_PROTO
-            || *name == X_FORWARDED_HOST;
-        if !written_below && crosses(name, &listed) {
+        let written_below =
+            *name == header::HOST || *name == header::CONTENT_LENGTH || is_forwarding(name);
+        if !written_below && crosses(name, &listed) && !name.as_str().contains('_') {
             put_header(&mut out, name.as_str(), value.as_bytes());
         }
     }
@@ -114,31 +111,74 @@ pub fn encode_request_head(
     }
     match framing {
         RequestFraming::Empty => {}
-        RequestFraming::Length => {
-            if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
-                put_header(&mut out, "content-length", length.as_bytes());
-            }
+        RequestFraming::Length(length) => {
+            let mut digits = itoa::Buffer::new();
+            put_header(&mut out, "content-length", digits.format(length).as_bytes());
         }
         RequestFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
     }
-    // Every X-Forwarded-For line the client sent, in order, then the client.
+    put_forwarding(&mut out, parts, client, host);
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+/// The forwarding headers (see [`encode_request_head`]).
+fn put_forwarding(
+    out: &mut BytesMut,
+    parts: &request::Parts,
+    client: ClientInfo,
+    host: Option<&[u8]>,
+) {
+    let headers = &parts.headers;
+    let trusted = client.trusted;
     out.put_slice(b"x-forwarded-for: ");
-    for prior in parts.headers.get_all(X_FORWARDED_FOR) {
-        out.put_slice(prior.as_bytes());
-        out.put_slice(b", ");
+    if trusted {
+        for prior in headers.get_all(X_FORWARDED_FOR) {
+            out.put_slice(prior.as_bytes());
+            out.put_slice(b", ");
+        }
     }
     out.put_slice(client.ip_text());
     out.put_slice(b"\r\n");
-    put_header(
-        &mut out,
-        "x-forwarded-proto",
-        client.scheme.as_str().as_bytes(),
-    );
-    if let Some(host) = host {
-        put_header(&mut out, "x-forwarded-host", host);
+    // From a trusted proxy, what it says wins; from anyone else, ours.
+    let from_proxy = |name: &HeaderName| headers.get(name).filter(|_| trusted);
+    match from_proxy(&X_REAL_IP) {
+        Some(real) => put_header(out, "x-real-ip", real.as_bytes()),
+        None => put_header(out, "x-real-ip", client.ip_text()),
     }
-    out.put_slice(b"\r\n");
-    out.freeze()
+    match from_proxy(&X_FORWARDED_PROTO) {
+        Some(proto) => put_header(out, "x-forwarded-proto", proto.as_bytes()),
+        None => put_header(out, "x-forwarded-proto", client.scheme.as_str().as_bytes()),
+    }
+    match (from_proxy(&X_FORWARDED_HOST), host) {
+        (Some(forwarded), _) => put_header(out, "x-forwarded-host", forwarded.as_bytes()),
+        (None, Some(host)) => put_header(out, "x-forwarded-host", host),
+        (None, None) => {}
+    }
+    match from_proxy(&X_FORWARDED_PORT) {
+        Some(port) => put_header(out, "x-forwarded-port", port.as_bytes()),
+        None => {
+            let mut digits = itoa::Buffer::new();
+            put_header(
+                out,
+                "x-forwarded-port",
+                digits.format(client.port).as_bytes(),
+            );
+        }
+    }
+    if let Some(forwarded) = from_proxy(&header::FORWARDED) {
+        put_header(out, "forwarded", forwarded.as_bytes());
+    }
+}
+
+/// A header that says who the client is: only the server writes these.
+fn is_forwarding(name: &HeaderName) -> bool {
+    *name == X_FORWARDED_FOR
+        || *name == X_FORWARDED_PROTO
+        || *name == X_FORWARDED_HOST
+        || *name == X_FORWARDED_PORT
+        || *name == X_REAL_IP
+        || *name == header::FORWARDED
 }
 
 fn put_header(out: &mut BytesMut, name: &str, value: &[u8]) {
@@ -151,6 +191,8 @@ fn put_header(out: &mut BytesMut, name: &str, value: &[u8]) {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const RIP_WORKER_BUSY: &str = "rip-worker-busy";
 const RIP_WORKER_DRAINING: &str = "rip-worker-draining";
 
@@ -534,7 +576,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn client() -> ClientInfo {
-        ClientInfo::new("127.0.0.1".parse().unwrap(), Scheme::Http)
+        ClientInfo::new("127.0.0.1".parse().unwrap(), Scheme::Http, 8080, false)
     }
 
     fn head_of(request: Request<()>, framing: RequestFraming) -> String {
@@ -551,12 +593,17 @@ mod tests {
         let request = Request::get("http://example.com/a?b=1")
             .header("rip-worker-busy", "1")
             .header("Rip-Probe", "1")
+            .header("rip_probe", "1")
+            .header("x_forwarded_for", "6.6.6.6")
             .header("connection", "keep-alive, x-secret")
             .header("x-secret", "s")
             .header("x-forwarded-for", "10.0.0.1")
             .header("x-forwarded-for", "10.0.0.2")
             .header("x-forwarded-proto", "https")
             .header("x-forwarded-host", "spoofed")
+            .header("x-forwarded-port", "1")
+            .header("x-real-ip", "6.6.6.6")
+            .header("forwarded", "for=6.6.6.6")
             .header("te", "trailers")
             .header("proxy-authorization", "Basic x")
             .header("accept", "*/*")
@@ -567,20 +614,58 @@ mod tests {
         assert_eq!(lines[0], "GET /a?b=1 HTTP/1.1");
         for gone in [
             "rip-",
+            "rip_",
+            "x_forwarded",
             "connection",
             "x-secret",
             "te:",
             "proxy-authorization",
             "spoofed",
+            "10.0.0.1",
+            "6.6.6.6",
+            "forwarded:",
+            "https",
         ] {
             assert!(!head.contains(gone), "{gone} crossed: {head}");
         }
         assert!(lines.contains(&"accept: */*"));
-        assert!(lines.contains(&"x-forwarded-for: 10.0.0.1, 10.0.0.2, 127.0.0.1"));
+        assert!(lines.contains(&"x-forwarded-for: 127.0.0.1"));
+        assert!(lines.contains(&"x-real-ip: 127.0.0.1"));
         assert!(lines.contains(&"x-forwarded-proto: http"));
+        assert!(lines.contains(&"x-forwarded-port: 8080"));
         assert!(lines.contains(&"host: example.com"));
         assert!(lines.contains(&"x-forwarded-host: example.com"));
         assert!(head.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_trusted_proxy_keeps_its_forwarding_headers() {
+        let request = Request::get("/a")
+            .header("host", "inner.example")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "public.example")
+            .header("x-real-ip", "203.0.113.9")
+            .header("forwarded", "for=203.0.113.9;proto=https")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let proxy = ClientInfo::new("10.0.0.5".parse().unwrap(), Scheme::Http, 80, true);
+        let head = encode_request_head(&parts, proxy, RequestFraming::Empty);
+        let head = String::from_utf8(head.to_vec()).unwrap();
+        let lines = lines(&head);
+        for line in [
+            "x-forwarded-for: 203.0.113.9, 10.0.0.5",
+            "x-real-ip: 203.0.113.9",
+            "x-forwarded-proto: https",
+            "x-forwarded-host: public.example",
+            "x-forwarded-port: 80",
+            "forwarded: for=203.0.113.9;proto=https",
+            "host: inner.example",
+        ] {
+            assert!(lines.contains(&line), "{line} missing: {head}");
+        }
+        assert_eq!(head.matches("x-forwarded-for").count(), 1, "{head}");
     }
 
     #[test]
@@ -591,7 +676,7 @@ mod tests {
             .header("content-length", "37")
             .body(())
             .unwrap();
-        let head = head_of(request, RequestFraming::Length);
+        let head = head_of(request, RequestFraming::Length(37));
         let lines = lines(&head);
         assert!(lines.contains(&"content-length: 37"), "{head}");
         assert!(lines.contains(&"host: h"), "{head}");
@@ -626,7 +711,7 @@ mod tests {
             .header("content-length", "3")
             .body(())
             .unwrap();
-        let head = head_of(with_length, RequestFraming::Length);
+        let head = head_of(with_length, RequestFraming::Length(3));
         assert!(lines(&head).contains(&"content-length: 3"));
         assert!(!head.contains("transfer-encoding"));
 
@@ -638,16 +723,15 @@ mod tests {
         let head = head_of(streamed, RequestFraming::Chunked);
         assert_eq!(head.matches("transfer-encoding: chunked").count(), 1);
 
-        let mut headers = HeaderMap::new();
-        assert_eq!(RequestFraming::of(&headers, true), RequestFraming::Empty);
-        assert_eq!(RequestFraming::of(&headers, false), RequestFraming::Chunked);
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        assert_eq!(RequestFraming::of(&headers, true), RequestFraming::Length);
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        assert_eq!(RequestFraming::of(&headers, false), RequestFraming::Chunked);
+        // The client's own Content-Length never crosses: only the server's.
+        let lying = Request::post("/u")
+            .header("host", "h")
+            .header("content-length", "3, 3")
+            .body(())
+            .unwrap();
+        let head = head_of(lying, RequestFraming::Length(3));
+        assert_eq!(head.matches("content-length").count(), 1, "{head}");
+        assert!(lines(&head).contains(&"content-length: 3"), "{head}");
     }
 
     fn parse(raw: &str, head_request: bool) -> Result<Option<(ResponseHead, BytesMut)>, WireError> {
@@ -801,6 +885,55 @@ mod tests {
             wire.extend_from_slice(CHUNK_SUFFIX);
             wire.extend_from_slice(LAST_CHUNK);
             prop_assert_eq!(decode_in_pieces(&wire, &[]).unwrap().0, data);
+        }
+
+        #[test]
+        fn encoded_heads_reparse_with_one_host_and_only_the_servers_forwarding(
+            headers in proptest::collection::vec((
+                prop_oneof![
+                    Just("host"), Just("Rip-Probe"), Just("rip_probe"), Just("x_forwarded_for"),
+                    Just("x-forwarded-for"), Just("x-real-ip"), Just("forwarded"),
+                    Just("x-forwarded-proto"), Just("connection"), Just("content-length"),
+                    Just("transfer-encoding"), Just("x-app"), Just("cookie"),
+                ],
+                "[ -~]{0,20}",
+            ), 0..12),
+            framing in 0u8..3,
+            trusted in any::<bool>(),
+        ) {
+            let mut builder = Request::get("/p?q=1");
+            for (name, value) in &headers {
+                builder = builder.header(*name, value.as_str());
+            }
+            let Ok(request) = builder.body(()) else { return Ok(()) };
+            let (mut parts, ()) = request.into_parts();
+            if crate::server::edge::admit(&mut parts).is_err() {
+                return Ok(());
+            }
+            let framing = match framing {
+                0 => RequestFraming::Empty,
+                1 => RequestFraming::Length(7),
+                _ => RequestFraming::Chunked,
+            };
+            let client = ClientInfo::new("192.0.2.7".parse().unwrap(), Scheme::Https, 443, trusted);
+            let head = encode_request_head(&parts, client, framing);
+            let mut out = [httparse::EMPTY_HEADER; 64];
+            let mut reparsed = httparse::Request::new(&mut out);
+            prop_assert_eq!(reparsed.parse(&head).unwrap(), httparse::Status::Complete(head.len()));
+            let count = |name: &str| reparsed.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
+            prop_assert_eq!(count("host"), 1);
+            prop_assert!(count("content-length") + count("transfer-encoding") <= 1);
+            prop_assert_eq!(count("x-forwarded-for"), 1);
+            for header in reparsed.headers.iter() {
+                let name = header.name.to_ascii_lowercase();
+                prop_assert!(!name.starts_with("rip-") && !name.contains('_'), "{} crossed", name);
+                if !trusted {
+                    prop_assert!(name != "forwarded");
+                    if name == "x-forwarded-for" || name == "x-real-ip" {
+                        prop_assert_eq!(header.value, b"192.0.2.7");
+                    }
+                }
+            }
         }
 
         #[test]

@@ -423,7 +423,13 @@ where
     (sender, tokio::spawn(connection))
 }
 
-pub async fn send(port: u16, request: http::Request<Full<Bytes>>) -> Reply {
+/// Like a real client, it sends `Host` (HTTP/1.1 requires one) unless the
+/// request has its own.
+pub async fn send(port: u16, mut request: http::Request<Full<Bytes>>) -> Reply {
+    if !request.headers().contains_key(http::header::HOST) {
+        let host = http::HeaderValue::from_str(&format!("127.0.0.1:{port}")).unwrap();
+        request.headers_mut().insert(http::header::HOST, host);
+    }
     let stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
