@@ -9,6 +9,9 @@ use rip_server::cli::{Cli, Invocation};
 use rip_server::config::{Config, ProcessEnv};
 
 fn main() -> ExitCode {
+    // While this is the only thread: take what systemd passed out of the
+    // environment, so workers never inherit it.
+    rip_server::systemd::take_from_env();
     let cli = Cli::parse();
     let result = match cli.invocation() {
         Ok(Invocation::Serve(args)) => match Config::build(&cli, &args, &ProcessEnv) {

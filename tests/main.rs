@@ -10,5 +10,6 @@ mod queue;
 mod rolling;
 mod shutdown;
 mod supervision;
+mod systemd;
 mod tls;
 mod wire;
