@@ -39,6 +39,7 @@ EXAMPLES:
   rip-server apps/api w:4 r:5000,600s http    4 workers, recycle after 5000 requests or 10 minutes
   rip-server app.mjs --reload=module http     reload the handler in place when files change
   rip-server --config=/etc/rip-server.toml    every flag has a key in the TOML file
+  rip-server --config=/etc/rip-server.toml --check   validate it, bind nothing
   rip-server stop --name api                  stop the instance named 'api'
 
 ENVIRONMENT:
@@ -152,6 +153,11 @@ pub struct Cli {
     /// Instance name, used for the control socket and logs (default: the app directory's name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+
+    /// Check the configuration (flags, environment, config file, certificates) and exit
+    /// without binding anything: 0 if it would serve, 2 with the problem if not.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// How app changes reach the workers (DESIGN §5).

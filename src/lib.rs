@@ -13,6 +13,7 @@
 //! - [`config`]: flags over environment over config file over defaults,
 //!   validated into a [`config::Config`].
 //! - [`app`]: resolving an app path to its entry and loader.
+//! - [`check`]: `--check`, the configuration validated without binding.
 //! - [`server`]: the data path: listener, routing, proxy, pool, bodies,
 //!   access log and metrics.
 //! - [`supervisor`]: worker processes: spawn, readiness, recycling, crash
@@ -38,6 +39,7 @@ macro_rules! say {
 }
 
 pub mod app;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -86,6 +88,12 @@ pub enum Error {
     Control(#[from] control::CallError),
     #[error("rolling restart failed, the old workers keep serving: {0}")]
     RollFailed(String),
+    #[error("--check validates a configuration for serving; it does not apply to status, reload or stop")]
+    CheckNeedsServe,
+    #[error(
+        "{program} is not on PATH; it runs {entry}: install it, or pick another with --runtime"
+    )]
+    RuntimeMissing { program: String, entry: PathBuf },
     #[error("the instance answered {status}: {body}")]
     Refused {
         status: http::StatusCode,
@@ -597,7 +605,7 @@ fn prepare_runtime_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_socket_path(config: &Config, control_path: &Path) -> Result<(), Error> {
+pub(crate) fn check_socket_path(config: &Config, control_path: &Path) -> Result<(), Error> {
     // Worker sockets are `<name>.w<id>.sock`; leave room for a long id.
     let longest = control_path.as_os_str().len().max(
         config.runtime_dir.as_os_str().len()

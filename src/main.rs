@@ -15,9 +15,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.invocation() {
         Ok(Invocation::Serve(args)) => match Config::build(&cli, &args, &ProcessEnv) {
+            Ok(config) if cli.check => rip_server::check::check(&config)
+                .map(|summary| drop(writeln!(std::io::stdout().lock(), "{summary}"))),
             Ok(config) => run(config.threads, rip_server::serve(&cli, &args, config)),
             Err(e) => Err(e.into()),
         },
+        Ok(Invocation::Control(_)) if cli.check => Err(rip_server::Error::CheckNeedsServe),
         Ok(Invocation::Control(command)) => run(1, rip_server::control_command(&cli, command)),
         Err(e) => Err(e.into()),
     };

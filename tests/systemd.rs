@@ -1022,3 +1022,97 @@ async fn switching_to_a_new_app_version_under_load_drops_nothing() {
     assert!(total > 300, "too little load: {total} requests");
     eprintln!("{total} requests across 3 switches, all answered 200");
 }
+
+// ---------------------------------------------------------------------------
+// --check: what ExecStart would do, validated without binding
+
+fn check(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String, tempfile::TempDir) {
+    let runtime = tempfile::tempdir().unwrap();
+    let mut command = crate::harness::clean_command(BIN, runtime.path());
+    command.arg("--check").args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        runtime,
+    )
+}
+
+#[test]
+fn check_validates_everything_and_binds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    write_app(&app, "v1", 0);
+    let cert = rcgen::generate_simple_self_signed(vec!["example.test".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    // The port is taken: a check that tried to bind it would fail.
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "app = {:?}\nworkers = 3\nhttps_port = {port}\ncert = {:?}\nkey = {:?}\nhsts = true\nno_redirect_http = true\n",
+            app.display(),
+            cert_path.display(),
+            key_path.display()
+        ),
+    )
+    .unwrap();
+    let config_flag = format!("--config={}", config.display());
+    let (code, stdout, stderr, runtime) = check(&[&config_flag], &[("RIP_MAX_QUEUE", "5")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("configuration ok: app serves ")
+            && stdout.contains(&format!("with 3 workers, reload=process, https on port {port} (1 certificate file pair(s), hsts)")),
+        "{stdout}"
+    );
+    assert!(
+        !runtime.path().join("rip-server").exists(),
+        "--check created the runtime directory"
+    );
+
+    // Each layer is validated: environment, flags, file, certificates.
+    let (code, _, stderr, _) = check(&[&config_flag], &[("RIP_MAX_QUEUE", "lots")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("RIP_MAX_QUEUE='lots'"), "{stderr}");
+    let (code, _, stderr, _) = check(&[&config_flag, "--read-timeout-ms=0"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--read-timeout-ms: 0 ms is out of range"),
+        "{stderr}"
+    );
+    std::fs::write(&key_path, "not a key").unwrap();
+    let (code, _, stderr, _) = check(&[&config_flag], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("key.pem"), "{stderr}");
+    // A table the server does not know yet is refused, naming it.
+    std::fs::write(
+        &config,
+        format!(
+            "app = {:?}\n[hosts.\"a.test\"]\napp = {:?}\n",
+            app.display(),
+            app.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr, _) = check(&[&config_flag], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("unknown field `hosts`"), "{stderr}");
+}
+
+#[test]
+fn check_applies_to_serving_only() {
+    let (code, _, stderr, _) = check(&["status"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--check validates a configuration for serving"),
+        "{stderr}"
+    );
+}
