@@ -90,6 +90,11 @@ pub struct Cli {
     #[arg(long, value_name = "MS")]
     pub grace_ms: Option<u64>,
 
+    /// On stop, keep serving this long while GET /server answers 503, so a load balancer
+    /// takes this node out before its listener closes (default 0).
+    #[arg(long, value_name = "MS")]
+    pub shutdown_delay_ms: Option<u64>,
+
     /// Largest request body accepted, in bytes; larger bodies get 413 (default 104857600).
     #[arg(long, value_name = "BYTES")]
     pub max_body_bytes: Option<u64>,

@@ -54,7 +54,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, watch};
@@ -167,7 +167,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
     };
     let listener_task = tokio::spawn(listen::serve(
         listeners.main,
-        router,
+        router.clone(),
         options,
         stop_rx.clone(),
     ));
@@ -216,7 +216,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
     };
     run_until_stopped(&mut stop_rx, &reconfigure).await?;
     heartbeat.abort();
-    systemd::stopping("stopping: finishing requests in flight");
+    drain(&router, config.shutdown_delay).await;
     tracing::info!("stopping: no new connections; finishing requests in flight");
     let _ = stop_tx.send(true);
     let _ = listener_task.await;
@@ -313,6 +313,30 @@ impl Reconfigure {
         };
         self.supervisor.send(command).await;
         Ok(outcome)
+    }
+}
+
+/// The start of a stop: `/server` answers 503 from now on, so a load
+/// balancer that health-checks it takes this node out, and for
+/// `--shutdown-delay-ms` everything else is still served before the
+/// listener closes.
+async fn drain(router: &Router, delay: Duration) {
+    router.start_draining();
+    let status = if delay.is_zero() {
+        "stopping: finishing requests in flight".to_string()
+    } else {
+        format!(
+            "draining: /server answers 503; stopping in {} ms",
+            delay.as_millis()
+        )
+    };
+    systemd::stopping(&status);
+    if !delay.is_zero() {
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "draining: /server answers 503 so load balancers take this node out; still serving"
+        );
+        tokio::time::sleep(delay).await;
     }
 }
 

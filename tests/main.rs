@@ -4,6 +4,7 @@
 mod harness;
 
 mod cli;
+mod cluster;
 mod limits;
 mod proxy;
 mod queue;

@@ -697,6 +697,38 @@ async fn sighup_reports_reloading_then_ready_or_the_failure() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn stopping_is_notified_and_the_health_check_drains_first() {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(dir.path(), "v1", 0);
+    let mut notify = Notify::new();
+    let mut server = Launch::new(dir.path(), "drain")
+        .arg("http:0")
+        .arg("--shutdown-delay-ms=1500")
+        .notify(&notify)
+        .start();
+    notify
+        .wait_for("READY=1", |m| field(m, "READY").is_some())
+        .await;
+    let port = server.port();
+    assert_eq!(get(port, "/server").await.status, 200);
+
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let stopping = notify
+        .wait_for("STOPPING=1", |m| field(m, "STOPPING").is_some())
+        .await;
+    assert!(
+        field(&stopping, "STATUS").is_some_and(|s| s.starts_with("draining")),
+        "{stopping:?}"
+    );
+    // Draining: the health check says 503, the app still answers.
+    let health = get(port, "/server").await;
+    assert_eq!((health.status, health.body.as_str()), (503, "draining"));
+    let app = get(port, "/v").await;
+    assert_eq!((app.status, app.body.as_str()), (200, "v1"));
+    assert!(server.wait_exit().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_watchdog_is_pinged_only_when_asked_for_this_process() {
     let dir = tempfile::tempdir().unwrap();
     write_app(dir.path(), "v1", 0);
