@@ -64,15 +64,15 @@ echo "== 3. flake outputs are wired (nixpkgs' lib standing in for nixpkgs)"
 # A copy of the tracked sources only (a path: flake copies its directory
 # into the store, and target/ is large).
 flake="$(mktemp -d)"
-trap 'rm -rf "$flake"' EXIT
+trap 'rm -rf "$flake" "$flake.err"' EXIT
 git ls-files --cached --others --exclude-standard -z | xargs -0 cp --parents -t "$flake"
 flake_eval() {
   nix --extra-experimental-features 'nix-command flakes' eval --json --no-write-lock-file \
-    --override-input nixpkgs "path:$(cd "$nixpkgs_lib" && pwd)" "path:$flake#$1" --apply "$2" 2>/dev/null
+    --override-input nixpkgs "path:$(cd "$nixpkgs_lib" && pwd)" "path:$flake#$1" --apply "$2" 2>"$flake.err"
 }
 expect_output() {
   local got
-  got="$(flake_eval "$1" "$2")" || die "nix eval .#$1 failed"
+  got="$(flake_eval "$1" "$2")" || die "nix eval .#$1 failed: $(grep -v '^warning:' "$flake.err" | tail -5)"
   [ "$got" = "$3" ] || die ".#$1: expected $3, got $got"
   echo "   ok .#$1 -> $got"
 }
