@@ -39,6 +39,7 @@ EXAMPLES:
   rip-server apps/api w:4 r:5000,600s http    4 workers, recycle after 5000 requests or 10 minutes
   rip-server app.mjs --reload=module http     reload the handler in place when files change
   rip-server --config=/etc/rip-server.toml    every flag has a key in the TOML file
+  rip-server --config=/etc/rip-server.toml --check   validate it, bind nothing
   rip-server stop --name api                  stop the instance named 'api'
 
 ENVIRONMENT:
@@ -88,6 +89,11 @@ pub struct Cli {
     /// How long a stop or drain waits for requests in flight before workers are killed (default 10000).
     #[arg(long, value_name = "MS")]
     pub grace_ms: Option<u64>,
+
+    /// On stop, keep serving this long while GET /server answers 503, so a load balancer
+    /// takes this node out before its listener closes (default 0).
+    #[arg(long, value_name = "MS")]
+    pub shutdown_delay_ms: Option<u64>,
 
     /// Largest request body accepted, in bytes; larger bodies get 413 (default 104857600).
     #[arg(long, value_name = "BYTES")]
@@ -198,6 +204,11 @@ pub struct Cli {
     /// Instance name, used for the control socket and logs (default: the app directory's name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+
+    /// Check the configuration (flags, environment, config file, certificates) and exit
+    /// without binding anything: 0 if it would serve, 2 with the problem if not.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// How app changes reach the workers (DESIGN §5).

@@ -55,6 +55,8 @@ pub struct Config {
     pub runtime_dir: PathBuf,
     /// The file the config came from, re-read on SIGHUP.
     pub config_file: Option<PathBuf>,
+    /// How long a stop keeps serving with `/server` answering 503 (draining).
+    pub shutdown_delay: Duration,
 }
 
 /// When a worker is recycled; `None` means no limit.
@@ -215,6 +217,7 @@ struct FileConfig {
     read_timeout_ms: Option<u64>,
     boot_timeout_ms: Option<u64>,
     grace_ms: Option<u64>,
+    shutdown_delay_ms: Option<u64>,
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<usize>,
     header_timeout_ms: Option<u64>,
@@ -386,6 +389,7 @@ impl Config {
             threads: layers.threads()?,
             runtime_dir: runtime_dir(env),
             config_file: cli.config.clone(),
+            shutdown_delay: layers.shutdown_delay()?,
             name,
             app,
         })
@@ -545,6 +549,24 @@ impl Layers<'_> {
             });
         }
         Ok(value)
+    }
+
+    /// Zero (the default) stops at once; a load balancer needs about two
+    /// health-check intervals to take the node out.
+    fn shutdown_delay(&self) -> Result<Duration, ConfigError> {
+        let ms = self.number(
+            self.cli.shutdown_delay_ms,
+            "",
+            self.file.shutdown_delay_ms,
+            0,
+        )?;
+        if ms > 3_600_000 {
+            return Err(ConfigError::Invalid {
+                setting: "--shutdown-delay-ms",
+                message: format!("{ms} ms is out of range: expected 0 to 3600000"),
+            });
+        }
+        Ok(Duration::from_millis(ms))
     }
 
     /// The server's own threads: half the cores by default, because on a
@@ -1087,6 +1109,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("two HTTPS ports"), "{err}");
+    }
+
+    #[test]
+    fn shutdown_delay_comes_from_flag_or_file_and_defaults_to_none() {
+        let app = app_dir();
+        let dir = app.path().to_str().unwrap();
+        assert_eq!(
+            build(&[dir, "http:0"], &[]).unwrap().shutdown_delay,
+            Duration::ZERO
+        );
+        let file = app.path().join("server.toml");
+        std::fs::write(&file, "shutdown_delay_ms = 3000\n").unwrap();
+        let config_flag = format!("--config={}", file.display());
+        let c = build(&[dir, "http:0", &config_flag], &[]).unwrap();
+        assert_eq!(c.shutdown_delay, Duration::from_secs(3));
+        let c = build(
+            &[dir, "http:0", &config_flag, "--shutdown-delay-ms=10"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.shutdown_delay, Duration::from_millis(10));
+        let err = build(&[dir, "http:0", "--shutdown-delay-ms=3600001"], &[]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--shutdown-delay-ms: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,11 +13,14 @@
 //! - [`config`]: flags over environment over config file over defaults,
 //!   validated into a [`config::Config`].
 //! - [`app`]: resolving an app path to its entry and loader.
+//! - [`check`]: `--check`, the configuration validated without binding.
 //! - [`server`]: the data path: listener, routing, proxy, pool, bodies,
 //!   access log and metrics.
 //! - [`supervisor`]: worker processes: spawn, readiness, recycling, crash
 //!   backoff, drain and reaping.
 //! - [`control`]: the private control socket (status, metrics, join/quit, stop).
+//! - [`systemd`]: sd_notify (ready, reloading, stopping, status, watchdog) and
+//!   listening sockets passed by socket activation.
 //! - [`worker_kit`]: a library for writing workers in Rust that speak the
 //!   worker protocol (`docs/worker-protocol.md`).
 //! - [`logging`]: human or JSON logs.
@@ -36,12 +39,14 @@ macro_rules! say {
 }
 
 pub mod app;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod logging;
 pub mod server;
 pub mod supervisor;
+pub mod systemd;
 pub mod tls;
 pub mod worker_kit;
 
@@ -49,7 +54,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, watch};
@@ -78,9 +83,17 @@ pub enum Error {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
+    Systemd(#[from] systemd::SystemdError),
+    #[error(transparent)]
     Control(#[from] control::CallError),
     #[error("rolling restart failed, the old workers keep serving: {0}")]
     RollFailed(String),
+    #[error("--check validates a configuration for serving; it does not apply to status, reload or stop")]
+    CheckNeedsServe,
+    #[error(
+        "{program} is not on PATH; it runs {entry}: install it, or pick another with --runtime"
+    )]
+    RuntimeMissing { program: String, entry: PathBuf },
     #[error("the instance answered {status}: {body}")]
     Refused {
         status: http::StatusCode,
@@ -158,7 +171,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
     };
     let listener_task = tokio::spawn(listen::serve(
         listeners.main,
-        router,
+        router.clone(),
         options,
         stop_rx.clone(),
     ));
@@ -186,12 +199,14 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
     }
     say!("control socket {}", control_path.display());
     let workers = config.workers;
+    let ready_supervisor = supervisor.clone();
     tokio::spawn(async move {
         if ready_rx.await.is_ok() {
             tracing::info!(workers, "all workers ready");
-            notify_systemd_ready();
+            systemd::ready(&systemd::status_of(&ready_supervisor).await);
         }
     });
+    let heartbeat = tokio::spawn(systemd::heartbeat(supervisor.clone()));
 
     let reconfigure = Reconfigure {
         cli: cli.clone(),
@@ -204,6 +219,8 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
         tls,
     };
     run_until_stopped(&mut stop_rx, &reconfigure).await?;
+    heartbeat.abort();
+    drain(&router, config.shutdown_delay).await;
     tracing::info!("stopping: no new connections; finishing requests in flight");
     let _ = stop_tx.send(true);
     let _ = listener_task.await;
@@ -241,7 +258,9 @@ async fn run_until_stopped(
             _ = stop.wait_for(|stop| *stop) => return Ok(()),
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: re-reading the configuration and rolling the workers");
-                reconfigure.apply().await;
+                systemd::reloading("reloading: re-reading the configuration and rolling the workers");
+                let roll = reconfigure.apply().await;
+                tokio::spawn(systemd::report_reload(roll, reconfigure.supervisor.clone()));
             }
         }
     }
@@ -262,13 +281,14 @@ struct Reconfigure {
 impl Reconfigure {
     /// Rebuilds the config (flags > env > file > defaults, as at start) and
     /// applies what can change live: app, workers, restart policy, reload
-    /// mode, queue and timeouts. A bad config keeps the running one.
-    async fn apply(&self) {
+    /// mode, queue and timeouts. A bad config keeps the running one. The
+    /// receiver answers when the roll ends.
+    async fn apply(&self) -> Result<oneshot::Receiver<supervisor::RollOutcome>, String> {
         let config = match Config::build(&self.cli, &self.args, &ProcessEnv) {
             Ok(config) => config,
             Err(e) => {
                 tracing::error!(error = %e, "config reload failed; keeping the running configuration and workers");
-                return;
+                return Err(e.to_string());
             }
         };
         if config.listen != self.running.listen || config.name != self.running.name {
@@ -280,7 +300,7 @@ impl Reconfigure {
             Ok(spawner) => spawner,
             Err(e) => {
                 tracing::error!(error = %e, "config reload failed; keeping the running configuration and workers");
-                return;
+                return Err(e.to_string());
             }
         };
         if let (Some(tls), Listen::Https(https)) = (&self.tls, &config.listen) {
@@ -289,12 +309,38 @@ impl Reconfigure {
         self.proxy.retune(config.limits, config.timeouts);
         self.pool
             .set_queue_limits(config.limits.max_queue, config.timeouts.queue);
+        let (reply, outcome) = oneshot::channel();
         let command = supervisor::Command::Reconfigure {
             settings: Box::new(supervisor_settings(&config)),
             spawner: Box::new(spawner),
-            reply: None,
+            reply: Some(reply),
         };
         self.supervisor.send(command).await;
+        Ok(outcome)
+    }
+}
+
+/// The start of a stop: `/server` answers 503 from now on, so a load
+/// balancer that health-checks it takes this node out, and for
+/// `--shutdown-delay-ms` everything else is still served before the
+/// listener closes.
+async fn drain(router: &Router, delay: Duration) {
+    router.start_draining();
+    let status = if delay.is_zero() {
+        "stopping: finishing requests in flight".to_string()
+    } else {
+        format!(
+            "draining: /server answers 503; stopping in {} ms",
+            delay.as_millis()
+        )
+    };
+    systemd::stopping(&status);
+    if !delay.is_zero() {
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "draining: /server answers 503 so load balancers take this node out; still serving"
+        );
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -356,17 +402,38 @@ impl Listeners {
 }
 
 async fn open_listeners(config: &Config, tls: Option<&Arc<tls::Tls>>) -> Result<Listeners, Error> {
+    // Sockets systemd holds (socket activation) are used instead of binding.
+    let mut adopted = systemd::take_listeners(&config.listen)?;
+    if !adopted.described.is_empty() {
+        say!(
+            "using the sockets systemd passed: {}",
+            adopted.described.join(", ")
+        );
+    }
+    let passed_main = adopted.main.take().map(systemd::into_tokio).transpose()?;
+    let passed_redirect = adopted
+        .redirect
+        .take()
+        .map(systemd::into_tokio)
+        .transpose()?;
     match (&config.listen, tls) {
         (Listen::Https(https), Some(tls)) => {
-            let main = listen::bind(https.port).await?;
+            let main = match passed_main {
+                Some(listener) => listener,
+                None => listen::bind(https.port).await?,
+            };
             let port = main.local_addr()?.port();
             let url = match port {
                 443 => "https://localhost".to_string(),
                 port => format!("https://localhost:{port}"),
             };
-            let redirect = match https.redirect {
-                config::Redirect::Off => None,
-                config::Redirect::From(from) => {
+            let redirect = match (https.redirect, passed_redirect) {
+                (_, Some(listener)) => {
+                    let bound = listener.local_addr()?.port();
+                    Some((listener, bound))
+                }
+                (config::Redirect::Off, None) => None,
+                (config::Redirect::From(from), None) => {
                     match listen::bind(config::PortChoice::Fixed(from)).await {
                         Ok(listener) => {
                             let bound = listener.local_addr()?.port();
@@ -395,7 +462,10 @@ async fn open_listeners(config: &Config, tls: Option<&Arc<tls::Tls>>) -> Result<
             })
         }
         (Listen::Http(choice), _) | (Listen::Https(config::Https { port: choice, .. }), None) => {
-            let main = listen::bind(*choice).await?;
+            let main = match passed_main {
+                Some(listener) => listener,
+                None => listen::bind(*choice).await?,
+            };
             let port = main.local_addr()?.port();
             Ok(Listeners {
                 main,
@@ -563,7 +633,7 @@ fn prepare_runtime_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_socket_path(config: &Config, control_path: &Path) -> Result<(), Error> {
+pub(crate) fn check_socket_path(config: &Config, control_path: &Path) -> Result<(), Error> {
     // Worker sockets are `<name>.w<id>.sock`; leave room for a long id.
     let longest = control_path.as_os_str().len().max(
         config.runtime_dir.as_os_str().len()
@@ -600,26 +670,5 @@ fn remove_stale_worker_sockets(dir: &Path, name: &str) {
             tracing::info!(socket = %file, "removing a stale worker socket from an earlier run");
             supervisor::remove_stale(&entry.path());
         }
-    }
-}
-
-/// Tells systemd (Type=notify) that the server is ready, if it is listening.
-fn notify_systemd_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = path.as_encoded_bytes();
-    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|addr| socket.send_to_addr(b"READY=1", &addr))
-    } else {
-        socket.send_to(b"READY=1", &path)
-    };
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
 }

@@ -9,12 +9,18 @@ use rip_server::cli::{Cli, Invocation};
 use rip_server::config::{Config, ProcessEnv};
 
 fn main() -> ExitCode {
+    // While this is the only thread: take what systemd passed out of the
+    // environment, so workers never inherit it.
+    rip_server::systemd::take_from_env();
     let cli = Cli::parse();
     let result = match cli.invocation() {
         Ok(Invocation::Serve(args)) => match Config::build(&cli, &args, &ProcessEnv) {
+            Ok(config) if cli.check => rip_server::check::check(&config)
+                .map(|summary| drop(writeln!(std::io::stdout().lock(), "{summary}"))),
             Ok(config) => run(config.threads, rip_server::serve(&cli, &args, config)),
             Err(e) => Err(e.into()),
         },
+        Ok(Invocation::Control(_)) if cli.check => Err(rip_server::Error::CheckNeedsServe),
         Ok(Invocation::Control(command)) => run(1, rip_server::control_command(&cli, command)),
         Err(e) => Err(e.into()),
     };

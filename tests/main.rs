@@ -4,6 +4,7 @@
 mod harness;
 
 mod cli;
+mod cluster;
 mod hostile;
 mod limits;
 mod proxy;
@@ -11,5 +12,6 @@ mod queue;
 mod rolling;
 mod shutdown;
 mod supervision;
+mod systemd;
 mod tls;
 mod wire;

@@ -1,9 +1,12 @@
 //! Routing a client request: the server's own endpoint, or an app's pool.
 //!
 //! `GET /server` is answered by the server itself without touching a worker
-//! (a health check for load balancers). Everything else goes to the app's
-//! [`Proxy`]. Virtual hosts (DESIGN §8) choose the proxy by `Host` here.
+//! (a health check for load balancers): `200 ok`, or `503 draining` once a
+//! stop has begun, so the balancer takes this node out while it still
+//! serves. Everything else goes to the app's [`Proxy`]. Virtual hosts
+//! (DESIGN §8) choose the proxy by `Host` here.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response};
@@ -16,11 +19,21 @@ use super::proxy::{ClientInfo, Proxy};
 
 pub struct Router {
     proxy: Arc<Proxy>,
+    /// Set when a stop begins; `/server` then answers 503.
+    draining: AtomicBool,
 }
 
 impl Router {
     pub fn new(proxy: Arc<Proxy>) -> Self {
-        Router { proxy }
+        Router {
+            proxy,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on `/server` answers `503 draining`.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     pub async fn handle(
@@ -34,7 +47,10 @@ impl Router {
             return refused(refusal, parts.version);
         }
         if parts.uri.path() == "/server" && matches!(parts.method, Method::GET | Method::HEAD) {
-            return server_ok();
+            return match self.draining.load(Ordering::Relaxed) {
+                false => server_ok(),
+                true => server_draining(),
+            };
         }
         self.proxy
             .forward(Request::from_parts(parts, body), client, conn)
@@ -59,6 +75,14 @@ fn refused(refusal: Refusal, version: http::Version) -> Response<ResponseBody> {
     if version < http::Version::HTTP_2 {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    response
+}
+
+/// `503 draining`: this node is stopping; send new work elsewhere.
+pub fn server_draining() -> Response<ResponseBody> {
+    let mut response = server_ok();
+    *response.body_mut() = ResponseBody::text("draining");
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
     response
 }
 

@@ -1,0 +1,91 @@
+//! `--check`: validate a full configuration without serving.
+//!
+//! `rip-server --check …` builds the configuration exactly as a start would
+//! (flags over environment over config file over defaults, see
+//! [`crate::config`]) and then checks what a start would otherwise find out
+//! only later: the certificate files load and match, the socket paths fit,
+//! the JavaScript runtime is on `PATH`. It binds no port, creates no runtime
+//! directory and starts no worker, so it is safe beside a running instance
+//! (the NixOS module's flag round trip and an operator's `nginx -t` habit).
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::app::EntryKind;
+use crate::config::{self, Config, Listen};
+use crate::{check_socket_path, control, tls, Error};
+
+/// What [`serve`](crate::serve) would refuse before it binds anything,
+/// checked without binding or writing: the configuration (already built and
+/// validated by [`Config::build`]), the certificate files, the socket paths
+/// and the JavaScript runtime. Returns a one-line summary.
+pub fn check(config: &Config) -> Result<String, Error> {
+    if let Listen::Https(config::Https {
+        tls: tls::TlsSource::Files(pairs),
+        ..
+    }) = &config.listen
+    {
+        for pair in pairs {
+            tls::material::load(&pair.cert, &pair.key)?;
+        }
+    }
+    let control_path = control::socket_path(&config.runtime_dir, &config.name);
+    check_socket_path(config, &control_path)?;
+    if config.app.kind == EntryKind::JsModule {
+        let program = config.js_runtime.program();
+        if !on_path(program) {
+            return Err(Error::RuntimeMissing {
+                program: program.into(),
+                entry: config.app.entry.clone(),
+            });
+        }
+    }
+    Ok(format!(
+        "configuration ok: {} serves {} ({}) with {} worker{}, reload={}, {}",
+        config.name,
+        config.app.entry.display(),
+        config.app.kind,
+        config.workers,
+        if config.workers == 1 { "" } else { "s" },
+        config.reload.as_str(),
+        describe_listen(&config.listen),
+    ))
+}
+
+/// Whether `program` is an executable file in a `PATH` directory.
+fn on_path(program: &str) -> bool {
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(program))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// `https on port 443 (redirect from 80, hsts)` and the like.
+fn describe_listen(listen: &Listen) -> String {
+    let port = |choice: &config::PortChoice| match choice {
+        config::PortChoice::Fixed(port) => format!("port {port}"),
+        config::PortChoice::FirstFree {
+            preferred,
+            fallback_from,
+        } => format!("port {preferred} or the first free from {fallback_from}"),
+    };
+    match listen {
+        Listen::Http(choice) => format!("plain http on {}", port(choice)),
+        Listen::Https(https) => {
+            let mut extras = Vec::new();
+            if let config::Redirect::From(from) = https.redirect {
+                extras.push(format!("redirect from {from}"));
+            }
+            extras.push(match &https.tls {
+                tls::TlsSource::Files(pairs) => format!("{} certificate file pair(s)", pairs.len()),
+                tls::TlsSource::Auto => "automatic certificate".into(),
+            });
+            if https.hsts {
+                extras.push("hsts".into());
+            }
+            format!("https on {} ({})", port(&https.port), extras.join(", "))
+        }
+    }
+}
