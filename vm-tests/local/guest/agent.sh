@@ -1,7 +1,7 @@
 #!/bin/bash
 # The per-VM agent (rip-vm-agent@.service, one instance per connection on port 7000 of the
 # private VM network): lets the driving VM run a step here. One request line, one of
-#   ping | switch CONFIG | status | poweroff
+#   ping | wait-active SECONDS | switch CONFIG | status | poweroff
 # and the answer is the step's output followed by "RIP-VM-AGENT-RC=<exit status>".
 set -uo pipefail
 source /rip-vm/params.sh
@@ -13,6 +13,9 @@ cmd="${1:-}"
 step_here() {
   case "$cmd" in
     ping) echo "pong from $ROLE" ;;
+    wait-active)
+      wait_for "${2:-120}" "$UNIT-active" unit_active "$UNIT.service" || return 1
+      echo "$UNIT.service active on $ROLE" ;;
     switch) [ -n "${2:-}" ] || { echo "switch needs a configuration name"; return 2; }; switch_to "$2" ;;
     status) systemctl --no-pager status "$UNIT.service" ;;
     poweroff) echo "powering off $ROLE" ;;

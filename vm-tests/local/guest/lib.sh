@@ -180,6 +180,20 @@ agent_call() {
   exec {fd}>&-
   return "$rc"
 }
+# wait_agent HOST SECONDS: waits until HOST's agent answers.
+wait_agent() {
+  wait_for "$2" "agent-on-$1" agent_call "$1" ping
+}
+# peer_active HOST SECONDS: waits until rip-server.service is active on HOST (deadline SECONDS).
+peer_active() {
+  local out
+  if out="$(AGENT_TIMEOUT_S=$(($2 + 10)) agent_call "$1" wait-active "$2" 2>&1)"; then
+    pass "$UNIT-active-on-$1"
+  else
+    fail "$UNIT-active-on-$1" "$(echo "$out" | tail -n 1)"
+    return 1
+  fi
+}
 # poweroff_peers: asks every other VM to power off (best effort, so the host never waits).
 poweroff_peers() {
   local r
