@@ -72,26 +72,59 @@ unit_prop() { systemctl show -P "$2" "$1"; }
 unit_active() { [ "$(systemctl is-active "$1" 2>/dev/null)" = active ]; }
 main_pid() { unit_prop "$UNIT.service" MainPID; }
 cfg_info() { sed -n "s/^$2=//p" "$RIPVM/configs/$1/info"; } # cfg_info CONFIG KEY
+# server_up SECONDS: waits until rip-server.service is active (after boot); records the check.
+server_up() {
+  wait_for "$1" "$UNIT-active" unit_active "$UNIT.service" || return 1
+  pass "$UNIT-active" "main pid $(main_pid)"
+}
+# worker_pids: the server's child processes (its workers), one per line, sorted.
+worker_pids() { pgrep -P "$(main_pid)" | sort -n || true; }
+# has_new_pid BEFORE: is there a worker now that was not in BEFORE (a worker_pids output)?
+has_new_pid() { [ -n "$(comm -13 <(echo "$1") <(worker_pids))" ]; }
+# took T0: seconds since the uptime T0, one decimal.
+took() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }'; }
 
-# --- load (wrk, counting every non-2xx answer in Lua) ------------------------------------------
-# load_start NAME URL CONNECTIONS SECONDS [wrk args...]
+# --- load (wrk, counting sent requests and non-2xx answers in Lua: wrk-count.lua) ------------
+# load_start NAME URL CONNECTIONS MAX_SECONDS [wrk args...]: starts wrk in the background; it
+# runs until load_stop (or MAX_SECONDS). LOAD_DELAY_MS (default 0) paces each connection.
 load_start() {
   local name="$1" url="$2" conns="$3" secs="$4" threads
   shift 4
   threads="$(nproc)"
   ((threads <= conns)) || threads="$conns"
   wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout "${LOAD_TIMEOUT_S:-10}s" \
-    -s "$RIPVM/wrk-count.lua" "$@" "$url" >"$RUNDIR/load-$name.out" 2>&1 &
+    -s "$RIPVM/wrk-count.lua" "$@" "$url" -- "${LOAD_DELAY_MS:-0}" >"$RUNDIR/load-$name.out" 2>&1 &
   echo "$!" >"$RUNDIR/load-$name.pid"
   echo "$secs" >"$RUNDIR/load-$name.secs"
-  step "load $name started: $conns connections for ${secs}s on $url"
+  echo "$conns" >"$RUNDIR/load-$name.conns"
+  uptime_s >"$RUNDIR/load-$name.start"
+  step "load $name started: $conns connections (delay ${LOAD_DELAY_MS:-0} ms) on $url"
 }
-# load_wait NAME: waits for the run (deadline: its duration + 60 s), adds its counts to the
-# totals and records the check load-NAME (requests > 0, no non-2xx, no errors).
+# load_running NAME: is that load still going?
+load_running() { kill -0 "$(cat "$RUNDIR/load-$1.pid")" 2>/dev/null; }
+# load_stop NAME MIN_SECONDS: lets the load run at least MIN_SECONDS in all, stops it (wrk
+# prints its summary on SIGINT) and collects it (load_wait).
+load_stop() {
+  local name="$1" min="$2" ran
+  ran="$(took "$(cat "$RUNDIR/load-$name.start")")"
+  if awk -v r="$ran" -v m="$min" 'BEGIN { exit !(r < m) }'; then
+    sleep "$(awk -v r="$ran" -v m="$min" 'BEGIN { printf "%.1f", m - r }')"
+  fi
+  if load_running "$name"; then
+    kill -INT "$(cat "$RUNDIR/load-$name.pid")" 2>/dev/null || true
+  else
+    fail "load-$name-ran-throughout" "wrk ended before the steps did (raise its MAX_SECONDS)"
+  fi
+  load_wait "$name"
+}
+# load_wait NAME: waits for the run (deadline: its MAX_SECONDS + 60 s), adds its counts to
+# the totals and records the check load-NAME: requests > 0, no non-2xx, no socket errors, and
+# no request sent without an answer (beyond the one per connection in flight at the end).
 load_wait() {
-  local name="$1" pid secs end line
+  local name="$1" pid secs conns end line
   pid="$(cat "$RUNDIR/load-$name.pid")"
   secs="$(cat "$RUNDIR/load-$name.secs")"
+  conns="$(cat "$RUNDIR/load-$name.conns")"
   end=$(($(date +%s) + secs + 60))
   while kill -0 "$pid" 2>/dev/null; do
     if (($(date +%s) >= end)); then
@@ -107,15 +140,20 @@ load_wait() {
     fail "load-$name" "wrk printed no summary: $(tail -n 3 "$RUNDIR/load-$name.out" | tr '\n' ' ')"
     return 1
   fi
-  local requests non2xx connect read write timeout duration_us errors
-  eval "$(echo "${line#RIPWRK }" | tr ' ' '\n' | grep -E '^[a-z_0-9]+=[0-9]+$' | sed 's/^/local /')"
+  local requests sent non2xx connect read write timeout status duration_us p99_us max_us errors lost
+  eval "$(echo "${line#RIPWRK }" | tr ' ' '\n' | grep -E '^[a-z_0-9]+=[0-9]+$')"
   errors=$((connect + read + write + timeout))
+  # every error makes wrk send a new request, and each connection may be mid-request at the end
+  lost=$((sent - requests - errors - conns))
+  ((lost > 0)) || lost=0
+  errors=$((errors + lost))
   REQUESTS=$((REQUESTS + requests))
   NON2XX=$((NON2XX + non2xx))
   ERRORS=$((ERRORS + errors))
   LOAD_SECS=$((LOAD_SECS + duration_us / 1000000))
   emit "RIP-VM-LOAD role=$ROLE name=$name requests=$requests non2xx=$non2xx errors=$errors" \
-    "connect=$connect read=$read write=$write timeout=$timeout seconds=$((duration_us / 1000000))"
+    "connect=$connect read=$read write=$write timeout=$timeout unanswered=$lost sent=$sent" \
+    "seconds=$((duration_us / 1000000)) p99_ms=$((p99_us / 1000)) max_ms=$((max_us / 1000))"
   if ((requests > 0 && non2xx == 0 && errors == 0)); then
     pass "load-$name" "$requests requests"
   else
@@ -209,7 +247,9 @@ diagnostics() {
   systemctl --no-pager --failed 2>&1 | head -n 20 || true
   if [ -e "/etc/systemd/system/$UNIT.service" ]; then
     systemctl --no-pager status "$UNIT.service" 2>&1 | tail -n 25 || true
-    journalctl --no-pager -o short-monotonic -n 80 -u "$UNIT.service" -u "$UNIT.socket" 2>&1 || true
+    # the unit's journal without the access lines of answered requests
+    journalctl --no-pager -o short-monotonic -u "$UNIT.service" -u "$UNIT.socket" 2>&1 |
+      grep -Ev ' access: .* status=[23][0-9][0-9] ' | tail -n 80 || true
   fi
   # seccomp kills (SystemCallFilter=) and other kernel complaints, with the syscall number
   journalctl --no-pager -k -o short-monotonic 2>/dev/null | grep -Ei 'audit|seccomp|segfault|oom' | tail -n 10 || true
