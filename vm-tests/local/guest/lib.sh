@@ -73,9 +73,25 @@ unit_active() { [ "$(systemctl is-active "$1" 2>/dev/null)" = active ]; }
 main_pid() { unit_prop "$UNIT.service" MainPID; }
 cfg_info() { sed -n "s/^$2=//p" "$RIPVM/configs/$1/info"; } # cfg_info CONFIG KEY
 # server_up SECONDS: waits until rip-server.service is active (after boot); records the check.
+# A unit that systemd gave up on (state "failed", e.g. start-limit-hit) fails it at once.
 server_up() {
-  wait_for "$1" "$UNIT-active" unit_active "$UNIT.service" || return 1
-  pass "$UNIT-active" "main pid $(main_pid)"
+  local end=$(($(date +%s) + $1)) state
+  while :; do
+    state="$(systemctl is-active "$UNIT.service" 2>/dev/null || true)"
+    case "$state" in
+      active)
+        pass "$UNIT-active" "main pid $(main_pid)"
+        return 0 ;;
+      failed)
+        fail "$UNIT-active" "systemd gave up: $(unit_prop "$UNIT.service" Result)"
+        return 1 ;;
+    esac
+    if (($(date +%s) >= end)); then
+      fail "$UNIT-active" "not within $1s (state: $state)"
+      return 1
+    fi
+    sleep 0.3
+  done
 }
 # worker_pids: the server's child processes (its workers), one per line, sorted.
 worker_pids() { pgrep -P "$(main_pid)" | sort -n || true; }
@@ -92,7 +108,7 @@ load_start() {
   shift 4
   threads="$(nproc)"
   ((threads <= conns)) || threads="$conns"
-  wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout "${LOAD_TIMEOUT_S:-10}s" \
+  wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout "${LOAD_TIMEOUT_S:-60}s" \
     -s "$RIPVM/wrk-count.lua" "$@" "$url" -- "${LOAD_DELAY_MS:-0}" >"$RUNDIR/load-$name.out" 2>&1 &
   echo "$!" >"$RUNDIR/load-$name.pid"
   echo "$secs" >"$RUNDIR/load-$name.secs"
@@ -167,21 +183,28 @@ load_wait() {
 # texts says (materialise.py plan, a port of switch-to-configuration's decision), in
 # switch-to-configuration's order: stop, activate, daemon-reload, reload, restart, start.
 switch_to() {
-  local new="$1" cur plan rc=0 u
+  local new="$1" cur plan rc=0 u t0 phases=""
   cur="$(cat "$RIPVM/current")"
   plan="$RIPVM/configs/$new/plan-from-$cur.sh"
   [ -f "$plan" ] || { echo "no switch plan from $cur to $new ($plan)"; return 1; }
   # shellcheck source=/dev/null
   source "$plan"
   step "switch $cur -> $new: $PLAN_DECISIONS; main unit: $PLAN_ACTION"
+  t0="$(uptime_s)"
   if ((${#PLAN_STOP[@]})); then
     systemctl stop "${PLAN_STOP[@]}" || rc=1
+    phases="$phases stop=$(took "$t0")s"
   fi
+  t0="$(uptime_s)"
   "$RIPVM/activate.sh" "$new" || return 1
   systemd-sysusers || rc=1
   systemd-tmpfiles --create /etc/tmpfiles.d/rip-vm.conf || rc=1
   systemctl reset-failed || true
+  phases="$phases activate=$(took "$t0")s"
+  t0="$(uptime_s)"
   systemctl daemon-reload || return 1
+  phases="$phases daemon-reload=$(took "$t0")s"
+  t0="$(uptime_s)"
   for u in ${PLAN_RELOAD[@]+"${PLAN_RELOAD[@]}"}; do
     if unit_active "$u"; then
       systemctl reload "$u" || rc=1
@@ -189,15 +212,20 @@ switch_to() {
       systemctl start "$u" || rc=1
     fi
   done
+  ((${#PLAN_RELOAD[@]})) && phases="$phases reload=$(took "$t0")s"
+  t0="$(uptime_s)"
   if ((${#PLAN_RESTART[@]})); then
     systemctl restart "${PLAN_RESTART[@]}" || rc=1
+    phases="$phases restart=$(took "$t0")s"
   fi
+  t0="$(uptime_s)"
   if ((${#PLAN_START[@]})); then
     systemctl start "${PLAN_START[@]}" || rc=1
+    phases="$phases start=$(took "$t0")s"
   fi
   SWITCH_ACTION="$PLAN_ACTION"
   echo "$PLAN_ACTION" >"$RUNDIR/switch-action"
-  step "switch to $new done (rc=$rc)"
+  step "switch to $new done (rc=$rc):$phases"
   return "$rc"
 }
 
