@@ -100,7 +100,10 @@ CACHE="$(cd "$CACHE" && pwd)"
 LOGS="$(cd "$LOGS" && pwd)"
 
 RUN_ROOT="$(mktemp -d "${TMPDIR:-/tmp}/rip-vm.XXXXXX")"
+SCENARIO_PID=""
 cleanup() {
+  # the running scenario's subshell stops its own VMs (by PID) when it gets TERM
+  [ -n "$SCENARIO_PID" ] && stop_pid "$SCENARIO_PID" 20
   stop_tracked
   if [ "$KEEP" = 1 ]; then
     log "run directory kept: $RUN_ROOT"
@@ -449,8 +452,17 @@ failed=0
 IFS=, read -r -a list <<<"$SCENARIOS"
 for s in "${list[@]}"; do
   # A subshell per scenario: a runner error (die) fails that scenario only, and its VMs are
-  # stopped by PID on the way out.
-  if ! (trap stop_tracked EXIT; run_scenario "$s"); then
+  # stopped by PID on the way out, also when the runner itself is interrupted.
+  (
+    trap stop_tracked EXIT
+    trap 'exit 143' TERM INT
+    run_scenario "$s"
+  ) &
+  SCENARIO_PID=$!
+  rc=0
+  wait "$SCENARIO_PID" || rc=$?
+  SCENARIO_PID=""
+  if [ "$rc" != 0 ]; then
     failed=1
     [ -s "$RUN_ROOT/summary-$s" ] || echo "RIP-VM scenario=$s verdict=fail reason=runner-error (see the error above)"
   fi

@@ -14,7 +14,7 @@ step_here() {
   case "$cmd" in
     ping) echo "pong from $ROLE" ;;
     wait-active)
-      wait_for "${2:-120}" "$UNIT-active" unit_active "$UNIT.service" || return 1
+      server_up "${2:-120}" || return 1
       echo "$UNIT.service active on $ROLE" ;;
     switch) [ -n "${2:-}" ] || { echo "switch needs a configuration name"; return 2; }; switch_to "$2" ;;
     status) systemctl --no-pager status "$UNIT.service" ;;

@@ -1,8 +1,7 @@
 # smoke-net (guest): the server VM runs the unit; the client VM (10.77.0.10) reaches it at
 # "server" (10.77.0.11), talks to its agent, and loads it with 16 connections.
 role_server() {
-  wait_for 150 unit-active-after-boot unit_active "$UNIT.service" || return 0
-  step "$UNIT.service active"
+  server_up 150 || return 0
   expect_eq unit-type "$(unit_prop "$UNIT.service" Type)" "$(cfg_info base type)"
   check listens-on-all-addresses code_is 200 "http://10.77.0.11:$HTTP_PORT/server"
 }

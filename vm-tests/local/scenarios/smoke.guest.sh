@@ -3,8 +3,7 @@
 # get only 2xx; `systemctl reload` (the unit's ExecReload) rolls the workers, same main PID.
 role_server() {
   local svc="$UNIT.service" pid exe
-  wait_for 100 unit-active-after-boot unit_active "$svc" || return 0
-  step "$svc active"
+  server_up 100 || return 0
   expect_eq unit-type "$(unit_prop "$svc" Type)" "$(cfg_info base type)"
   pid="$(main_pid)"
   exe="$(readlink "/proc/$pid/exe")"
