@@ -159,8 +159,9 @@ load_wait() {
   local requests sent non2xx connect read write timeout status duration_us p99_us max_us errors lost
   eval "$(echo "${line#RIPWRK }" | tr ' ' '\n' | grep -E '^[a-z_0-9]+=[0-9]+$')"
   errors=$((connect + read + write + timeout))
-  # every error makes wrk send a new request, and each connection may be mid-request at the end
-  lost=$((sent - requests - errors - conns))
+  # a read or write error makes wrk send a new request (a connect error comes before one, a
+  # timeout is an answer that came too late), and each connection may be mid-request at the end
+  lost=$((sent - requests - read - write - conns))
   ((lost > 0)) || lost=0
   errors=$((errors + lost))
   REQUESTS=$((REQUESTS + requests))
