@@ -42,7 +42,7 @@ PROJECT="$(cd "$HERE/../.." && pwd)"
 source "$HERE/lib.sh"
 source "$HERE/image.sh"
 
-usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 SCENARIOS=""
 declare -A EVAL_JSON=()
