@@ -147,6 +147,8 @@ image_root() {
   mv "$tmp/root.files" "$ROOT_FILES"
   mv "$tmp/root.cpio" "$ROOT_CPIO"
   rm -rf "$tmp"
+  # images of other package lists are stale now (200+ MiB each)
+  find "$CACHE" -maxdepth 1 -name 'root-*' ! -name "root-$key.*" -delete
   log "root image $(basename "$ROOT_CPIO") ($(du -m "$ROOT_CPIO" | cut -f1) MiB) built in $(secs_since "$start") s;" \
     "$(grep -E '^(systemd|nodejs|wrk|haproxy) ' "$CACHE/root-$key.versions" | tr '\n' ' ')"
 }
