@@ -288,7 +288,11 @@ VM_LOGS=()
 start_vms() {
   local n=${#SCENARIO_VMS[@]} i role cpu ports=() netargs port mac
   [ "$ACCEL" = kvm ] && cpu=host || cpu=max
-  for ((i = 1; i < n; i++)); do ports+=("$(free_port)"); done
+  for ((i = 1; i < n; i++)); do
+    port="$(free_port)"
+    while [[ " ${ports[*]} " == *" $port "* ]]; do port="$(free_port)"; done
+    ports+=("$port")
+  done
   for ((i = 0; i < n; i++)); do
     role="${SCENARIO_VMS[$i]}"
     mac="$(printf '52:54:00:77:00:%02x' $((10 + i)))"
@@ -389,6 +393,10 @@ run_scenario() {
   mkdir -p "$RUN"
   log "scenario $SCENARIO: ${SCENARIO_VMS[*]} (deadline ${timeout}s)"
 
+  for cfg in "${!EVAL_JSON[@]}"; do
+    [[ " ${SCENARIO_CONFIGS[*]} " == *" $cfg "* ]] ||
+      die "--eval-json $cfg=...: scenario $SCENARIO has no configuration '$cfg' (it has: ${SCENARIO_CONFIGS[*]})"
+  done
   for cfg in "${SCENARIO_CONFIGS[@]}"; do evaluate "$cfg" "$RUN/eval-$cfg.json"; done
   prepare_image
   probe_accel
