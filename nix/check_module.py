@@ -37,7 +37,7 @@ from typing import Callable
 # yet. Until it is, rows whose config has [hosts] must fail --check with
 # "unknown field `hosts`". Flip this to True when the registry lands: those
 # rows must then pass.
-HOSTS_SUPPORTED = False
+HOSTS_SUPPORTED = True
 
 CONFIG_PATH = "/etc/rip-server/config.toml"
 ETC_KEY = "rip-server/config.toml"

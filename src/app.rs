@@ -37,6 +37,17 @@ pub enum EntryKind {
     Executable,
 }
 
+impl EntryKind {
+    /// What runs it, naming the runtime actually used: `fetch handler (node
+    /// loader)`, `fetch handler (bun loader)`, `executable`.
+    pub fn describe(self, runtime: crate::cli::JsRuntime) -> String {
+        match self {
+            EntryKind::JsModule => format!("fetch handler ({} loader)", runtime.program()),
+            EntryKind::Executable => "executable".to_string(),
+        }
+    }
+}
+
 impl fmt::Display for EntryKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

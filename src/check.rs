@@ -30,22 +30,49 @@ pub fn check(config: &Config) -> Result<String, Error> {
     }
     let control_path = control::socket_path(&config.runtime_dir, &config.name);
     check_socket_path(config, &control_path)?;
-    if config.app.kind == EntryKind::JsModule {
-        let program = config.js_runtime.program();
-        if !on_path(program) {
-            return Err(Error::RuntimeMissing {
-                program: program.into(),
-                entry: config.app.entry.clone(),
-            });
+    let hosts = &config.registry.spec.hosts;
+    for (host, entry) in hosts {
+        if let Some(pair) = &entry.tls {
+            tls::material::load(&pair.cert, &pair.key)
+                .map_err(|e| Error::Startup(format!("host '{host}': {e}")))?;
         }
     }
+    let apps = config
+        .app
+        .iter()
+        .chain(hosts.values().map(|entry| &entry.app));
+    for app in apps {
+        if app.kind == EntryKind::JsModule {
+            let program = config.js_runtime.program();
+            if !on_path(program) {
+                return Err(Error::RuntimeMissing {
+                    program: program.into(),
+                    entry: app.entry.clone(),
+                });
+            }
+        }
+    }
+    let serves = match &config.app {
+        Some(app) => format!(
+            "{} ({}) with {} worker{}",
+            app.entry.display(),
+            app.kind.describe(config.js_runtime),
+            config.workers,
+            if config.workers == 1 { "" } else { "s" },
+        ),
+        None => "no default app".to_string(),
+    };
+    let registered = match hosts.len() {
+        0 => String::new(),
+        n => format!(
+            ", {n} host{} from {}",
+            if n == 1 { "" } else { "s" },
+            config.registry.source.path().display()
+        ),
+    };
     Ok(format!(
-        "configuration ok: {} serves {} ({}) with {} worker{}, reload={}, {}",
+        "configuration ok: {} serves {serves}{registered}, reload={}, {}",
         config.name,
-        config.app.entry.display(),
-        config.app.kind,
-        config.workers,
-        if config.workers == 1 { "" } else { "s" },
         config.reload.as_str(),
         describe_listen(&config.listen),
     ))

@@ -28,9 +28,19 @@ ARGS (any order):
                  the first free port from 5000 up); port 0 lets the kernel pick a free port
 
 COMMANDS (talk to a running instance over its control socket):
-  rip-server status [--name NAME]   print the instance's status as JSON
-  rip-server reload [--name NAME]   rolling restart of every worker
-  rip-server stop   [--name NAME]   graceful stop
+  rip-server status [--name NAME]        print the instance's status as JSON
+  rip-server reload [HOST] [--name NAME] rolling restart of the app serving HOST, or of every app
+  rip-server stop   [--name NAME]        graceful stop
+
+HOST REGISTRY (many apps in one server, chosen by Host and TLS SNI):
+  rip-server add HOST APP [w:N] [r:...] [--reload=MODE] [--cert=PEM --key=PEM]
+                 serve APP for HOST (example.com, or *.example.com for one more label);
+                 a running server starts it at once, without a restart
+  rip-server remove HOST     stop serving HOST (its requests in flight finish)
+  rip-server list [--json]   the registered hosts, and whether a running server serves them
+  The registry is hosts.toml in $STATE_DIRECTORY, else ~/.rip. With hosts registered, other
+  hosts go to the default APP if one was given, else get 404. A [hosts] table in --config
+  declares them instead (read-only to add/remove; SIGHUP applies changes).
 
 EXAMPLES:
   rip-server apps/api                         HTTPS on 443 (or 5000+) with an automatic certificate
@@ -147,6 +157,11 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Let the app answer GET /status on the public port (by default the server answers it
+    /// with its health JSON).
+    #[arg(long)]
+    pub no_public_status: bool,
+
     /// Peers whose X-Forwarded-* / X-Real-IP / Forwarded headers are believed (a load
     /// balancer in front): comma-separated addresses or CIDR ranges. From anyone else those
     /// headers are replaced by what the server saw (default: none).
@@ -200,6 +215,10 @@ pub struct Cli {
     /// Read settings from this TOML file (every flag has a key of the same name, with '_' for '-').
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Print `list` (and `status`) as JSON.
+    #[arg(long)]
+    pub json: bool,
 
     /// Instance name, used for the control socket and logs (default: the app directory's name).
     #[arg(long, value_name = "NAME")]
@@ -383,23 +402,103 @@ impl fmt::Display for ListenSpec {
     }
 }
 
-/// A command for a running instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A command: for a running instance, or for the host registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Status,
-    Reload,
+    /// A rolling restart of the app serving the host, or of every app.
+    Reload(Option<String>),
     Stop,
+    /// `add HOST APP [w:N] [r:…]` (with `--reload`, `--cert`/`--key`).
+    Add(AddArgs),
+    /// `remove HOST`
+    Remove(String),
+    /// `list` (a table, or `--json`)
+    List,
 }
 
+/// What `rip-server add` registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddArgs {
+    pub host: String,
+    pub app: PathBuf,
+    pub workers: Option<WorkerCount>,
+    pub restart: Option<RestartSpec>,
+}
+
+/// The words that start a command rather than name an app.
+const COMMANDS: [&str; 6] = ["status", "reload", "stop", "add", "remove", "list"];
+
 impl Command {
-    fn parse(word: &str) -> Option<Self> {
+    /// `words`: the command word and what follows it.
+    fn parse(word: &str, rest: &[String]) -> Result<Self, ArgsError> {
+        let extra = |extra: &String| ArgsError::CommandArgs {
+            command: word.to_string(),
+            extra: extra.clone(),
+        };
+        let usage = |usage: &'static str| ArgsError::Usage {
+            command: word.to_string(),
+            usage,
+        };
         match word {
-            "status" => Some(Command::Status),
-            "reload" => Some(Command::Reload),
-            "stop" => Some(Command::Stop),
-            _ => None,
+            "status" | "stop" | "list" => match rest.first() {
+                Some(e) => Err(extra(e)),
+                None => Ok(match word {
+                    "status" => Command::Status,
+                    "stop" => Command::Stop,
+                    _ => Command::List,
+                }),
+            },
+            "reload" => match rest {
+                [] => Ok(Command::Reload(None)),
+                [host] => Ok(Command::Reload(Some(host.clone()))),
+                [_, e, ..] => Err(extra(e)),
+            },
+            "remove" => match rest {
+                [host] => Ok(Command::Remove(host.clone())),
+                [] => Err(usage("rip-server remove HOST")),
+                [_, e, ..] => Err(extra(e)),
+            },
+            _ => parse_add(rest).map(Command::Add),
         }
     }
+}
+
+/// `add HOST APP [w:N] [r:…]`.
+fn parse_add(rest: &[String]) -> Result<AddArgs, ArgsError> {
+    let usage = || ArgsError::Usage {
+        command: "add".into(),
+        usage:
+            "rip-server add HOST APP [w:N] [r:N[,Ss][,Rr]] [--reload=MODE] [--cert=PEM --key=PEM]",
+    };
+    let [host, app, tokens @ ..] = rest else {
+        return Err(usage());
+    };
+    let mut args = AddArgs {
+        host: host.clone(),
+        app: PathBuf::from(app),
+        workers: None,
+        restart: None,
+    };
+    for raw in tokens {
+        match Token::parse(raw)? {
+            Token::Workers(w) if args.workers.is_none() => args.workers = Some(w),
+            Token::Restart(r) if args.restart.is_none() => args.restart = Some(r),
+            Token::Workers(_) | Token::Restart(_) => {
+                return Err(ArgsError::CommandArgs {
+                    command: "add".into(),
+                    extra: raw.clone(),
+                })
+            }
+            Token::Listen(_) | Token::App(_) => {
+                return Err(ArgsError::CommandArgs {
+                    command: "add".into(),
+                    extra: raw.clone(),
+                })
+            }
+        }
+    }
+    Ok(args)
 }
 
 /// One positional argument, classified.
@@ -498,23 +597,22 @@ pub enum ArgsError {
     )]
     TwoListeners { first: String, second: String },
     #[error(
-        "'{command}' takes no arguments, but '{extra}' was given (use --name to pick the instance)"
+        "'{command}' does not take '{extra}' (use --name to pick the instance; rip-server --help lists the commands)"
     )]
     CommandArgs { command: String, extra: String },
+    #[error("'{command}' needs its arguments: {usage}")]
+    Usage {
+        command: String,
+        usage: &'static str,
+    },
 }
 
 impl Cli {
     /// Classifies the positional arguments.
     pub fn invocation(&self) -> Result<Invocation, ArgsError> {
         if let Some((first, rest)) = self.args.split_first() {
-            if let Some(command) = Command::parse(first) {
-                return match rest.first() {
-                    Some(extra) => Err(ArgsError::CommandArgs {
-                        command: first.clone(),
-                        extra: extra.clone(),
-                    }),
-                    None => Ok(Invocation::Control(command)),
-                };
+            if COMMANDS.contains(&first.as_str()) {
+                return Command::parse(first, rest).map(Invocation::Control);
             }
         }
         parse_serve_args(&self.args).map(Invocation::Serve)
@@ -686,6 +784,45 @@ mod tests {
             cli.invocation(),
             Err(ArgsError::CommandArgs { .. })
         ));
+        let cli = Cli::parse_from(["rip-server", "reload", "labs.example.com"]);
+        assert_eq!(
+            cli.invocation(),
+            Ok(Invocation::Control(Command::Reload(Some(
+                "labs.example.com".into()
+            ))))
+        );
+    }
+
+    #[test]
+    fn registry_commands_take_their_arguments() {
+        let cli = Cli::parse_from(["rip-server", "add", "a.example", "apps/a", "w:2", "r:100"]);
+        let Ok(Invocation::Control(Command::Add(add))) = cli.invocation() else {
+            panic!("{:?}", cli.invocation())
+        };
+        assert_eq!(add.host, "a.example");
+        assert_eq!(add.app, PathBuf::from("apps/a"));
+        assert_eq!(
+            add.workers,
+            Some(WorkerCount::Fixed(NonZeroUsize::new(2).unwrap()))
+        );
+        assert_eq!(add.restart.and_then(|r| r.requests), Some(100));
+        for (argv, says) in [
+            (&["add", "a.example"][..], "needs its arguments"),
+            (
+                &["add", "a.example", "apps/a", "http:80"],
+                "does not take 'http:80'",
+            ),
+            (&["add", "a.example", "apps/a", "w:x"], "w: expects"),
+            (&["remove"], "rip-server remove HOST"),
+            (&["remove", "a", "b"], "does not take 'b'"),
+        ] {
+            let cli = Cli::parse_from(std::iter::once("rip-server").chain(argv.iter().copied()));
+            let err = cli.invocation().unwrap_err().to_string();
+            assert!(err.contains(says), "{argv:?}: {err}");
+        }
+        let cli = Cli::parse_from(["rip-server", "list", "--json"]);
+        assert_eq!(cli.invocation(), Ok(Invocation::Control(Command::List)));
+        assert!(cli.json);
     }
 
     fn arb_workers() -> impl Strategy<Value = WorkerCount> {

@@ -27,6 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use std::collections::BTreeMap;
+
+use crate::registry::{self, RawEntry, RawRegistry, RegistryError, RegistrySpec};
 
 use crate::app::{App, ResolveError};
 use crate::cli::{ArgsError, JsRuntime, ListenSpec, ReloadMode, RestartSpec, ServeArgs, Token};
@@ -38,7 +41,13 @@ use crate::tls::{CertPair, TlsSource};
 pub struct Config {
     /// Instance name: control socket, worker socket and log prefix.
     pub name: String,
-    pub app: App,
+    /// The default app: every host when no host is registered, unregistered
+    /// hosts otherwise. `None` (hosts registered, no app given): those get 404.
+    pub app: Option<App>,
+    /// The host registry and where it comes from.
+    pub registry: RegistryConfig,
+    /// `GET /status` on the public port answers from the server itself.
+    pub public_status: bool,
     pub workers: usize,
     pub restart: RestartPolicy,
     pub reload: ReloadMode,
@@ -57,6 +66,13 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// How long a stop keeps serving with `/server` answering 503 (draining).
     pub shutdown_delay: Duration,
+}
+
+/// The host registry a server starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryConfig {
+    pub source: registry::Source,
+    pub spec: RegistrySpec,
 }
 
 /// When a worker is recycled; `None` means no limit.
@@ -177,6 +193,8 @@ pub enum ConfigError {
     Args(#[from] ArgsError),
     #[error(transparent)]
     App(#[from] ResolveError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error("cannot read config file '{path}': {source}")]
     ReadFile {
         path: PathBuf,
@@ -230,6 +248,9 @@ struct FileConfig {
     min_download_rate: Option<u64>,
     max_connections: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
+    no_public_status: Option<bool>,
+    /// The declarative host registry (`[hosts."name"]`).
+    hosts: Option<BTreeMap<String, RawEntry>>,
     runtime: Option<JsRuntime>,
     threads: Option<usize>,
     json_logging: Option<bool>,
@@ -313,15 +334,39 @@ impl Config {
             file_dir: file_dir.clone().unwrap_or_default(),
         };
 
-        let app_path = match (&args.app, &file.app) {
-            (Some(path), _) => path.clone(),
-            (None, Some(path)) => file_dir.unwrap_or_default().join(path),
-            (None, None) => PathBuf::from("."),
+        let registry = match (&file.hosts, &cli.config) {
+            (Some(hosts), Some(path)) => {
+                let raw = RawRegistry {
+                    hosts: hosts.clone(),
+                };
+                let base = file_dir.clone().unwrap_or_default();
+                RegistryConfig {
+                    spec: raw.validate(&base)?,
+                    source: registry::Source::Config(path.clone()),
+                }
+            }
+            _ => {
+                let path = registry::file_in(&state_dir(env));
+                RegistryConfig {
+                    spec: registry::load_file(&path)?,
+                    source: registry::Source::File(path),
+                }
+            }
         };
-        let app = App::resolve(&app_path)?;
+        // The default app: named, or the current directory when no host is
+        // registered (with hosts, unregistered names then get 404).
+        let app_path = match (&args.app, &file.app) {
+            (Some(path), _) => Some(path.clone()),
+            (None, Some(path)) => Some(file_dir.unwrap_or_default().join(path)),
+            (None, None) if registry.spec.hosts.is_empty() => Some(PathBuf::from(".")),
+            (None, None) => None,
+        };
+        let app = app_path.as_deref().map(App::resolve).transpose()?;
         let name = match cli.name.clone().or_else(|| file.name.clone()) {
             Some(name) => validate_name(name)?,
-            None => sanitize_name(&app.name),
+            None => app
+                .as_ref()
+                .map_or_else(|| "rip-server".to_string(), |app| sanitize_name(&app.name)),
         };
 
         Ok(Config {
@@ -390,6 +435,8 @@ impl Config {
             runtime_dir: runtime_dir(env),
             config_file: cli.config.clone(),
             shutdown_delay: layers.shutdown_delay()?,
+            public_status: !(cli.no_public_status || file.no_public_status.unwrap_or(false)),
+            registry,
             name,
             app,
         })
@@ -872,7 +919,8 @@ fn validate_name(name: String) -> Result<String, ConfigError> {
     }
 }
 
-fn sanitize_name(raw: &str) -> String {
+/// A name made of the safe alphabet of [`validate_name`] (`-` for the rest).
+pub fn sanitize_name(raw: &str) -> String {
     let cleaned: String = raw
         .chars()
         .map(|c| {
@@ -928,6 +976,18 @@ impl TrustedProxies {
         };
         self.0.iter().any(|net| net.contains(&peer))
     }
+}
+
+/// The state directory (certificate cache, host registry):
+/// `$STATE_DIRECTORY` (systemd; the first of several), else `~/.rip`.
+pub fn state_dir(env: &dyn Env) -> PathBuf {
+    if let Some(dir) = env.var("STATE_DIRECTORY") {
+        return PathBuf::from(dir.split(':').next().unwrap_or(&dir));
+    }
+    let home = env
+        .var("HOME")
+        .map_or_else(|| PathBuf::from("/"), PathBuf::from);
+    home.join(".rip")
 }
 
 /// The private directory for sockets (DESIGN §9).
@@ -1156,7 +1216,7 @@ mod tests {
         )
         .unwrap();
         let c = build(&[&format!("--config={}", file.display())], &[]).unwrap();
-        assert_eq!(c.app.dir, app.path().canonicalize().unwrap());
+        assert_eq!(c.app.unwrap().dir, app.path().canonicalize().unwrap());
         assert_eq!(c.workers, 3);
     }
 }

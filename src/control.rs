@@ -7,13 +7,13 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /server` | `200 ok` from the server itself |
-//! | `GET /status` | JSON: name, version, pid, uptime, app, listeners, pool, workers, slots |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /status` | JSON: name, version, pid, uptime, listeners, registry (source, path, error), hosts, and `apps` (each: name, app, hosts, pool, generation, desired_workers, workers, slots, restarts, roll, last_roll, rolls, module_reloads); the default app's (or only app's) fields are repeated at the top level |
+//! | `GET /metrics` | Prometheus text, one sample per app (label `app`) |
 //! | `POST /worker` | `{"op":"join","workerId":N,"pid":P,…}` or `{"op":"quit","workerId":N}` → `{"ok":true}` |
-//! | `POST /reload` | a rolling restart; answers when it ends: `200` + the outcome JSON, or `409` + the outcome with its `error` (the old generation keeps serving) |
+//! | `POST /reload[?host=HOST]` | a rolling restart of the app serving HOST, or of every app; answers when the rolls end: `200` + `{"ok":true,"rolls":[…]}`, or `409` with the failed rolls' `error` (their old generations keep serving); `404` for a host no app serves |
 //! | `POST /stop` | `202`, then a graceful stop |
 //!
-//! [`call`] is the client side used by `rip-server status|stop`.
+//! [`call`] is the client side used by the commands (`crate::commands`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,12 +27,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
-use crate::server::metrics::Metrics;
-use crate::server::pool::Pool;
-use crate::server::upstream::Upstream;
-use crate::supervisor::{Command, SupervisorHandle, Trigger};
+use crate::apps::{AppHandle, AppsHandle};
+use crate::server::metrics::{self, AppSample};
+use crate::supervisor::{Command, RollOutcome};
 
 /// Largest control request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -45,14 +44,9 @@ pub fn socket_path(runtime_dir: &Path, name: &str) -> PathBuf {
 /// What the control socket reports on and acts upon.
 pub struct ControlState {
     pub name: String,
-    pub app_dir: PathBuf,
-    pub entry: PathBuf,
-    pub reload: &'static str,
     pub listeners: Vec<String>,
     pub started: Instant,
-    pub pool: Arc<Pool<Upstream>>,
-    pub metrics: Arc<Metrics>,
-    pub supervisor: SupervisorHandle,
+    pub apps: AppsHandle,
     /// Re-read on `POST /reload` (certificate renewals without restart).
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// Set to request a graceful stop.
@@ -113,21 +107,13 @@ pub async fn serve(
 }
 
 async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let query = request.uri().query().map(str::to_string);
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/server") => text(StatusCode::OK, "ok"),
-        (&Method::GET, "/status") => status(state).await,
-        (&Method::GET, "/metrics") => {
-            let mut out = String::new();
-            state.metrics.render(&mut out, &state.pool.stats());
-            let mut response = text(StatusCode::OK, out);
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            response
-        }
+        (&Method::GET, "/status") => json(StatusCode::OK, &status(state).await),
+        (&Method::GET, "/metrics") => metrics(state),
         (&Method::POST, "/worker") => worker_op(state, request).await,
-        (&Method::POST, "/reload") => reload(state).await,
+        (&Method::POST, "/reload") => reload(state, query_host(query.as_deref())).await,
         (&Method::POST, "/stop") => {
             tracing::info!("stop requested over the control socket");
             let _ = state.stop.send(true);
@@ -146,79 +132,179 @@ async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Ful
     }
 }
 
-async fn status(state: &ControlState) -> Response<Full<Bytes>> {
-    let Some(supervisor) = state.supervisor.status().await else {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the supervisor is stopping\n",
-        );
-    };
-    let body = serde_json::json!({
+/// `host=...` from a query string, percent-decoded.
+fn query_host(query: Option<&str>) -> Option<String> {
+    let value = query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("host="))?;
+    let mut out = Vec::with_capacity(value.len());
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match decoded {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn metrics(state: &ControlState) -> Response<Full<Bytes>> {
+    let table = state.apps.table();
+    let samples: Vec<AppSample<'_>> = table
+        .apps()
+        .iter()
+        .map(|(app, _)| AppSample {
+            app: &app.name,
+            metrics: &app.metrics,
+            pool: app.pool.stats(),
+        })
+        .collect();
+    let mut response = text(StatusCode::OK, metrics::render(&samples));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    response
+}
+
+/// One app's part of `/status`.
+async fn app_status(app: &AppHandle, hosts: &[String]) -> serde_json::Value {
+    let supervisor = app.supervisor.status().await;
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let m = &app.metrics;
+    serde_json::json!({
+        "name": app.name,
+        "app": app.about(),
+        "hosts": hosts,
+        "pool": app.pool.stats(),
+        "generation": supervisor.as_ref().map(|s| s.generation),
+        "desired_workers": supervisor.as_ref().map_or(app.desired(), |s| s.desired_workers),
+        "workers": supervisor.as_ref().map(|s| &s.workers),
+        "slots": supervisor.as_ref().map(|s| &s.slots),
+        "restarts": supervisor.as_ref().map(|s| s.restarts),
+        "roll": supervisor.as_ref().map(|s| &s.roll),
+        "last_roll": supervisor.as_ref().map(|s| &s.last_roll),
+        "rolls": {
+            "started": load(&m.rolls_started),
+            "succeeded": load(&m.rolls_succeeded),
+            "failed": load(&m.rolls_failed),
+        },
+        "module_reloads": load(&m.module_reloads),
+    })
+}
+
+/// The whole `/status` document.
+pub async fn status(state: &ControlState) -> serde_json::Value {
+    let table = state.apps.table();
+    let registry = state.apps.registry();
+    let mut apps = Vec::new();
+    for (app, hosts) in table.apps() {
+        apps.push(app_status(app, hosts).await);
+    }
+    let mut doc = serde_json::json!({
         "name": state.name,
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "uptime_s": state.started.elapsed().as_secs(),
-        "app": {
-            "dir": state.app_dir,
-            "entry": state.entry,
-            "reload": state.reload,
-        },
         "listeners": state.listeners,
-        "pool": state.pool.stats(),
-        "generation": supervisor.generation,
-        "desired_workers": supervisor.desired_workers,
-        "workers": supervisor.workers,
-        "slots": supervisor.slots,
-        "restarts": supervisor.restarts,
-        "roll": supervisor.roll,
-        "last_roll": supervisor.last_roll,
-        "rolls": {
-            "started": state.metrics.rolls_started.load(std::sync::atomic::Ordering::Relaxed),
-            "succeeded": state.metrics.rolls_succeeded.load(std::sync::atomic::Ordering::Relaxed),
-            "failed": state.metrics.rolls_failed.load(std::sync::atomic::Ordering::Relaxed),
+        "registry": {
+            "source": registry.source.kind(),
+            "path": registry.source.path(),
+            "error": registry.error,
         },
-        "module_reloads": state.metrics.module_reloads.load(std::sync::atomic::Ordering::Relaxed),
-        "hosts": [],
+        "hosts": table.hosts(),
     });
-    json(StatusCode::OK, &body)
+    // The default app (or the only one), at the top level as before apps.
+    let primary = match table.default_app() {
+        Some(default) => table
+            .apps()
+            .iter()
+            .position(|(a, _)| Arc::ptr_eq(a, default)),
+        None if apps.len() == 1 => Some(0),
+        None => None,
+    };
+    if let (Some(i), Some(fields)) = (primary, doc.as_object_mut()) {
+        if let Some(app) = apps[i].as_object() {
+            for (key, value) in app {
+                if key != "name" && key != "hosts" {
+                    fields.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+    if let Some(fields) = doc.as_object_mut() {
+        fields.insert("apps".into(), serde_json::Value::Array(apps));
+    }
+    doc
 }
 
-/// Longest a `POST /reload` waits for its roll to end before answering 202.
+/// Longest a `POST /reload` waits for its rolls to end before answering 202.
 const ROLL_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
-async fn reload(state: &ControlState) -> Response<Full<Bytes>> {
+async fn reload(state: &ControlState, host: Option<String>) -> Response<Full<Bytes>> {
     if let Some(tls) = &state.tls {
-        crate::reload_tls(tls, None);
+        crate::serve::reload_tls(tls, None);
     }
-    let (reply, outcome) = tokio::sync::oneshot::channel();
-    let command = Command::Reload {
-        trigger: Trigger::Command,
-        reply: Some(reply),
-    };
-    if !state.supervisor.send(command).await {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the supervisor is stopping\n",
-        );
-    }
-    match tokio::time::timeout(ROLL_WAIT, outcome).await {
-        Ok(Ok(outcome)) => {
-            let status = if outcome.ok {
-                StatusCode::OK
-            } else {
-                StatusCode::CONFLICT
-            };
-            json(status, &serde_json::to_value(&outcome).unwrap_or_default())
+    let rolls = match state.apps.reload(host).await {
+        Ok(rolls) => rolls,
+        Err(error) => {
+            return json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "ok": false, "error": error }),
+            )
         }
-        Ok(Err(_)) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the supervisor is stopping\n",
-        ),
-        Err(_) => json(
+    };
+    let waited = tokio::time::timeout(ROLL_WAIT, outcomes(rolls)).await;
+    let Ok(outcomes) = waited else {
+        return json(
             StatusCode::ACCEPTED,
             &serde_json::json!({ "ok": true, "rolling": true }),
-        ),
+        );
+    };
+    let ok = outcomes
+        .iter()
+        .all(|(_, o)| o.as_ref().is_some_and(|o| o.ok));
+    let rolls: Vec<serde_json::Value> = outcomes
+        .into_iter()
+        .map(|(app, outcome)| match outcome {
+            Some(outcome) => {
+                let mut value = serde_json::to_value(&outcome).unwrap_or_default();
+                if let Some(fields) = value.as_object_mut() {
+                    fields.insert("app".into(), app.into());
+                }
+                value
+            }
+            None => serde_json::json!({ "app": app, "ok": false, "error": "the app stopped" }),
+        })
+        .collect();
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    json(status, &serde_json::json!({ "ok": ok, "rolls": rolls }))
+}
+
+async fn outcomes(
+    rolls: Vec<(String, oneshot::Receiver<RollOutcome>)>,
+) -> Vec<(String, Option<RollOutcome>)> {
+    let mut out = Vec::new();
+    for (app, outcome) in rolls {
+        out.push((app, outcome.await.ok()));
     }
+    out
 }
 
 #[derive(serde::Deserialize)]
@@ -243,27 +329,35 @@ async fn worker_op(state: &ControlState, request: Request<Incoming>) -> Response
             )
         }
     };
-    let command = match op.op.as_str() {
-        "join" => Command::Join {
-            id: op.worker_id,
-            pid: op.pid,
-        },
-        "quit" => Command::Quit { id: op.worker_id },
-        other => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("unknown op '{other}': expected join or quit\n"),
-            )
-        }
-    };
-    if state.supervisor.send(command).await {
-        json(StatusCode::OK, &serde_json::json!({ "ok": true }))
-    } else {
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the supervisor is stopping\n",
-        )
+    if op.op != "join" && op.op != "quit" {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("unknown op '{}': expected join or quit\n", op.op),
+        );
     }
+    // Worker ids are unique across apps: the one supervisor that owns it acts.
+    for supervisor in state.apps.supervisors() {
+        let (reply, mine) = oneshot::channel();
+        let command = match op.op.as_str() {
+            "join" => Command::Join {
+                id: op.worker_id,
+                pid: op.pid,
+                reply,
+            },
+            _ => Command::Quit {
+                id: op.worker_id,
+                reply,
+            },
+        };
+        if supervisor.send(command).await && mine.await.unwrap_or(false) {
+            return json(StatusCode::OK, &serde_json::json!({ "ok": true }));
+        }
+    }
+    tracing::warn!(worker = op.worker_id, pid = ?op.pid, op = %op.op, "a worker op from an unknown worker ignored");
+    json(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({ "ok": false, "error": "no such worker" }),
+    )
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -13,7 +13,7 @@
 //! `READY=1` once every worker of the first generation serves; on SIGHUP
 //! `RELOADING=1` with `MONOTONIC_USEC`, then `READY=1` when the roll ends
 //! (a failure is said in `STATUS=`); `STOPPING=1` when a stop begins;
-//! `WATCHDOG=1` every half period while the supervisor answers
+//! `WATCHDOG=1` every half period while the supervisors answer
 //! ([`heartbeat`], which also keeps `STATUS=` current). Without
 //! `NOTIFY_SOCKET` every call here does nothing.
 //!
@@ -30,10 +30,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, sockopt};
-use tokio::sync::oneshot;
 
+use crate::apps::{AppsHandle, Rolling};
 use crate::config::{Listen, PortChoice, Redirect};
-use crate::supervisor::{RollOutcome, SupervisorHandle};
 
 /// The first fd systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
@@ -239,46 +238,53 @@ fn watchdog_period(usec: Option<&str>, pid: Option<&str>, my_pid: u32) -> Option
 
 /// Tells systemd how a SIGHUP reload ended: `READY=1` either way (the
 /// server keeps serving), with the failure in `STATUS=` if there was one.
-pub async fn report_reload(
-    roll: Result<oneshot::Receiver<RollOutcome>, String>,
-    supervisor: SupervisorHandle,
-) {
-    let failure = match roll {
+pub async fn report_reload(rolls: Result<Vec<Rolling>, String>, apps: AppsHandle) {
+    let failure = match rolls {
         Err(config_error) => Some(format!("config reload failed: {config_error}")),
-        Ok(outcome) => match outcome.await {
-            Ok(outcome) if outcome.ok => None,
-            Ok(outcome) => Some(format!(
-                "reload failed: {}",
-                outcome
-                    .error
-                    .as_deref()
-                    .unwrap_or("the new workers did not become ready")
-            )),
-            Err(_) => Some("reload failed: the supervisor stopped".into()),
-        },
+        Ok(rolls) => {
+            let mut failures = Vec::new();
+            for (app, outcome) in rolls {
+                match outcome.await {
+                    Ok(outcome) if outcome.ok => {}
+                    Ok(outcome) => failures.push(format!(
+                        "{app}: {}",
+                        outcome
+                            .error
+                            .as_deref()
+                            .unwrap_or("the new workers did not become ready")
+                    )),
+                    Err(_) => failures.push(format!("{app}: it stopped")),
+                }
+            }
+            (!failures.is_empty()).then(|| format!("reload failed: {}", failures.join("; ")))
+        }
     };
-    let line = status_of(&supervisor).await;
+    let line = status_of(&apps).await;
     match failure {
         None => ready(&line),
         Some(failure) => ready(&format!("{failure}; still {line}")),
     }
 }
 
-/// `serving 1 app, 4 workers, generation 3`, from the supervisor's view.
-pub async fn status_of(supervisor: &SupervisorHandle) -> String {
-    match supervisor.status().await {
-        Some(status) => {
-            let serving = status
-                .workers
-                .iter()
-                .filter(|w| w.generation == status.generation)
-                .filter(|w| matches!(w.state, "serving" | "recycling"))
-                .count();
-            // One app per server until the host registry lands.
-            status_line(1, serving, status.generation)
-        }
-        None => "stopping".to_string(),
+/// `serving 3 apps, 8 workers, generation 4`, from the supervisors' view
+/// (the generation is the newest any app has reached).
+pub async fn status_of(apps: &AppsHandle) -> String {
+    let table = apps.table();
+    let mut serving = 0;
+    let mut generation = 0;
+    for (app, _) in table.apps() {
+        let Some(status) = app.supervisor.status().await else {
+            return "stopping".to_string();
+        };
+        serving += status
+            .workers
+            .iter()
+            .filter(|w| w.generation == status.generation)
+            .filter(|w| matches!(w.state, "serving" | "recycling"))
+            .count();
+        generation = generation.max(status.generation);
     }
+    status_line(table.apps().len(), serving, generation)
 }
 
 /// How often the status line is refreshed when systemd asked for no watchdog.
@@ -288,7 +294,7 @@ const STATUS_REFRESH: Duration = Duration::from_secs(5);
 /// status line current (recycles and file-change rolls change it too). A
 /// supervisor that does not answer within the period gets no ping, so
 /// systemd restarts a hung server.
-pub async fn heartbeat(supervisor: SupervisorHandle) {
+pub async fn heartbeat(apps: AppsHandle) {
     if !is_notifying() {
         return;
     }
@@ -299,7 +305,7 @@ pub async fn heartbeat(supervisor: SupervisorHandle) {
     let mut last = String::new();
     loop {
         tick.tick().await;
-        match tokio::time::timeout(period, status_of(&supervisor)).await {
+        match tokio::time::timeout(period, status_of(&apps)).await {
             Ok(line) => {
                 if watchdog.is_some() {
                     watchdog_ping();

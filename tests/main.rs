@@ -6,6 +6,7 @@ mod harness;
 mod cli;
 mod cluster;
 mod hostile;
+mod hosts;
 mod limits;
 mod proxy;
 mod queue;

@@ -1124,7 +1124,7 @@ fn check_validates_everything_and_binds_nothing() {
     let (code, _, stderr, _) = check(&[&config_flag], &[]);
     assert_eq!(code, 2);
     assert!(stderr.contains("key.pem"), "{stderr}");
-    // A table the server does not know yet is refused, naming it.
+    // A declarative host registry is checked whole: its hosts and their apps.
     std::fs::write(
         &config,
         format!(
@@ -1134,9 +1134,20 @@ fn check_validates_everything_and_binds_nothing() {
         ),
     )
     .unwrap();
+    let (code, stdout, stderr, _) = check(&[&config_flag], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1 host from"), "{stdout}");
+    std::fs::write(
+        &config,
+        format!("[hosts.\"a.test:80\"]\napp = {:?}\n", app.display()),
+    )
+    .unwrap();
     let (code, _, stderr, _) = check(&[&config_flag], &[]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("unknown field `hosts`"), "{stderr}");
+    assert!(
+        stderr.contains("a.test:80") && stderr.contains("port"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -17,13 +17,13 @@ use tokio_rustls::TlsConnector;
 use crate::harness::{clean_command, http1, node_app, Builder, Server, BIN};
 
 /// A certificate and key written to `dir` as `NAME.pem` / `NAME.key`.
-struct TestCert {
-    cert: PathBuf,
-    key: PathBuf,
-    der: CertificateDer<'static>,
+pub struct TestCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: CertificateDer<'static>,
 }
 
-fn make_cert(
+pub fn make_cert(
     dir: &Path,
     name: &str,
     names: &[&str],
@@ -75,7 +75,7 @@ pub async fn handshake(
 }
 
 /// The certificate the server presented.
-fn presented(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+pub fn presented(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
     stream.get_ref().1.peer_certificates().unwrap()[0]
         .clone()
         .into_owned()

@@ -2,14 +2,18 @@
 //!
 //! The record is a plain value filled in along the request path; rendering is
 //! left to the `tracing` subscriber (`logging.rs`), which writes it as a human
-//! line or, with `--json-logging`, as a JSON object with the same fields.
+//! line or, with `--json-logging`, as a JSON object with the same fields
+//! (the app, then host, method, path, status, bytes and timings).
 //! With `--no-access-log` no record is built at all.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the access log says about one request.
 #[derive(Debug, Clone)]
 pub struct AccessRecord {
+    /// The app that answered (its name).
+    pub app: Arc<str>,
     pub host: String,
     pub method: http::Method,
     pub path: String,
@@ -22,7 +26,7 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    pub fn begin(parts: &http::request::Parts, started: Instant) -> Self {
+    pub fn begin(app: &Arc<str>, parts: &http::request::Parts, started: Instant) -> Self {
         let host = parts
             .headers
             .get(http::header::HOST)
@@ -31,6 +35,7 @@ impl AccessRecord {
             .unwrap_or("-")
             .to_string();
         AccessRecord {
+            app: app.clone(),
             host,
             method: parts.method.clone(),
             path: parts.uri.path_and_query().map_or_else(
@@ -51,6 +56,7 @@ impl AccessRecord {
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         tracing::info!(
             target: "access",
+            app = %self.app,
             host = %self.host,
             method = %self.method,
             path = %self.path,

@@ -1,12 +1,24 @@
-//! Counters and latency histograms, rendered as Prometheus text for `GET /metrics`.
+//! Counters and latency histograms per app, exposed in the Prometheus text
+//! format on the control socket's `GET /metrics`.
 //!
-//! Everything is a relaxed atomic: the request path only ever adds, and a
-//! scrape reads a near-consistent snapshot. Histograms use fixed buckets
-//! (seconds) so recording is one comparison loop and one add.
+//! The request path only ever adds to relaxed atomics ([`Metrics`], one per
+//! app; histograms have fixed buckets, so recording is one comparison loop
+//! and one add). A scrape builds the metric families with the
+//! `prometheus-client` crate from a snapshot of every app ([`render`]): one
+//! family per metric, one sample per app, labelled `app`.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::pool::PoolStats;
 
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -31,26 +43,23 @@ impl Histogram {
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (le, count) in BUCKETS.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-        }
-        cumulative += self.overflow.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+    /// `(sum in seconds, count, [(upper bound, count in that bucket)])`,
+    /// the last bucket `+Inf` (as prometheus-client writes it: `f64::MAX`).
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .zip(&self.counts)
+            .map(|(&le, count)| (le, count.load(Ordering::Relaxed)))
+            .collect();
+        buckets.push((f64::MAX, self.overflow.load(Ordering::Relaxed)));
+        let count = buckets.iter().map(|(_, n)| n).sum();
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {cumulative}"
-        );
+        (sum, count, buckets)
     }
 }
 
 /// One app's counters.
 pub struct Metrics {
-    app: String,
     /// Responses by status code (index = code).
     responses: Box<[AtomicU64; 600]>,
     pub queue_wait: Histogram,
@@ -68,9 +77,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(app: &str) -> Self {
+    pub fn new() -> Self {
         Metrics {
-            app: app.replace(['"', '\\', '\n'], "_"),
             responses: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             queue_wait: Histogram::default(),
             upstream_latency: Histogram::default(),
@@ -96,118 +104,250 @@ impl Metrics {
     pub fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// Appends this app's series in Prometheus text format.
-    pub fn render(&self, out: &mut String, pool: &super::pool::PoolStats) {
-        let labels = format!("app=\"{}\"", self.app);
-        let _ = writeln!(
-            out,
-            "# HELP rip_requests_total Responses sent to clients, by status.\n# TYPE rip_requests_total counter"
-        );
-        for (status, count) in self.responses.iter().enumerate() {
-            let count = count.load(Ordering::Relaxed);
-            if count > 0 {
-                let _ = writeln!(
-                    out,
-                    "rip_requests_total{{{labels},status=\"{status}\"}} {count}"
-                );
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// One app at scrape time.
+pub struct AppSample<'a> {
+    pub app: &'a str,
+    pub metrics: &'a Metrics,
+    pub pool: PoolStats,
+}
+
+/// The Prometheus text of every app's metrics (OpenMetrics framing, as
+/// prometheus-client writes it: `# EOF` at the end).
+pub fn render(apps: &[AppSample<'_>]) -> String {
+    let mut registry = Registry::default();
+    let snapshot = Snapshot(
+        apps.iter()
+            .map(|a| Sampled::of(a.app, a.metrics, a.pool))
+            .collect(),
+    );
+    registry.register_collector(Box::new(snapshot));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        let _ = writeln!(out, "# encoding failed: {e}");
+    }
+    out
+}
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every app's values, read once when the scrape begins.
+#[derive(Debug)]
+struct Snapshot(Vec<Sampled>);
+
+#[derive(Debug)]
+struct Sampled {
+    app: String,
+    responses: Vec<(u16, u64)>,
+    queue_wait: (f64, u64, Vec<(f64, u64)>),
+    upstream_latency: (f64, u64, Vec<(f64, u64)>),
+    counters: [u64; COUNTERS.len()],
+    pool: PoolStats,
+}
+
+/// Which counter of an app's [`Metrics`].
+type Field = for<'a> fn(&'a Metrics) -> &'a AtomicU64;
+
+/// The counters every app has: name (without `_total`), help, and which field.
+const COUNTERS: [(&str, &str, Field); 10] = [
+    (
+        "rip_busy_retries",
+        "Requests moved to another worker after a busy answer.",
+        |m| &m.busy_retries,
+    ),
+    ("rip_worker_starts", "Worker processes started.", |m| {
+        &m.worker_starts
+    }),
+    (
+        "rip_worker_crashes",
+        "Workers that exited unexpectedly or failed to boot.",
+        |m| &m.worker_crashes,
+    ),
+    (
+        "rip_worker_recycles",
+        "Workers recycled by the restart policy.",
+        |m| &m.worker_recycles,
+    ),
+    ("rip_rolls_started", "Rolling restarts started.", |m| {
+        &m.rolls_started
+    }),
+    (
+        "rip_rolls_succeeded",
+        "Rolling restarts that switched to a new generation.",
+        |m| &m.rolls_succeeded,
+    ),
+    (
+        "rip_rolls_failed",
+        "Rolling restarts abandoned; the old generation kept serving.",
+        |m| &m.rolls_failed,
+    ),
+    (
+        "rip_module_reloads",
+        "In-worker module reloads signalled.",
+        |m| &m.module_reloads,
+    ),
+    (
+        "rip_worker_stray_bytes",
+        "Worker connections closed because the worker sent bytes outside any response.",
+        |m| &m.stray_bytes,
+    ),
+    (
+        "rip_worker_idle_closes",
+        "Idle worker connections found closed by the worker (and dialled again).",
+        |m| &m.idle_connections_closed,
+    ),
+];
+
+impl Sampled {
+    fn of(app: &str, metrics: &Metrics, pool: PoolStats) -> Self {
+        Sampled {
+            app: app.to_string(),
+            responses: metrics
+                .responses
+                .iter()
+                .enumerate()
+                .filter_map(|(status, n)| {
+                    let n = n.load(Ordering::Relaxed);
+                    (n > 0).then_some((status as u16, n))
+                })
+                .collect(),
+            queue_wait: metrics.queue_wait.snapshot(),
+            upstream_latency: metrics.upstream_latency.snapshot(),
+            counters: COUNTERS.map(|(_, _, field)| field(metrics).load(Ordering::Relaxed)),
+            pool,
+        }
+    }
+
+    fn labels(&self) -> Vec<(&'static str, String)> {
+        vec![("app", self.app.clone())]
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let mut family = encoder.encode_descriptor(
+                "rip_requests",
+                "Responses sent to clients, by status.",
+                None,
+                MetricType::Counter,
+            )?;
+            for app in &self.0 {
+                for (status, n) in &app.responses {
+                    let labels = vec![("app", app.app.clone()), ("status", status.to_string())];
+                    ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
-        self.queue_wait.render(
-            out,
-            "rip_queue_wait_seconds",
-            "Time requests waited for a worker.",
-            &labels,
-        );
-        self.upstream_latency.render(
-            out,
-            "rip_upstream_latency_seconds",
-            "Time from sending a request to a worker to its response headers.",
-            &labels,
-        );
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        for (name, help, pick) in [
             (
-                "rip_worker_stray_bytes_total",
-                "Worker connections closed because the worker sent bytes outside any response.",
-                &self.stray_bytes,
+                "rip_queue_wait_seconds",
+                "Time requests waited for a worker.",
+                (|s: &Sampled| &s.queue_wait) as fn(&Sampled) -> &(f64, u64, Vec<(f64, u64)>),
             ),
             (
-                "rip_worker_idle_closes_total",
-                "Idle worker connections found closed by the worker (and dialled again).",
-                &self.idle_connections_closed,
+                "rip_upstream_latency_seconds",
+                "Time from sending a request to a worker to its response headers.",
+                |s: &Sampled| &s.upstream_latency,
             ),
-            (
-                "rip_busy_retries_total",
-                "Requests moved to another worker after a busy answer.",
-                &self.busy_retries,
-            ),
-            (
-                "rip_worker_starts_total",
-                "Worker processes started.",
-                &self.worker_starts,
-            ),
-            (
-                "rip_worker_crashes_total",
-                "Workers that exited unexpectedly or failed to boot.",
-                &self.worker_crashes,
-            ),
-            (
-                "rip_worker_recycles_total",
-                "Workers recycled by the restart policy.",
-                &self.worker_recycles,
-            ),
-            (
-                "rip_rolls_started_total",
-                "Rolling restarts started.",
-                &self.rolls_started,
-            ),
-            (
-                "rip_rolls_succeeded_total",
-                "Rolling restarts that switched to a new generation.",
-                &self.rolls_succeeded,
-            ),
-            (
-                "rip_rolls_failed_total",
-                "Rolling restarts abandoned; the old generation kept serving.",
-                &self.rolls_failed,
-            ),
-            (
-                "rip_module_reloads_total",
-                "In-worker module reloads signalled.",
-                &self.module_reloads,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{labels}}} {}",
-                value.load(Ordering::Relaxed)
-            );
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for app in &self.0 {
+                let (sum, count, buckets) = pick(app);
+                family
+                    .encode_family(&app.labels())?
+                    .encode_histogram::<Vec<(&str, String)>>(*sum, *count, buckets, None)?;
+            }
         }
-        let gauges = [
-            (
-                "rip_workers_idle",
-                "Workers waiting for a request.",
-                pool.idle,
-            ),
-            ("rip_workers_busy", "Workers serving a request.", pool.busy),
-            ("rip_workers_booting", "Workers starting.", pool.booting),
-            (
-                "rip_queue_depth",
-                "Requests waiting for a worker.",
-                pool.queued,
-            ),
-        ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}"
-            );
+        for (i, (name, help, _)) in COUNTERS.iter().enumerate() {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for app in &self.0 {
+                ConstCounter::new(app.counters[i]).encode(family.encode_family(&app.labels())?)?;
+            }
         }
-        let _ = writeln!(
-            out,
-            "# HELP rip_generation Admitted worker generation.\n# TYPE rip_generation gauge\nrip_generation{{{labels}}} {}",
-            pool.generation
+        type Gauge = (&'static str, &'static str, fn(&PoolStats) -> usize);
+        let gauges: [Gauge; 5] = [
+            ("rip_workers_idle", "Workers waiting for a request.", |p| {
+                p.idle
+            }),
+            ("rip_workers_busy", "Workers serving a request.", |p| p.busy),
+            ("rip_workers_booting", "Workers starting.", |p| p.booting),
+            ("rip_queue_depth", "Requests waiting for a worker.", |p| {
+                p.queued
+            }),
+            ("rip_generation", "Admitted worker generation.", |p| {
+                p.generation as usize
+            }),
+        ];
+        for (name, help, pick) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for app in &self.0 {
+                let value = i64::try_from(pick(&app.pool)).unwrap_or(i64::MAX);
+                ConstGauge::new(value).encode(family.encode_family(&app.labels())?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_app_is_one_labelled_sample_of_each_family() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.count_response(200);
+        a.count_response(200);
+        b.count_response(404);
+        Metrics::incr(&b.rolls_started);
+        a.queue_wait.record(Duration::from_millis(3));
+        let pool = PoolStats::default();
+        let text = render(&[
+            AppSample {
+                app: "api",
+                metrics: &a,
+                pool,
+            },
+            AppSample {
+                app: "labs",
+                metrics: &b,
+                pool,
+            },
+        ]);
+        assert!(
+            text.contains("rip_requests_total{app=\"api\",status=\"200\"} 2"),
+            "{text}"
         );
+        assert!(
+            text.contains("rip_requests_total{app=\"labs\",status=\"404\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rip_rolls_started_total{app=\"labs\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rip_queue_wait_seconds_bucket{le=\"0.005\",app=\"api\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rip_queue_wait_seconds_count{app=\"api\"} 1"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE rip_requests counter").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

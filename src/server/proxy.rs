@@ -192,6 +192,8 @@ impl Rejection {
 
 /// Forwards requests to one app's pool.
 pub struct Proxy {
+    /// The app's name, for the access log.
+    app: Arc<str>,
     pool: Arc<Pool<Upstream>>,
     metrics: Arc<Metrics>,
     /// Replaced when the config is re-read (SIGHUP); copied per request.
@@ -246,6 +248,7 @@ impl Drop for InFlight {
 
 impl Proxy {
     pub fn new(
+        app: &str,
         pool: Arc<Pool<Upstream>>,
         metrics: Arc<Metrics>,
         limits: Limits,
@@ -253,6 +256,7 @@ impl Proxy {
         access_log: bool,
     ) -> Self {
         Proxy {
+            app: Arc::from(app),
             pool,
             metrics,
             tuning: RwLock::new((limits, timeouts)),
@@ -280,7 +284,7 @@ impl Proxy {
         let (parts, body) = request.into_parts();
         let mut record = self
             .access_log
-            .then(|| Box::new(AccessRecord::begin(&parts, Instant::now())));
+            .then(|| Box::new(AccessRecord::begin(&self.app, &parts, Instant::now())));
 
         let response = match self.exchange(parts, body, client, conn, &mut record).await {
             Ok(response) => response,

@@ -1,32 +1,55 @@
-//! Routing a client request: the server's own endpoint, or an app's pool.
+//! Routing a client request: the server's own endpoints, or an app chosen
+//! by `Host`.
 //!
-//! `GET /server` is answered by the server itself without touching a worker
-//! (a health check for load balancers): `200 ok`, or `503 draining` once a
-//! stop has begun, so the balancer takes this node out while it still
-//! serves. Everything else goes to the app's [`Proxy`]. Virtual hosts
-//! (DESIGN §8) choose the proxy by `Host` here.
+//! After the edge ([`edge::admit`]) has settled the request's authority:
+//! - `GET /server` is answered by the server itself without touching a
+//!   worker (a health check for load balancers): `200 ok`, or `503
+//!   draining` once a stop has begun, so the balancer takes this node out
+//!   while it still serves;
+//! - `GET /status` is the server's public health JSON (unless
+//!   `--no-public-status` hands it to the app): no pids, paths or internals;
+//! - everything else goes to the app the route table names for the `Host`
+//!   (exact name, then wildcard, then the default app), or gets `404 Host
+//!   not found` when hosts are registered and none matches.
+//!
+//! The table is read with one atomic load per request and never locked.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
-use http::{header, HeaderValue, Method, Request, Response};
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::ResponseBody;
 use super::conn::ClientConn;
 use super::edge::{self, Refusal};
-use super::proxy::{ClientInfo, Proxy};
+use super::proxy::ClientInfo;
+use crate::apps::RouteTable;
+
+/// What the public `/status` tells about the server itself.
+pub struct PublicInfo {
+    pub instance: String,
+    pub started: Instant,
+    /// `(scheme, port)` of each listener: `("https", 443)`, `("http", 80)`.
+    pub ports: Vec<(&'static str, u16)>,
+    /// Answer `GET /status` (false: `--no-public-status`).
+    pub enabled: bool,
+}
 
 pub struct Router {
-    proxy: Arc<Proxy>,
+    table: Arc<ArcSwap<RouteTable>>,
+    public: PublicInfo,
     /// Set when a stop begins; `/server` then answers 503.
     draining: AtomicBool,
 }
 
 impl Router {
-    pub fn new(proxy: Arc<Proxy>) -> Self {
+    pub fn new(table: Arc<ArcSwap<RouteTable>>, public: PublicInfo) -> Self {
         Router {
-            proxy,
+            table,
+            public,
             draining: AtomicBool::new(false),
         }
     }
@@ -46,16 +69,93 @@ impl Router {
         if let Err(refusal) = edge::admit(&mut parts) {
             return refused(refusal, parts.version);
         }
-        if parts.uri.path() == "/server" && matches!(parts.method, Method::GET | Method::HEAD) {
-            return match self.draining.load(Ordering::Relaxed) {
-                false => server_ok(),
-                true => server_draining(),
-            };
+        if matches!(parts.method, Method::GET | Method::HEAD) {
+            match parts.uri.path() {
+                "/server" => {
+                    return match self.draining.load(Ordering::Relaxed) {
+                        false => server_ok(),
+                        true => server_draining(),
+                    }
+                }
+                "/status" if self.public.enabled => return self.public_status(),
+                _ => {}
+            }
         }
-        self.proxy
+        let table = self.table.load();
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        let Some(app) = table.lookup(host).cloned() else {
+            return host_not_found();
+        };
+        drop(table);
+        app.proxy
             .forward(Request::from_parts(parts, body), client, conn)
             .await
     }
+
+    /// The public health JSON: `healthy`, or `degraded` while an app has
+    /// fewer ready workers than it is meant to run.
+    fn public_status(&self) -> Response<ResponseBody> {
+        let table = self.table.load();
+        let apps: Vec<serde_json::Value> = table
+            .apps()
+            .iter()
+            .map(|(app, hosts)| {
+                serde_json::json!({
+                    "app": app.name,
+                    "hosts": hosts,
+                    "workers": app.desired(),
+                    "ready": app.ready(),
+                })
+            })
+            .collect();
+        let degraded = table
+            .apps()
+            .iter()
+            .any(|(app, _)| app.ready() < app.desired());
+        let ports: serde_json::Map<String, serde_json::Value> = self
+            .public
+            .ports
+            .iter()
+            .map(|(scheme, port)| (scheme.to_string(), (*port).into()))
+            .collect();
+        let primary = table.default_app().or(table.apps().first().map(|(a, _)| a));
+        let mut doc = serde_json::json!({
+            "status": if degraded { "degraded" } else { "healthy" },
+            "app": primary.map_or(self.public.instance.as_str(), |a| a.name.as_str()),
+            "workers": table.apps().iter().map(|(a, _)| a.desired()).sum::<usize>(),
+            "ports": ports,
+            "uptime": self.public.started.elapsed().as_secs(),
+            "hosts": table.hosts(),
+        });
+        if apps.len() > 1 {
+            if let Some(fields) = doc.as_object_mut() {
+                fields.insert("apps".into(), apps.into());
+            }
+        }
+        let mut response = Response::new(ResponseBody::text(doc.to_string()));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+/// `404 Host not found`, from the server itself.
+fn host_not_found() -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::text("Host not found\n"));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// The edge's answer to a request it will not route.

@@ -29,6 +29,7 @@ pub use watch::is_relevant;
 pub use worker::{remove_stale, Event, Spawner};
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,14 +62,18 @@ const TICK: Duration = Duration::from_millis(100);
 /// A request to the supervisor.
 pub enum Command {
     Status(oneshot::Sender<SupervisorStatus>),
-    /// A worker announced itself (`POST /worker {"op":"join"}`).
+    /// A worker announced itself (`POST /worker {"op":"join"}`). The reply
+    /// says whether it is one of this supervisor's (worker ids are unique
+    /// across the server's apps).
     Join {
         id: WorkerId,
         pid: Option<u32>,
+        reply: oneshot::Sender<bool>,
     },
     /// A worker announced it is leaving (`POST /worker {"op":"quit"}`).
     Quit {
         id: WorkerId,
+        reply: oneshot::Sender<bool>,
     },
     /// Roll to a new generation; the reply comes when the roll ends.
     Reload {
@@ -216,7 +221,9 @@ pub struct Supervisor {
     newest_generation: Generation,
     roll: Option<Roll>,
     last_roll: Option<RollOutcome>,
-    next_id: WorkerId,
+    /// Worker ids, shared by every app's supervisor: unique for the life
+    /// of the server (they name worker sockets).
+    ids: Arc<AtomicU64>,
     restarts: u64,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
@@ -234,6 +241,18 @@ pub struct SupervisorHandle {
 }
 
 impl SupervisorHandle {
+    /// Whether both handles talk to the same supervisor.
+    pub fn same(&self, other: &SupervisorHandle) -> bool {
+        self.commands.same_channel(&other.commands)
+    }
+
+    /// A handle to no supervisor (its commands go nowhere), for tests.
+    #[cfg(test)]
+    pub fn detached() -> Self {
+        let (commands, _) = mpsc::channel(1);
+        SupervisorHandle { commands }
+    }
+
     pub async fn status(&self) -> Option<SupervisorStatus> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Status(tx)).await.ok()?;
@@ -260,6 +279,7 @@ impl Supervisor {
         spawner: Spawner,
         pool: Arc<Pool<Upstream>>,
         metrics: Arc<Metrics>,
+        ids: Arc<AtomicU64>,
         on_ready: oneshot::Sender<()>,
     ) -> (SupervisorHandle, tokio::task::JoinHandle<()>) {
         let (commands_tx, commands) = mpsc::channel(64);
@@ -276,7 +296,7 @@ impl Supervisor {
             newest_generation: 0,
             roll: None,
             last_roll: None,
-            next_id: 1,
+            ids,
             restarts: 0,
             events_tx,
             events,
@@ -364,8 +384,7 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, slot: usize, generation: Generation, replaces: Option<WorkerId>) {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let (spawner, policy) = self.config_for(generation);
         let process = match spawner.spawn(id, generation, self.events_tx.clone()) {
             Ok(process) => process,
@@ -656,17 +675,23 @@ impl Supervisor {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Command::Join { id, pid } => match self.workers.get(&id) {
-                Some(worker) if pid.is_none_or(|pid| pid == worker.process.pid) => {
-                    worker.joined.notify_one()
-                }
-                _ => tracing::warn!(worker = id, ?pid, "join from an unknown worker ignored"),
-            },
-            Command::Quit { id } => {
-                if self.workers.contains_key(&id) {
+            Command::Join { id, pid, reply } => {
+                let mine = match self.workers.get(&id) {
+                    Some(worker) if pid.is_none_or(|pid| pid == worker.process.pid) => {
+                        worker.joined.notify_one();
+                        true
+                    }
+                    _ => false,
+                };
+                let _ = reply.send(mine);
+            }
+            Command::Quit { id, reply } => {
+                let mine = self.workers.contains_key(&id);
+                if mine {
                     tracing::debug!(worker = id, "worker announced it is quitting");
                     self.pool.remove(id);
                 }
+                let _ = reply.send(mine);
             }
             Command::Reload { trigger, reply } => self.start_roll(trigger, reply, None),
             Command::Reconfigure {

@@ -66,7 +66,10 @@ pub enum BootError {
 /// Everything needed to start workers of one app.
 #[derive(Debug, Clone)]
 pub struct Spawner {
+    /// The server instance's name: worker sockets are `<name>.w<id>.sock`.
     pub name: String,
+    /// The app's name, for the log lines of its workers.
+    pub app_name: String,
     pub program: OsString,
     pub args: Vec<OsString>,
     pub app_dir: PathBuf,
@@ -145,7 +148,7 @@ impl Spawner {
             )
         })?;
         let pid = child.id().unwrap_or(0);
-        let label = format!("{} w{id}", self.name);
+        let label = format!("{} w{id}", self.app_name);
         if let Some(out) = child.stdout.take() {
             tokio::spawn(forward_lines(out, label.clone(), Stream::Stdout));
         }

@@ -39,19 +39,7 @@ pub struct AutoCert {
 
 /// The state directory: `$STATE_DIRECTORY` (systemd), else `~/.rip`.
 pub fn state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
-        let dir = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    home.join(".rip")
+    crate::config::state_dir(&crate::config::ProcessEnv)
 }
 
 /// A cached certificate for `names`, or a new one.

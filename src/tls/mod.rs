@@ -46,6 +46,17 @@ pub struct Loaded {
     pub material: Material,
     pub origin: String,
     pub trust_hint: Option<String>,
+    /// Registered host names it is for, besides the names it holds (a host
+    /// entry's own certificate is used for that host whatever it names).
+    pub hosts: Vec<String>,
+}
+
+/// A registered host's own certificate (from its registry entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCert {
+    /// `example.com`, or `*.example.com` for a wildcard entry.
+    pub host: String,
+    pub pair: CertPair,
 }
 
 /// The certificates in use, looked up by SNI.
@@ -61,15 +72,25 @@ impl CertStore {
         let default = loaded.first()?.material.key.clone();
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
-        for item in loaded {
-            for name in &item.material.info.names {
-                let name = name.to_ascii_lowercase();
-                match name.strip_prefix("*.") {
-                    Some(parent) => wildcard.entry(parent.to_string()),
-                    None => exact.entry(name),
-                }
-                .or_insert_with(|| item.material.key.clone());
+        // A host entry's own certificate wins for its host, so its names are
+        // indexed first; then every certificate's own names, first come first.
+        let explicit = loaded
+            .iter()
+            .flat_map(|item| item.hosts.iter().map(move |name| (name, item)));
+        let named = loaded.iter().flat_map(|item| {
+            item.material
+                .info
+                .names
+                .iter()
+                .map(move |name| (name, item))
+        });
+        for (name, item) in explicit.chain(named) {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix("*.") {
+                Some(parent) => wildcard.entry(parent.to_string()),
+                None => exact.entry(name),
             }
+            .or_insert_with(|| item.material.key.clone());
         }
         Some(CertStore {
             default,
@@ -110,7 +131,15 @@ pub struct Tls {
     acceptor: TlsAcceptor,
     source: RwLock<TlsSource>,
     state_dir: PathBuf,
+    /// What the certificates must cover: the names an automatic certificate
+    /// holds, and the registered hosts' own certificates.
+    hosts: RwLock<Hosts>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Hosts {
     names: Vec<String>,
+    certs: Vec<HostCert>,
 }
 
 impl Tls {
@@ -120,8 +149,10 @@ impl Tls {
         source: TlsSource,
         state_dir: PathBuf,
         names: Vec<String>,
+        certs: Vec<HostCert>,
     ) -> Result<(Tls, Vec<Loaded>), TlsError> {
-        let loaded = load_source(&source, &state_dir, &names)?;
+        let hosts = Hosts { names, certs };
+        let loaded = load_all(&source, &state_dir, &hosts)?;
         let store =
             CertStore::new(&loaded).ok_or_else(|| TlsError::Generate("no certificate".into()))?;
         let resolver = Arc::new(Resolver {
@@ -139,7 +170,7 @@ impl Tls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             source: RwLock::new(source),
             state_dir,
-            names,
+            hosts: RwLock::new(hosts),
         };
         Ok((tls, loaded))
     }
@@ -159,7 +190,33 @@ impl Tls {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
         };
-        let loaded = load_source(&source, &self.state_dir, &self.names)?;
+        let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let loaded = self.swap_in(&source, &hosts)?;
+        *self.source.write().unwrap_or_else(|p| p.into_inner()) = source;
+        Ok(loaded)
+    }
+
+    /// The registered hosts changed: an automatic certificate must cover
+    /// `names` (made anew if the cached one does not), and `certs` are the
+    /// hosts' own. On error the current certificates keep serving.
+    pub fn set_hosts(
+        &self,
+        names: Vec<String>,
+        certs: Vec<HostCert>,
+    ) -> Result<Vec<Loaded>, TlsError> {
+        let hosts = Hosts { names, certs };
+        let source = self
+            .source
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let loaded = self.swap_in(&source, &hosts)?;
+        *self.hosts.write().unwrap_or_else(|p| p.into_inner()) = hosts;
+        Ok(loaded)
+    }
+
+    fn swap_in(&self, source: &TlsSource, hosts: &Hosts) -> Result<Vec<Loaded>, TlsError> {
+        let loaded = load_all(source, &self.state_dir, hosts)?;
         let store =
             CertStore::new(&loaded).ok_or_else(|| TlsError::Generate("no certificate".into()))?;
         *self
@@ -167,9 +224,27 @@ impl Tls {
             .store
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(store);
-        *self.source.write().unwrap_or_else(|p| p.into_inner()) = source;
         Ok(loaded)
     }
+}
+
+/// The base certificates, then each host's own.
+fn load_all(
+    source: &TlsSource,
+    state_dir: &std::path::Path,
+    hosts: &Hosts,
+) -> Result<Vec<Loaded>, TlsError> {
+    let mut loaded = load_source(source, state_dir, &hosts.names)?;
+    for cert in &hosts.certs {
+        let material = material::load(&cert.pair.cert, &cert.pair.key)?;
+        loaded.push(Loaded {
+            material,
+            origin: format!("for {} from {}", cert.host, cert.pair.cert.display()),
+            trust_hint: None,
+            hosts: vec![cert.host.clone()],
+        });
+    }
+    Ok(loaded)
 }
 
 fn load_source(
@@ -189,7 +264,7 @@ fn load_source(
                         "the certificate has EXPIRED; clients will refuse it. Renew it and run 'rip-server reload'"
                     );
                 }
-                Ok(Loaded { material, origin: format!("from {}", pair.cert.display()), trust_hint: None })
+                Ok(Loaded { material, origin: format!("from {}", pair.cert.display()), trust_hint: None, hosts: Vec::new() })
             })
             .collect(),
         TlsSource::Auto => {
@@ -211,7 +286,7 @@ fn load_source(
                     ),
                 ),
             };
-            Ok(vec![Loaded { material: cert.material, origin, trust_hint: Some(hint) }])
+            Ok(vec![Loaded { material: cert.material, origin, trust_hint: Some(hint), hosts: Vec::new() }])
         }
     }
 }
@@ -234,6 +309,7 @@ mod tests {
             material,
             origin: String::new(),
             trust_hint: None,
+            hosts: Vec::new(),
         }
     }
 

@@ -70,6 +70,13 @@ impl Builder {
             .arg("--reload=none")
     }
 
+    /// A server started without an app (its apps come from the host registry).
+    pub fn bare(name: &str) -> Self {
+        let mut builder = Builder::app("", name);
+        builder.args.retain(|a| !a.is_empty());
+        builder
+    }
+
     pub fn app(path: &str, name: &str) -> Self {
         Builder {
             args: vec![
@@ -160,6 +167,7 @@ pub fn clean_command(bin: &str, runtime: &Path) -> Command {
         if key.starts_with("RIP_")
             || key == "PORT"
             || key == "RUNTIME_DIRECTORY"
+            || key == "STATE_DIRECTORY"
             || key == "NOTIFY_SOCKET"
         {
             command.env_remove(key);
@@ -365,9 +373,11 @@ impl Server {
         })
     }
 
-    /// Runs `rip-server ARGS` against this instance's runtime directory.
+    /// Runs `rip-server ARGS` against this instance's runtime directory and
+    /// state directory (its HOME: the host registry is `.rip/hosts.toml`).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         clean_command(BIN, self.runtime.path())
+            .env("HOME", &self.home)
             .args(args)
             .output()
             .unwrap()
