@@ -131,6 +131,11 @@ pub struct Cli {
     #[arg(long, value_name = "MS")]
     pub body_idle_timeout_ms: Option<u64>,
 
+    /// Longest wait between restarts of a worker slot that keeps failing; it is retried for as
+    /// long as the server runs (default 30000).
+    #[arg(long, value_name = "MS")]
+    pub max_backoff_ms: Option<u64>,
+
     /// Request bodies up to this size are read whole before a worker is taken, so a slow
     /// upload never holds one; larger ones stream to the worker (default 65536).
     #[arg(long, value_name = "BYTES")]

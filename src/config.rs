@@ -152,6 +152,8 @@ pub struct Timeouts {
     pub send: Duration,
     /// A worker that pauses this long mid-body is cut off and replaced.
     pub body_idle: Duration,
+    /// The longest wait between restarts of a failing worker slot.
+    pub max_backoff: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +179,7 @@ pub mod defaults {
     pub const IDLE_TIMEOUT_MS: u64 = 60_000;
     pub const SEND_TIMEOUT_MS: u64 = 60_000;
     pub const BODY_IDLE_TIMEOUT_MS: u64 = 60_000;
+    pub const MAX_BACKOFF_MS: u64 = 30_000;
     pub const UPLOAD_BUFFER_BYTES: usize = 64 * 1024;
     pub const RESPONSE_BUFFER_BYTES: usize = 1024 * 1024;
     pub const MIN_UPLOAD_RATE: u64 = 4096;
@@ -242,6 +245,7 @@ struct FileConfig {
     idle_timeout_ms: Option<u64>,
     send_timeout_ms: Option<u64>,
     body_idle_timeout_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
     upload_buffer_bytes: Option<usize>,
     response_buffer_bytes: Option<usize>,
     min_upload_rate: Option<u64>,
@@ -571,6 +575,13 @@ impl Layers<'_> {
                 file.body_idle_timeout_ms,
                 defaults::BODY_IDLE_TIMEOUT_MS,
                 "--body-idle-timeout-ms",
+            )?,
+            max_backoff: self.millis(
+                cli.max_backoff_ms,
+                "",
+                file.max_backoff_ms,
+                defaults::MAX_BACKOFF_MS,
+                "--max-backoff-ms",
             )?,
         })
     }

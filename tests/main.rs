@@ -5,6 +5,7 @@ mod harness;
 
 mod cli;
 mod cluster;
+mod faults;
 mod hostile;
 mod hosts;
 mod limits;

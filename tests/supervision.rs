@@ -88,9 +88,7 @@ async fn an_app_that_cannot_boot_backs_off_and_answers_503() {
         .arg("w:1")
         .start();
     let status = server
-        .wait_status("the slot backing off", |s| {
-            s["slots"][0]["state"] == "backoff"
-        })
+        .wait_status("the slot failing", |s| s["slots"][0]["state"] == "failing")
         .await;
     assert!(status["slots"][0]["failures"].as_u64().unwrap() >= 1);
     let reply = server.get("/ping").await;

@@ -164,6 +164,7 @@ mod tests {
             idle: t,
             send: t,
             body_idle: t,
+            max_backoff: t,
         };
         Arc::new(AppHandle {
             name: name.into(),

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub busy_retries: AtomicU64,
     pub stray_bytes: AtomicU64,
     pub idle_connections_closed: AtomicU64,
+    /// Worker slots whose last worker failed (a gauge the supervisor sets).
+    pub slots_failing: AtomicU64,
 }
 
 impl Metrics {
@@ -92,6 +94,7 @@ impl Metrics {
             busy_retries: AtomicU64::new(0),
             stray_bytes: AtomicU64::new(0),
             idle_connections_closed: AtomicU64::new(0),
+            slots_failing: AtomicU64::new(0),
         }
     }
 
@@ -150,6 +153,7 @@ struct Sampled {
     queue_wait: (f64, u64, Vec<(f64, u64)>),
     upstream_latency: (f64, u64, Vec<(f64, u64)>),
     counters: [u64; COUNTERS.len()],
+    slots_failing: u64,
     pool: PoolStats,
 }
 
@@ -222,6 +226,7 @@ impl Sampled {
             queue_wait: metrics.queue_wait.snapshot(),
             upstream_latency: metrics.upstream_latency.snapshot(),
             counters: COUNTERS.map(|(_, _, field)| field(metrics).load(Ordering::Relaxed)),
+            slots_failing: metrics.slots_failing.load(Ordering::Relaxed),
             pool,
         }
     }
@@ -271,6 +276,18 @@ impl Collector for Snapshot {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for app in &self.0 {
                 ConstCounter::new(app.counters[i]).encode(family.encode_family(&app.labels())?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "rip_slots_failing",
+                "Worker slots whose last worker failed to start or crashed (retried with backoff).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for app in &self.0 {
+                let value = i64::try_from(app.slots_failing).unwrap_or(i64::MAX);
+                ConstGauge::new(value).encode(family.encode_family(&app.labels())?)?;
             }
         }
         type Gauge = (&'static str, &'static str, fn(&PoolStats) -> usize);

@@ -21,10 +21,12 @@
 //!   remove every socket file.
 
 mod rolling;
+mod slot;
 mod watch;
 mod worker;
 
 pub use rolling::{RollOutcome, RollStatus, Trigger};
+pub use slot::SlotStatus;
 pub use watch::is_relevant;
 pub use worker::{remove_stale, Event, Spawner};
 
@@ -45,15 +47,12 @@ use crate::server::metrics::Metrics;
 use crate::server::pool::{ConnFault, Generation, Pool, Report, Retire, WorkerId};
 use crate::server::upstream::Upstream;
 use rolling::Roll;
+use slot::Slot;
 use watch::{AppWatcher, Changed};
 use worker::{BootError, ProcessHandle};
 
-/// Consecutive fast failures after which a slot stops respawning.
-pub const GIVE_UP_AFTER: u32 = 6;
 /// A worker that served this long resets its slot's failure count.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Recycle deadlines are spread over this fraction of the limit.
 const JITTER: f64 = 0.1;
 /// How often deadlines (boot, age, drain, backoff) are checked.
@@ -147,27 +146,6 @@ struct Worker {
     reloads: u64,
 }
 
-/// Whether a slot may be filled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    /// Fill it now (it has no worker or has one).
-    Open { failures: u32 },
-    /// Its last worker failed; try again at `at`.
-    Backoff { at: Instant, failures: u32 },
-    /// Failed too often; needs an operator (or a reload).
-    GaveUp { failures: u32 },
-}
-
-impl Slot {
-    fn failures(self) -> u32 {
-        match self {
-            Slot::Open { failures }
-            | Slot::Backoff { failures, .. }
-            | Slot::GaveUp { failures } => failures,
-        }
-    }
-}
-
 /// A snapshot for `/status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SupervisorStatus {
@@ -190,13 +168,6 @@ pub struct WorkerStatus {
     pub requests: u64,
     pub reloads: u64,
     pub age_s: f64,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SlotStatus {
-    pub slot: usize,
-    pub state: &'static str,
-    pub failures: u32,
 }
 
 /// What the supervisor needs from the configuration.
@@ -286,7 +257,7 @@ impl Supervisor {
         let (events_tx, events) = mpsc::channel(256);
         let (changes_tx, changes) = mpsc::channel(1);
         let mut supervisor = Supervisor {
-            slots: vec![Slot::Open { failures: 0 }; settings.workers],
+            slots: vec![Slot::default(); settings.workers],
             settings,
             spawner,
             pool,
@@ -353,13 +324,8 @@ impl Supervisor {
     fn reconcile(&mut self) {
         let now = Instant::now();
         for slot in 0..self.slots.len() {
-            match self.slots[slot] {
-                Slot::GaveUp { .. } => continue,
-                Slot::Backoff { at, failures } if now >= at => {
-                    self.slots[slot] = Slot::Open { failures };
-                }
-                Slot::Backoff { .. } => continue,
-                Slot::Open { .. } => {}
+            if !self.slots[slot].ready_to_fill(now) {
+                continue;
             }
             let mut occupant = None;
             let mut booting = false;
@@ -391,7 +357,7 @@ impl Supervisor {
             Err(e) => {
                 tracing::error!(error = %e, "cannot start a worker; check the app entry and runtime (node) are installed");
                 if generation == self.generation {
-                    self.record_failure(slot);
+                    self.record_failure(slot, e.to_string());
                 } else {
                     self.abandon_roll(e.to_string());
                 }
@@ -469,7 +435,7 @@ impl Supervisor {
             since: Instant::now(),
             due: None,
         };
-        let generation = worker.generation;
+        let (generation, slot) = (worker.generation, worker.slot);
         tracing::info!(
             worker = id,
             pid = worker.process.pid,
@@ -484,6 +450,12 @@ impl Supervisor {
             );
             Metrics::incr(&self.metrics.worker_recycles);
             self.retire(old);
+        }
+        if generation == self.generation {
+            if let Some(slot) = self.slots.get_mut(slot) {
+                slot.serving();
+            }
+            self.publish_failing();
         }
         if self
             .roll
@@ -508,7 +480,7 @@ impl Supervisor {
         let (slot, generation) = (worker.slot, worker.generation);
         self.kill(id);
         if generation == self.generation {
-            self.record_failure(slot);
+            self.record_failure(slot, format!("worker {id} {error}"));
         } else {
             self.abandon_roll(format!("worker {id} {error}"));
         }
@@ -560,7 +532,10 @@ impl Supervisor {
                     "worker exited while starting; its output is above. It will be retried with backoff"
                 );
                 Metrics::incr(&self.metrics.worker_crashes);
-                self.record_failure(worker.slot);
+                self.record_failure(
+                    worker.slot,
+                    format!("worker {id} exited while starting ({status})"),
+                );
             }
             WorkerState::Serving { since, .. } => {
                 tracing::error!(
@@ -578,41 +553,32 @@ impl Supervisor {
                     worker.prior_failures
                 };
                 if let Some(slot) = self.slots.get_mut(worker.slot) {
-                    *slot = Slot::Open { failures };
+                    slot.set_failures(failures);
                 }
-                self.record_failure(worker.slot);
+                self.record_failure(
+                    worker.slot,
+                    format!("worker {id} exited unexpectedly ({status})"),
+                );
             }
         }
     }
 
     /// Counts a failed start or crash of `slot` and schedules its retry.
-    fn record_failure(&mut self, slot: usize) {
-        let Some(current) = self.slots.get(slot).copied() else {
-            return;
-        };
-        let failures = current.failures() + 1;
-        self.slots[slot] = if failures >= GIVE_UP_AFTER {
-            tracing::error!(
-                slot,
-                failures,
-                "giving up on this worker slot after repeated failures; fix the app and run 'rip-server reload'"
-            );
-            Slot::GaveUp { failures }
-        } else {
-            let delay = FIRST_BACKOFF
-                .saturating_mul(1 << (failures - 1).min(5))
-                .min(MAX_BACKOFF);
-            tracing::warn!(
-                slot,
-                failures,
-                retry_in_ms = delay.as_millis() as u64,
-                "worker slot backing off"
-            );
-            Slot::Backoff {
-                at: Instant::now() + delay,
-                failures,
-            }
-        };
+    fn record_failure(&mut self, slot: usize, error: String) {
+        let app = self.spawner.app_name.clone();
+        let cap = self.settings.timeouts.max_backoff;
+        if let Some(state) = self.slots.get_mut(slot) {
+            state.failed(&app, slot, error, cap, Instant::now());
+        }
+        self.publish_failing();
+    }
+
+    /// The failing slots gauge in `/metrics`.
+    fn publish_failing(&self) {
+        let failing = self.slots.iter().filter(|s| s.is_failing()).count();
+        self.metrics
+            .slots_failing
+            .store(failing as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn on_report(&mut self, report: Report) {
@@ -622,9 +588,7 @@ impl Supervisor {
                     // Replaced at once: the slot stays open (this is not a crash).
                     if worker.generation == self.generation {
                         if let Some(slot) = self.slots.get_mut(worker.slot) {
-                            *slot = Slot::Open {
-                                failures: worker.prior_failures,
-                            };
+                            slot.set_failures(worker.prior_failures);
                         }
                     }
                     self.restarts += 1;
@@ -841,10 +805,8 @@ impl Supervisor {
             if let WorkerState::Serving { since, .. } = worker.state {
                 if worker.generation == self.generation && now.duration_since(since) >= STABLE_AFTER
                 {
-                    if let Some(slot @ Slot::Open { failures: 1.. }) =
-                        self.slots.get_mut(worker.slot)
-                    {
-                        *slot = Slot::Open { failures: 0 };
+                    if let Some(slot) = self.slots.get_mut(worker.slot) {
+                        slot.healthy();
                     }
                 }
             }
@@ -949,15 +911,7 @@ impl Supervisor {
                 .slots
                 .iter()
                 .enumerate()
-                .map(|(slot, s)| SlotStatus {
-                    slot,
-                    state: match s {
-                        Slot::Open { .. } => "open",
-                        Slot::Backoff { .. } => "backoff",
-                        Slot::GaveUp { .. } => "gave-up",
-                    },
-                    failures: s.failures(),
-                })
+                .map(|(index, slot)| slot.status(index, Instant::now()))
                 .collect(),
             restarts: self.restarts,
             roll: self.roll_status(),

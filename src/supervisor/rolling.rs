@@ -136,7 +136,8 @@ impl Supervisor {
         let old_generation = self.generation;
         let idle_old = self.pool.switch_generation(roll.generation);
         self.generation = roll.generation;
-        self.slots = vec![Slot::Open { failures: 0 }; roll.workers];
+        self.slots = vec![Slot::default(); roll.workers];
+        self.publish_failing();
         for id in idle_old {
             self.drain(id);
         }
