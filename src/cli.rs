@@ -88,9 +88,16 @@ pub struct Cli {
     #[arg(long, value_name = "MS")]
     pub connect_timeout_ms: Option<u64>,
 
-    /// How long a worker may take to send response headers before it is presumed hung (default 5000).
+    /// How long a worker may take to send response headers before the client gets 504
+    /// (default 5000). The worker may still finish; see --hung-timeout-ms.
     #[arg(long, value_name = "MS")]
     pub read_timeout_ms: Option<u64>,
+
+    /// How long a worker may stay busy with a request whose client got 504 or left, before it
+    /// is presumed hung and replaced: drained (SIGTERM), then killed after --grace-ms
+    /// (default 60000).
+    #[arg(long, value_name = "MS")]
+    pub hung_timeout_ms: Option<u64>,
 
     /// How long a new worker may take to answer its readiness probe (default 30000).
     #[arg(long, value_name = "MS")]

@@ -154,6 +154,9 @@ pub struct Timeouts {
     pub body_idle: Duration,
     /// The longest wait between restarts of a failing worker slot.
     pub max_backoff: Duration,
+    /// How long a worker may stay busy with a request whose client left or
+    /// got 504 before it is replaced.
+    pub hung: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +183,7 @@ pub mod defaults {
     pub const SEND_TIMEOUT_MS: u64 = 60_000;
     pub const BODY_IDLE_TIMEOUT_MS: u64 = 60_000;
     pub const MAX_BACKOFF_MS: u64 = 30_000;
+    pub const HUNG_TIMEOUT_MS: u64 = 60_000;
     pub const UPLOAD_BUFFER_BYTES: usize = 64 * 1024;
     pub const RESPONSE_BUFFER_BYTES: usize = 1024 * 1024;
     pub const MIN_UPLOAD_RATE: u64 = 4096;
@@ -246,6 +250,7 @@ struct FileConfig {
     send_timeout_ms: Option<u64>,
     body_idle_timeout_ms: Option<u64>,
     max_backoff_ms: Option<u64>,
+    hung_timeout_ms: Option<u64>,
     upload_buffer_bytes: Option<usize>,
     response_buffer_bytes: Option<usize>,
     min_upload_rate: Option<u64>,
@@ -582,6 +587,13 @@ impl Layers<'_> {
                 file.max_backoff_ms,
                 defaults::MAX_BACKOFF_MS,
                 "--max-backoff-ms",
+            )?,
+            hung: self.millis(
+                cli.hung_timeout_ms,
+                "",
+                file.hung_timeout_ms,
+                defaults::HUNG_TIMEOUT_MS,
+                "--hung-timeout-ms",
             )?,
         })
     }

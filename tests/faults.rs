@@ -103,3 +103,77 @@ async fn an_app_that_cannot_boot_until_its_database_returns_serves_when_it_does(
         .await
         .contains("rip_slots_failing{app=\"faulty\"} 0"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_request_gets_504_and_its_worker_finishes_and_serves_on() {
+    let server = faulty()
+        .arg("w:1")
+        .arg("--read-timeout-ms=300")
+        .arg("--queue-timeout-ms=5000")
+        .start();
+    let worker = serving_workers(&server.wait_ready().await);
+    let reply = server.get("/sleep?ms=1500").await;
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    // The worker is still working: the next request waits for it instead of
+    // getting a busy answer, and the same worker (not a replacement) serves it.
+    let reply = server.get("/ping").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "pong"));
+    let status = server.status().await;
+    assert_eq!(serving_workers(&status), worker, "{status:#}");
+    assert_eq!(status["restarts"], 0, "{status:#}");
+    server.wait_log("The worker may still finish").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abandoned_request_keeps_its_worker_out_of_the_pool_until_it_is_done() {
+    let server = faulty()
+        .arg("w:1")
+        .arg("--read-timeout-ms=500")
+        .arg("--queue-timeout-ms=5000")
+        .start();
+    let worker = serving_workers(&server.wait_ready().await);
+    // A client that leaves while its request runs.
+    let port = server.port;
+    let leaver = tokio::spawn(async move {
+        let request = http::Request::get("/sleep?ms=2000")
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        crate::harness::send(port, request).await
+    });
+    server
+        .wait_status("the worker busy", |s| s["pool"]["busy"] == 1)
+        .await;
+    leaver.abort();
+    server.wait_log("outcome=\"client-closed\"").await;
+    // Past the read timeout the worker is still busy: it must not be handed
+    // the next request (that would be a busy 503); the request waits for it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let reply = server.get("/ping").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "pong"));
+    assert_eq!(serving_workers(&server.status().await), worker);
+    assert!(server.log().contains("status=499"), "{}", server.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_still_busy_past_the_hung_timeout_is_drained_then_killed() {
+    let server = faulty()
+        .arg("w:1")
+        .arg("--read-timeout-ms=200")
+        .arg("--hung-timeout-ms=500")
+        .arg("--grace-ms=500")
+        .arg("--max-backoff-ms=200")
+        .start();
+    let before = crate::harness::worker_pids(&server.wait_ready().await);
+    let reply = server.get("/sleep?ms=60000").await;
+    assert_eq!(reply.status, 504);
+    server
+        .wait_log("worker still busy with a request its client left or timed out on")
+        .await;
+    // Drained first (SIGTERM), killed after the grace: gone within a few s.
+    assert!(crate::harness::wait_gone(before[0], Duration::from_secs(10)).await);
+    server
+        .wait_log("did not exit within the grace period; killing it")
+        .await;
+    wait_serving(&server, "the replacement").await;
+}

@@ -51,6 +51,8 @@ async fn hung_worker_gets_504_and_is_replaced() {
     let server = Builder::node()
         .arg("w:1")
         .arg("--read-timeout-ms=300")
+        .arg("--hung-timeout-ms=1000")
+        .arg("--max-backoff-ms=200")
         .start();
     let before = serving_workers(&server.wait_ready().await);
     let reply = server.get("/sleep?ms=10000").await;

@@ -165,6 +165,7 @@ mod tests {
             send: t,
             body_idle: t,
             max_backoff: t,
+            hung: t,
         };
         Arc::new(AppHandle {
             name: name.into(),

@@ -137,6 +137,8 @@ pub enum Rejection {
     BodyBroken,
     /// No response headers within the read timeout.
     WorkerTimeout,
+    /// The worker took none of the request body within the read timeout.
+    WorkerNotReading,
     /// The worker failed after the request reached it.
     WorkerFailed,
 }
@@ -145,9 +147,9 @@ impl Rejection {
     /// The one mapping from outcome to status (DESIGN §3).
     pub fn status(self) -> StatusCode {
         match self {
-            Rejection::Unavailable(Unavailable::QueueTimeout) | Rejection::WorkerTimeout => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            Rejection::Unavailable(Unavailable::QueueTimeout)
+            | Rejection::WorkerTimeout
+            | Rejection::WorkerNotReading => StatusCode::GATEWAY_TIMEOUT,
             Rejection::Unavailable(_) | Rejection::NoWorkerTook => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyStalled => StatusCode::REQUEST_TIMEOUT,
@@ -171,6 +173,7 @@ impl Rejection {
             Rejection::BodyStalled => "request body stalled: no data within the header timeout\n",
             Rejection::BodyBroken => "request body ended early or was malformed\n",
             Rejection::WorkerTimeout => "the app did not answer in time\n",
+            Rejection::WorkerNotReading => "the app did not take the request in time\n",
             Rejection::WorkerFailed => "the app failed while handling the request\n",
         }
     }
@@ -282,17 +285,20 @@ impl Proxy {
         conn: &Arc<ClientConn>,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
-        let mut record = self
-            .access_log
-            .then(|| Box::new(AccessRecord::begin(&self.app, &parts, Instant::now())));
-
-        let response = match self.exchange(parts, body, client, conn, &mut record).await {
+        let mut record = Unfinished(
+            self.access_log
+                .then(|| Box::new(AccessRecord::begin(&self.app, &parts, Instant::now()))),
+        );
+        let response = match self
+            .exchange(parts, body, client, conn, &mut record.0)
+            .await
+        {
             Ok(response) => response,
             Err(rejection) => rejection.response(),
         };
         self.metrics.count_response(response.status().as_u16());
-        // Local answers are complete now; worker bodies log when they end.
-        if let (ResponseBody::Local(body), Some(record)) = (response.body(), record.as_mut()) {
+        // Local answers are complete now; relayed bodies log when they end.
+        if let (ResponseBody::Local(body), Some(mut record)) = (response.body(), record.0.take()) {
             record.status = response.status().as_u16();
             record.bytes = body.size_hint().exact().unwrap_or(0);
             record.emit("ok");
@@ -331,6 +337,7 @@ impl Proxy {
             bodiless: replayable,
             head_request,
             read_timeout: timeouts.read,
+            hung_timeout: timeouts.hung,
         };
         let head = &prestart.head;
         let mut pending = Some(Outgoing::new(head.clone(), streamed, head_request));
@@ -399,14 +406,32 @@ impl Proxy {
                     if let Some(record) = record.as_mut() {
                         record.worker_id = Some(lease.worker_id());
                     }
-                    if rejection == Rejection::WorkerTimeout {
-                        let id = lease.worker_id();
-                        tracing::error!(
-                            worker = id,
-                            timeout_ms = timeouts.read.as_millis() as u64,
-                            "worker sent no response headers within the read timeout; replacing it"
-                        );
-                        lease.retire(Report::Hung(id));
+                    match rejection {
+                        // Slow is not hung: the client gets 504 now, and the
+                        // worker may finish (its answer is read and dropped)
+                        // before it serves again, for up to --hung-timeout-ms.
+                        Rejection::WorkerTimeout => {
+                            tracing::warn!(
+                                worker = lease.worker_id(),
+                                timeout_ms = timeouts.read.as_millis() as u64,
+                                hung_timeout_ms = timeouts.hung.as_millis() as u64,
+                                "worker sent no response headers within --read-timeout-ms; the \
+                                 client got 504. The worker may still finish; it is replaced if it \
+                                 is still busy after --hung-timeout-ms"
+                            );
+                            settle(lease);
+                        }
+                        Rejection::WorkerNotReading => {
+                            let id = lease.worker_id();
+                            tracing::error!(
+                                worker = id,
+                                timeout_ms = timeouts.read.as_millis() as u64,
+                                "worker took none of the request body within --read-timeout-ms; \
+                                 replacing it (it is drained, then killed)"
+                            );
+                            lease.retire(Report::Hung(id));
+                        }
+                        _ => {}
                     }
                     return Err(rejection);
                 }
@@ -469,7 +494,13 @@ impl Proxy {
         let mut flight = InFlight { lease: Some(lease) };
         let result = flight
             .conn()
-            .exchange(request, prestarted, timeouts.connect, timeouts.read)
+            .exchange(
+                request,
+                prestarted,
+                timeouts.connect,
+                timeouts.read,
+                timeouts.hung,
+            )
             .await;
         let lease = flight.land();
         let attempt = match result {
@@ -485,6 +516,7 @@ impl Proxy {
             }
             Err(ExchangeError::Upload(e)) => Attempt::Failed(upload_rejection(&*e)),
             Err(ExchangeError::Timeout) => Attempt::Failed(Rejection::WorkerTimeout),
+            Err(ExchangeError::SendStalled) => Attempt::Failed(Rejection::WorkerNotReading),
             Err(ExchangeError::Failed(e)) => {
                 tracing::warn!(worker = lease.worker_id(), error = %e, "request to worker failed");
                 Attempt::Failed(Rejection::WorkerFailed)
@@ -553,6 +585,20 @@ impl Proxy {
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
         Ok(response)
+    }
+}
+
+/// The access record of a request under way. If the request is dropped
+/// before it is answered (its client left while it waited or while its
+/// worker worked), it is still logged, as `client-closed` with nginx's 499.
+struct Unfinished(Option<Box<AccessRecord>>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.0.take() {
+            record.status = 499;
+            record.emit("client-closed");
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use tokio::net::UnixStream;
 use tokio::time::{Instant, Sleep};
 
 use super::body::{BoxError, ClientBody};
-use super::pool::{Conn as PoolConn, ConnFault, Lease, WorkerId};
+use super::pool::{Conn as PoolConn, ConnFault, Lease, Report, WorkerId};
 use super::wire::{
     self, BodyFraming, ChunkedDecoder, Decoded, ResponseHead, WireError, CHUNK_SUFFIX, LAST_CHUNK,
 };
@@ -66,9 +66,9 @@ struct Conn {
     /// It has carried a request before: a write that fails on it may mean
     /// the worker closed an idle connection, not that the worker is gone.
     reused: bool,
-    /// The read timeout of the request on this connection: it also bounds
-    /// finishing that request if its client leaves ([`settle`]).
-    read_timeout: Duration,
+    /// How long the request on this connection may take to finish once
+    /// its client has left or got 504 (`--hung-timeout-ms`, [`settle`]).
+    settle_limit: Duration,
 }
 
 /// Where a connection is in its exchange.
@@ -138,10 +138,13 @@ pub enum ExchangeError {
     /// The client's upload failed (too large, stalled, or cut off).
     #[error("the client's request body failed: {0}")]
     Upload(BoxError),
-    /// The worker sent no response head, or took no request bytes, within
-    /// the read timeout.
+    /// The worker sent no response head within the read timeout (its
+    /// connection is kept: the answer may still come).
     #[error("the worker did not answer within the read timeout")]
     Timeout,
+    /// The worker took no request bytes within the read timeout.
+    #[error("the worker took no request bytes within the read timeout")]
+    SendStalled,
     /// The worker failed after the request reached it.
     #[error("{0}")]
     Failed(WorkerError),
@@ -311,7 +314,7 @@ impl Conn {
             deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
             write_stalled: false,
             reused: false,
-            read_timeout: Duration::ZERO,
+            settle_limit: Duration::ZERO,
         }
     }
 
@@ -657,6 +660,7 @@ impl Upstream {
         prestarted: usize,
         connect_timeout: Duration,
         read_timeout: Duration,
+        hung_timeout: Duration,
     ) -> Result<ResponseHead, ExchangeError> {
         let prestart_phase = match self.conn.as_deref().map(|c| &c.phase) {
             _ if prestarted == 0 => Resumed::Nothing,
@@ -690,7 +694,7 @@ impl Upstream {
                     return Err(ExchangeError::Failed(WireError::Truncated.into()));
                 };
                 conn.write_stalled = false;
-                conn.read_timeout = read_timeout;
+                conn.settle_limit = hung_timeout;
                 let head_request = out.head_request;
                 // A worker may answer an upload before reading it all; then
                 // the rest is not sent and the answer goes to the client.
@@ -738,7 +742,7 @@ impl Upstream {
                     }
                     Err(SendError::Stalled) => {
                         self.conn = None;
-                        return Err(ExchangeError::Timeout);
+                        return Err(ExchangeError::SendStalled);
                     }
                 }
             },
@@ -758,6 +762,9 @@ impl Upstream {
                 conn.begin_body(&head);
                 Ok(head)
             }
+            // The worker is slow, not gone: the connection stays, so that
+            // [`settle`] can take its late answer before it serves again.
+            Err(ExchangeError::Timeout) => Err(ExchangeError::Timeout),
             Err(e) => {
                 self.conn = None;
                 Err(e)
@@ -861,23 +868,29 @@ impl Upstream {
         }
     }
 
-    /// Completes the exchange ([`Upstream::complete`]) within `limit`; a
-    /// connection that does not finish in time, or fails, is closed, so the
-    /// worker's next request starts clean.
-    pub async fn complete_within(&mut self, limit: Duration) {
-        match tokio::time::timeout(limit, self.complete()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+    /// Completes the exchange ([`Upstream::complete`]) within `limit`. A
+    /// connection that fails is closed (the worker's next request dials
+    /// afresh); one that does not finish in time is closed too, and the
+    /// caller learns the worker is still busy.
+    pub async fn complete_within(&mut self, limit: Duration) -> Completion {
+        match tokio::time::timeout(limit, self.complete(limit)).await {
+            Ok(Ok(())) => Completion::Done,
+            Ok(Err(Some(e))) => {
                 tracing::debug!(socket = %self.socket.display(), error = %e, "unfinished exchange failed");
                 self.invalidate();
+                Completion::Broken
             }
-            Err(_) => self.invalidate(),
+            Ok(Err(None)) | Err(_) => {
+                self.invalidate();
+                Completion::StillBusy
+            }
         }
     }
 
-    /// Completes an exchange whose client left: reads the response head if
-    /// it has not come yet, then the body.
-    async fn complete(&mut self) -> Result<(), WorkerError> {
+    /// Completes an exchange whose client left or got 504: reads the
+    /// response head if it has not come yet (waiting up to `limit`), then
+    /// the body. `Err(None)`: no head within `limit` (still busy).
+    async fn complete(&mut self, limit: Duration) -> Result<(), Option<WorkerError>> {
         let Some(conn) = self.conn.as_deref_mut() else {
             return Ok(());
         };
@@ -889,19 +902,22 @@ impl Upstream {
                 return Ok(());
             }
             Phase::AwaitingHead { head_request } => {
+                // The request's read timeout may have passed: this wait has its own.
+                conn.arm(limit);
                 match poll_fn(|cx| conn.poll_head(head_request, cx)).await {
                     Ok(head) => conn.begin_body(&head),
+                    Err(ExchangeError::Timeout) => return Err(None),
                     Err(e) => {
                         self.conn = None;
-                        return Err(match e {
+                        return Err(Some(match e {
                             ExchangeError::Failed(e) => e,
                             other => WorkerError::Io(io::Error::other(other.to_string())),
-                        });
+                        }));
                     }
                 }
             }
         }
-        self.drain().await
+        self.drain().await.map_err(Some)
     }
 
     /// Asks the worker whether its app is loaded: `GET /ready` with the probe
@@ -910,7 +926,7 @@ impl Upstream {
         let socket = self.socket.to_path_buf();
         let request = Outgoing::new(Bytes::from_static(wire::PROBE_REQUEST), None, false);
         let exchange = async {
-            let head = self.exchange(request, 0, timeout, timeout).await?;
+            let head = self.exchange(request, 0, timeout, timeout, timeout).await?;
             self.drain().await.map_err(ExchangeError::Failed)?;
             Ok::<bool, ExchangeError>(head.status == StatusCode::OK)
         };
@@ -943,6 +959,7 @@ pub struct Prestart {
     pub bodiless: bool,
     pub head_request: bool,
     pub read_timeout: Duration,
+    pub hung_timeout: Duration,
 }
 
 impl PoolConn for Upstream {
@@ -967,7 +984,7 @@ impl PoolConn for Upstream {
         };
         match conn.stream.try_write(&start.head) {
             Ok(written) if written > 0 => {
-                conn.read_timeout = start.read_timeout;
+                conn.settle_limit = start.hung_timeout;
                 conn.phase = if written == start.head.len() && start.bodiless {
                     // The whole request is in: its read timeout runs from now.
                     conn.arm(start.read_timeout);
@@ -1001,10 +1018,23 @@ impl PoolConn for Upstream {
     }
 }
 
+/// How [`Upstream::complete_within`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The answer was read to its end: the worker is free.
+    Done,
+    /// The connection failed; it is closed (the worker may well be free).
+    Broken,
+    /// The worker is still busy with it; its connection is closed.
+    StillBusy,
+}
+
 /// Returns a worker to the pool once its exchange is over. An exchange cut
-/// short (the client left) is completed in the background first, for at
-/// most its request's read timeout; a worker that does not finish in time
-/// has its connection closed, so its next request starts clean.
+/// short (its client left, or got 504 at the read timeout) is completed in
+/// the background first, for at most `--hung-timeout-ms`: the worker
+/// rejoins the pool only when it is free. One that is still busy then is
+/// replaced (gracefully: the supervisor drains it), never handed the next
+/// request.
 pub fn settle(mut lease: Lease<Upstream>) {
     let upstream = lease.conn();
     if upstream.is_settled() {
@@ -1014,9 +1044,20 @@ pub fn settle(mut lease: Lease<Upstream>) {
     let limit = upstream
         .conn
         .as_ref()
-        .map_or(Duration::ZERO, |conn| conn.read_timeout);
+        .map_or(Duration::ZERO, |conn| conn.settle_limit);
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move { lease.conn().complete_within(limit).await });
+        runtime.spawn(async move {
+            if lease.conn().complete_within(limit).await == Completion::StillBusy {
+                let id = lease.worker_id();
+                tracing::error!(
+                    worker = id,
+                    limit_ms = limit.as_millis() as u64,
+                    "worker still busy with a request its client left or timed out on, after \
+                     --hung-timeout-ms; replacing it (it is drained, then killed)"
+                );
+                lease.retire(Report::Hung(id));
+            }
+        });
     } else {
         upstream.invalidate();
     }

@@ -583,7 +583,7 @@ impl Supervisor {
 
     fn on_report(&mut self, report: Report) {
         match report {
-            Report::Hung(id) | Report::Unreachable(id) => {
+            Report::Unreachable(id) => {
                 if let Some(worker) = self.workers.get(&id) {
                     // Replaced at once: the slot stays open (this is not a crash).
                     if worker.generation == self.generation {
@@ -593,6 +593,23 @@ impl Supervisor {
                     }
                     self.restarts += 1;
                     self.kill(id);
+                }
+            }
+            Report::Hung(id) => {
+                // Drained (SIGTERM, SIGKILL after the grace), not killed on the
+                // spot; its slot counts a failure, so a request that hangs
+                // workers again and again is met with a growing backoff rather
+                // than a replacement storm.
+                if let Some(worker) = self.workers.get(&id) {
+                    let (slot, current) = (worker.slot, worker.generation == self.generation);
+                    self.restarts += 1;
+                    self.drain(id);
+                    if current {
+                        self.record_failure(
+                            slot,
+                            format!("worker {id} hung: still busy with a request after --hung-timeout-ms"),
+                        );
+                    }
                 }
             }
             Report::RequestLimit(id) => self.mark_due(id, RecycleReason::Requests),
