@@ -164,6 +164,11 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES")]
     pub min_download_rate: Option<u64>,
 
+    /// Recycle a worker (replacement first) once its resident memory passes SIZE, e.g. 512M or
+    /// 2G: a leaking app stays bounded (default: no limit).
+    #[arg(long, value_name = "SIZE")]
+    pub max_rss: Option<String>,
+
     /// Most client connections open at once; more wait in the kernel's accept queue
     /// (default: what the open-file limit allows, after room for workers).
     #[arg(long, value_name = "N")]

@@ -132,6 +132,8 @@ pub struct Limits {
     pub min_download_rate: u64,
     /// Client connections open at once (`None`: from the open-file limit).
     pub max_connections: Option<usize>,
+    /// Recycle a worker whose resident memory passes this many bytes.
+    pub max_rss: Option<u64>,
 }
 
 /// The window the minimum client rates are measured over.
@@ -257,6 +259,7 @@ struct FileConfig {
     min_download_rate: Option<u64>,
     max_connections: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
+    max_rss: Option<FileSize>,
     no_public_status: Option<bool>,
     /// The declarative host registry (`[hosts."name"]`).
     hosts: Option<BTreeMap<String, RawEntry>>,
@@ -294,6 +297,14 @@ impl OneOrMany {
 #[serde(untagged)]
 enum FileWorkers {
     Count(u64),
+    Form(String),
+}
+
+/// `max_rss = 536870912` or `max_rss = "512M"`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum FileSize {
+    Bytes(u64),
     Form(String),
 }
 
@@ -419,6 +430,16 @@ impl Config {
                     .min_download_rate
                     .or(file.min_download_rate)
                     .unwrap_or(defaults::MIN_DOWNLOAD_RATE),
+                max_rss: match (&cli.max_rss, &file.max_rss) {
+                    (Some(form), _) | (None, Some(FileSize::Form(form))) => {
+                        Some(parse_size(form).map_err(|message| ConfigError::Invalid {
+                            setting: "--max-rss",
+                            message,
+                        })?)
+                    }
+                    (None, Some(FileSize::Bytes(bytes))) => Some(*bytes),
+                    (None, None) => None,
+                },
                 max_connections: match cli.max_connections.or(file.max_connections) {
                     Some(0) => {
                         return Err(ConfigError::Invalid {
@@ -922,6 +943,30 @@ fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// A size: bytes, or a number with K, M, G (powers of 1024; `MiB`, `MB`
+/// and the like are read the same way).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let expected =
+        || format!("'{text}' is not a size: expected bytes or a number with K, M or G (512M, 2G)");
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit.trim_end_matches("IB").trim_end_matches('B');
+    let factor: u64 = match unit {
+        "" => 1,
+        "K" => 1024,
+        "M" => 1024 * 1024,
+        "G" => 1024 * 1024 * 1024,
+        _ => return Err(expected()),
+    };
+    match number.checked_mul(factor) {
+        Some(0) | None => Err(format!("'{text}' is out of range: expected 1 byte or more")),
+        Some(bytes) => Ok(bytes),
+    }
+}
+
 /// Names become file names: keep them to a safe alphabet.
 fn validate_name(name: String) -> Result<String, ConfigError> {
     let ok = !name.is_empty()
@@ -1218,6 +1263,17 @@ mod tests {
             err.to_string().starts_with("--shutdown-delay-ms: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_size("512M"), Ok(512 * 1024 * 1024));
+        assert_eq!(parse_size("2GiB"), Ok(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("100k"), Ok(100 * 1024));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "M", "12X", "0", "-1M", "99999999999999999999G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -94,10 +94,17 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let state = state.clone();
+        // Who is on the other end, from the kernel (SO_PEERCRED): a worker's
+        // join or quit is believed only from that worker's own process.
+        let peer = stream
+            .peer_cred()
+            .ok()
+            .and_then(|cred| cred.pid())
+            .map(|pid| pid as u32);
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&state, request).await) }
+                async move { Ok::<_, std::convert::Infallible>(route(&state, request, peer).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -106,13 +113,17 @@ pub async fn serve(
     }
 }
 
-async fn route(state: &ControlState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: &ControlState,
+    request: Request<Incoming>,
+    peer: Option<u32>,
+) -> Response<Full<Bytes>> {
     let query = request.uri().query().map(str::to_string);
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/server") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/status") => json(StatusCode::OK, &status(state).await),
         (&Method::GET, "/metrics") => metrics(state),
-        (&Method::POST, "/worker") => worker_op(state, request).await,
+        (&Method::POST, "/worker") => worker_op(state, request, peer).await,
         (&Method::POST, "/reload") => reload(state, query_host(query.as_deref())).await,
         (&Method::POST, "/stop") => {
             tracing::info!("stop requested over the control socket");
@@ -315,7 +326,11 @@ struct WorkerOp {
     pid: Option<u32>,
 }
 
-async fn worker_op(state: &ControlState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn worker_op(
+    state: &ControlState,
+    request: Request<Incoming>,
+    peer: Option<u32>,
+) -> Response<Full<Bytes>> {
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
@@ -339,13 +354,15 @@ async fn worker_op(state: &ControlState, request: Request<Incoming>) -> Response
     for supervisor in state.apps.supervisors() {
         let (reply, mine) = oneshot::channel();
         let command = match op.op.as_str() {
+            // The pid in the body is the sender's word; the kernel's wins.
             "join" => Command::Join {
                 id: op.worker_id,
-                pid: op.pid,
+                pid: peer.or(op.pid),
                 reply,
             },
             _ => Command::Quit {
                 id: op.worker_id,
+                from: peer,
                 reply,
             },
         };

@@ -177,3 +177,70 @@ async fn a_worker_still_busy_past_the_hung_timeout_is_drained_then_killed() {
         .await;
     wait_serving(&server, "the replacement").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stray_quit_costs_no_capacity() {
+    let server = faulty().arg("w:2").start();
+    let workers = serving_workers(&server.wait_ready().await);
+    // Any process of this user can reach the control socket; this one is not
+    // the worker, and the worker is not draining.
+    let body = format!("{{\"op\":\"quit\",\"workerId\":{}}}", workers[0]);
+    let (status, answer) = rip_server::control::call(
+        &server.control_socket(),
+        http::Method::POST,
+        "/worker",
+        bytes::Bytes::from(body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    server
+        .wait_log("a quit for a worker that is not draining")
+        .await;
+    // The worker is replaced (replacement first), and the pool is whole.
+    let status = server
+        .wait_status("the quit worker replaced and the pool whole", |s| {
+            let serving = serving_workers(s);
+            let pool = &s["pool"];
+            serving.len() == 2
+                && !serving.contains(&workers[0])
+                && pool["idle"].as_u64().unwrap_or(0) + pool["busy"].as_u64().unwrap_or(0) == 2
+        })
+        .await;
+    assert_eq!(status["desired_workers"], 2);
+    for _ in 0..4 {
+        assert_eq!(server.get("/ping").await.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leaking_worker_is_recycled_past_max_rss_without_a_failed_request() {
+    let server = faulty().arg("w:1").arg("--max-rss=160M").start();
+    let first = serving_workers(&server.wait_ready().await);
+    let status = server.status().await;
+    let rss = status["workers"][0]["rss_bytes"].as_u64().unwrap();
+    assert!(rss > 1024 * 1024 && rss < 160 * 1024 * 1024, "{rss}");
+    // Each request keeps 32 MiB; past 160 MiB the worker is replaced,
+    // replacement first, while requests keep coming.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = server.get("/leak?mb=32").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let now = serving_workers(&server.status().await);
+        if !now.is_empty() && now != first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not recycled; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.wait_log("resident memory is over --max-rss").await;
+    assert!(server
+        .metrics()
+        .await
+        .contains("rip_worker_memory_recycles_total{app=\"faulty\"} 1"));
+    assert_eq!(server.status().await["restarts"], 0);
+}

@@ -205,6 +205,7 @@ fn settings(spec: &AppSpec, config: &Config) -> Settings {
         restart: spec.restart,
         timeouts: config.timeouts,
         reload: spec.reload,
+        max_rss: config.limits.max_rss,
     }
 }
 

@@ -152,6 +152,7 @@ mod tests {
             min_upload_rate: 0,
             min_download_rate: 0,
             max_connections: None,
+            max_rss: None,
         };
         let t = Duration::from_secs(1);
         let timeouts = Timeouts {

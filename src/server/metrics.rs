@@ -76,6 +76,7 @@ pub struct Metrics {
     pub idle_connections_closed: AtomicU64,
     /// Worker slots whose last worker failed (a gauge the supervisor sets).
     pub slots_failing: AtomicU64,
+    pub memory_recycles: AtomicU64,
 }
 
 impl Metrics {
@@ -95,6 +96,7 @@ impl Metrics {
             stray_bytes: AtomicU64::new(0),
             idle_connections_closed: AtomicU64::new(0),
             slots_failing: AtomicU64::new(0),
+            memory_recycles: AtomicU64::new(0),
         }
     }
 
@@ -161,7 +163,12 @@ struct Sampled {
 type Field = for<'a> fn(&'a Metrics) -> &'a AtomicU64;
 
 /// The counters every app has: name (without `_total`), help, and which field.
-const COUNTERS: [(&str, &str, Field); 10] = [
+const COUNTERS: [(&str, &str, Field); 11] = [
+    (
+        "rip_worker_memory_recycles",
+        "Workers recycled because their resident memory passed --max-rss.",
+        |m| &m.memory_recycles,
+    ),
     (
         "rip_busy_retries",
         "Requests moved to another worker after a busy answer.",

@@ -57,6 +57,8 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 const JITTER: f64 = 0.1;
 /// How often deadlines (boot, age, drain, backoff) are checked.
 const TICK: Duration = Duration::from_millis(100);
+/// The pool is checked against the supervisor's view every this many ticks.
+const RECONCILE_EVERY: u64 = 10;
 
 /// A request to the supervisor.
 pub enum Command {
@@ -66,12 +68,15 @@ pub enum Command {
     /// across the server's apps).
     Join {
         id: WorkerId,
+        /// The sender, from the control socket's peer credentials.
         pid: Option<u32>,
         reply: oneshot::Sender<bool>,
     },
-    /// A worker announced it is leaving (`POST /worker {"op":"quit"}`).
+    /// `POST /worker {"op":"quit"}` for worker `id`, sent by process `from`
+    /// (the control socket's peer credentials; `None` if unknown).
     Quit {
         id: WorkerId,
+        from: Option<u32>,
         reply: oneshot::Sender<bool>,
     },
     /// Roll to a new generation; the reply comes when the roll ends.
@@ -97,6 +102,12 @@ enum RecycleReason {
     Reloads,
     /// It sent bytes outside any response.
     ProtocolError,
+    /// A `quit` came for it while it was serving.
+    Quit,
+    /// The pool had lost it (see [`Supervisor::reconcile_pool`]).
+    Reconcile,
+    /// Its resident memory passed `--max-rss`.
+    Memory,
 }
 
 #[derive(Debug)]
@@ -168,6 +179,8 @@ pub struct WorkerStatus {
     pub requests: u64,
     pub reloads: u64,
     pub age_s: f64,
+    /// Resident memory, read from /proc when the status is taken.
+    pub rss_bytes: Option<u64>,
 }
 
 /// What the supervisor needs from the configuration.
@@ -177,6 +190,8 @@ pub struct Settings {
     pub restart: RestartPolicy,
     pub timeouts: Timeouts,
     pub reload: ReloadMode,
+    /// Recycle a worker whose resident memory passes this many bytes.
+    pub max_rss: Option<u64>,
 }
 
 pub struct Supervisor {
@@ -203,6 +218,7 @@ pub struct Supervisor {
     changes: mpsc::Receiver<Changed>,
     /// Fired once, when every slot first has a serving worker.
     on_ready: Option<oneshot::Sender<()>>,
+    ticks: u64,
 }
 
 /// A cheap handle for talking to the supervisor task.
@@ -275,6 +291,7 @@ impl Supervisor {
             changes_tx,
             changes,
             on_ready: Some(on_ready),
+            ticks: 0,
         };
         supervisor.restart_watcher();
         // Spawn the first workers now, so the pool counts them as booting
@@ -666,11 +683,10 @@ impl Supervisor {
                 };
                 let _ = reply.send(mine);
             }
-            Command::Quit { id, reply } => {
+            Command::Quit { id, from, reply } => {
                 let mine = self.workers.contains_key(&id);
                 if mine {
-                    tracing::debug!(worker = id, "worker announced it is quitting");
-                    self.pool.remove(id);
+                    self.on_quit(id, from);
                 }
                 let _ = reply.send(mine);
             }
@@ -688,6 +704,99 @@ impl Supervisor {
                 );
             }
             Command::Stop(_) => {}
+        }
+    }
+
+    /// A `quit` for worker `id`. Only the worker itself, while it drains,
+    /// may take itself out of the pool: that is the protocol's quit. Anything
+    /// else (the worker quitting while it serves, or another process sending
+    /// it) would leave the pool a worker short while the supervisor counts it
+    /// serving, so the worker is replaced instead, replacement first.
+    fn on_quit(&mut self, id: WorkerId, from: Option<u32>) {
+        let Some(worker) = self.workers.get(&id) else {
+            return;
+        };
+        let own = from == Some(worker.process.pid);
+        match worker.state {
+            WorkerState::Draining { .. } | WorkerState::Retiring { .. } if own => {
+                tracing::debug!(worker = id, "worker announced it is quitting");
+                self.pool.remove(id);
+            }
+            WorkerState::Draining { .. } | WorkerState::Retiring { .. } => {}
+            WorkerState::Booting { .. } | WorkerState::Serving { .. } => {
+                tracing::warn!(
+                    worker = id,
+                    sender_pid = ?from,
+                    worker_pid = worker.process.pid,
+                    "a quit for a worker that is not draining (from {}); replacing the worker, \
+                     replacement first",
+                    if own { "the worker itself" } else { "another process" }
+                );
+                self.mark_due(id, RecycleReason::Quit);
+            }
+        }
+    }
+
+    /// Checks that the pool holds every worker the supervisor counts as
+    /// serving, and nothing it does not know: the two views must never
+    /// disagree, or capacity is lost without anyone saying so.
+    fn reconcile_pool(&mut self) {
+        let in_pool: Vec<WorkerId> = self.pool.served().into_keys().collect();
+        let serving: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| {
+                w.generation == self.generation && matches!(w.state, WorkerState::Serving { .. })
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        let known: Vec<WorkerId> = self.workers.keys().copied().collect();
+        let (missing, unknown) = disagreements(&serving, &known, &in_pool);
+        for id in missing {
+            tracing::error!(
+                worker = id,
+                "worker counted as serving is not in the pool; replacing it to restore capacity"
+            );
+            self.mark_due(id, RecycleReason::Reconcile);
+        }
+        for id in unknown {
+            tracing::error!(
+                worker = id,
+                "the pool held a worker the supervisor does not know; removed it"
+            );
+            self.pool.remove(id);
+        }
+    }
+
+    /// Recycles serving workers whose resident memory passed `--max-rss`
+    /// (a leaking app): replacement first, so capacity never drops. Read
+    /// from /proc once a second, off the request path.
+    fn check_memory(&mut self) {
+        let Some(limit) = self.settings.max_rss else {
+            return;
+        };
+        let over: Vec<(WorkerId, u64)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| {
+                w.generation == self.generation
+                    && matches!(w.state, WorkerState::Serving { due: None, .. })
+            })
+            .filter_map(|(&id, w)| {
+                worker::rss_bytes(w.process.pid)
+                    .filter(|&rss| rss > limit)
+                    .map(|rss| (id, rss))
+            })
+            .collect();
+        for (id, rss) in over {
+            tracing::info!(
+                worker = id,
+                rss_mib = rss / (1024 * 1024),
+                limit_mib = limit / (1024 * 1024),
+                "worker's resident memory is over --max-rss; recycling it (replacement first)"
+            );
+            Metrics::incr(&self.metrics.memory_recycles);
+            self.mark_due(id, RecycleReason::Memory);
         }
     }
 
@@ -784,6 +893,11 @@ impl Supervisor {
     }
 
     fn on_tick(&mut self) {
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % RECONCILE_EVERY == 0 {
+            self.reconcile_pool();
+            self.check_memory();
+        }
         let now = Instant::now();
         let mut overdue_boots = Vec::new();
         let mut aged = Vec::new();
@@ -922,6 +1036,7 @@ impl Supervisor {
                     requests: served.get(&id).copied().unwrap_or(0),
                     reloads: w.reloads,
                     age_s: (w.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                    rss_bytes: worker::rss_bytes(w.process.pid),
                 })
                 .collect(),
             slots: self
@@ -978,6 +1093,25 @@ impl Supervisor {
     }
 }
 
+/// Serving workers the pool lacks, and pool members no worker record has.
+fn disagreements(
+    serving: &[WorkerId],
+    known: &[WorkerId],
+    in_pool: &[WorkerId],
+) -> (Vec<WorkerId>, Vec<WorkerId>) {
+    let missing = serving
+        .iter()
+        .filter(|id| !in_pool.contains(id))
+        .copied()
+        .collect();
+    let unknown = in_pool
+        .iter()
+        .filter(|id| !known.contains(id))
+        .copied()
+        .collect();
+    (missing, unknown)
+}
+
 /// Spreads a duration limit over [limit·(1−JITTER), limit].
 fn jittered(limit: Duration) -> Duration {
     limit.mul_f64(1.0 - rand::thread_rng().gen_range(0.0..JITTER))
@@ -989,4 +1123,19 @@ fn jittered_count(limit: u64) -> u64 {
         return limit;
     }
     limit - rand::thread_rng().gen_range(0..=spread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_and_the_supervisor_must_agree() {
+        // Worker 2 serves but the pool lost it; the pool holds 9, unknown.
+        let (missing, unknown) = disagreements(&[1, 2], &[1, 2, 3], &[1, 3, 9]);
+        assert_eq!(missing, vec![2]);
+        assert_eq!(unknown, vec![9]);
+        let (missing, unknown) = disagreements(&[1, 2], &[1, 2], &[1, 2]);
+        assert!(missing.is_empty() && unknown.is_empty());
+    }
 }

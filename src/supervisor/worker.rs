@@ -180,6 +180,19 @@ impl Spawner {
     }
 }
 
+/// A process's resident memory in bytes, from `/proc/PID/statm` (one small
+/// read; `None` if the process is gone).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096);
+    Some(pages * page)
+}
+
 /// Removes a socket file left by an earlier run (ignoring "not found").
 pub fn remove_stale(path: &Path) {
     if let Err(e) = std::fs::remove_file(path) {
