@@ -174,6 +174,15 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Run the workers as this user (name or uid); needs rip-server started as root, which then
+    /// keeps only what it needs to manage them (default: the user that starts the server).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run the workers in this group (default: the --user's primary group).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+
     /// Let the app answer GET /status on the public port (by default the server answers it
     /// with its health JSON).
     #[arg(long)]

@@ -29,6 +29,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 
+use crate::privileges::{PrivilegeError, RunAs};
 use crate::registry::{self, RawEntry, RawRegistry, RegistryError, RegistrySpec};
 
 use crate::app::{App, ResolveError};
@@ -56,6 +57,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: TrustedProxies,
+    /// Run workers as this user and group (`--user`/`--group`).
+    pub run_as: Option<RunAs>,
     pub logging: Logging,
     pub js_runtime: JsRuntime,
     /// Runtime threads of the server process itself.
@@ -204,6 +207,8 @@ pub enum ConfigError {
     App(#[from] ResolveError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
     #[error("cannot read config file '{path}': {source}")]
     ReadFile {
         path: PathBuf,
@@ -260,6 +265,8 @@ struct FileConfig {
     max_connections: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
     max_rss: Option<FileSize>,
+    user: Option<String>,
+    group: Option<String>,
     no_public_status: Option<bool>,
     /// The declarative host registry (`[hosts."name"]`).
     hosts: Option<BTreeMap<String, RawEntry>>,
@@ -466,6 +473,10 @@ impl Config {
             config_file: cli.config.clone(),
             shutdown_delay: layers.shutdown_delay()?,
             public_status: !(cli.no_public_status || file.no_public_status.unwrap_or(false)),
+            run_as: RunAs::resolve(
+                cli.user.as_deref().or(file.user.as_deref()),
+                cli.group.as_deref().or(file.group.as_deref()),
+            )?,
             registry,
             name,
             app,

@@ -21,6 +21,7 @@
 //!   the task that changes them, and the route table.
 //! - [`serve`](mod@serve): wiring it all together until a stop.
 //! - [`commands`]: `status`, `reload`, `stop`, `add`, `remove`, `list`.
+//! - [`privileges`]: workers as `--user`; what the server keeps.
 //! - [`check`]: `--check`, the configuration validated without binding.
 //! - [`server`]: the data path: listener, routing, proxy, pool, bodies,
 //!   access log and metrics.
@@ -53,6 +54,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod logging;
+pub mod privileges;
 pub mod registry;
 pub mod serve;
 pub mod server;

@@ -23,7 +23,7 @@ use crate::cli::{Cli, ServeArgs};
 use crate::config::{self, Config, Listen, ProcessEnv};
 use crate::server::listen::{self, ServeOptions};
 use crate::server::routes::{PublicInfo, Router};
-use crate::{control, logging, supervisor, systemd, tls, Error};
+use crate::{control, logging, privileges, supervisor, systemd, tls, Error};
 
 /// Longest Unix socket path the kernel accepts (sun_path, minus the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -34,6 +34,10 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
     let _log_guard = logging::init(config.logging);
     let tls = load_tls(&config)?;
     prepare_runtime_dir(&config.runtime_dir)?;
+    if let Some(run_as) = config.run_as.as_ref().filter(|r| r.switches()) {
+        privileges::share_runtime_dir(&config.runtime_dir, run_as)
+            .map_err(|e| Error::Startup(e.to_string()))?;
+    }
 
     let control_path = control::socket_path(&config.runtime_dir, &config.name);
     check_socket_path(&config, &control_path)?;
@@ -46,6 +50,11 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
     let listeners = open_listeners(&config, tls.as_ref()).await?;
     let url = listeners.url.clone();
     let started = Instant::now();
+    // The ports are bound: what is left of root is what managing workers needs.
+    if let Some(run_as) = config.run_as.as_ref().filter(|r| r.switches()) {
+        privileges::drop_server_privileges(run_as).map_err(|e| Error::Startup(e.to_string()))?;
+    }
+    privileges::announce(config.run_as.as_ref());
 
     let (ready_tx, ready_rx) = oneshot::channel();
     let (apps, apps_task) =

@@ -244,3 +244,55 @@ async fn a_leaking_worker_is_recycled_past_max_rss_without_a_failed_request() {
         .contains("rip_worker_memory_recycles_total{app=\"faulty\"} 1"));
     assert_eq!(server.status().await["restarts"], 0);
 }
+
+/// A process's `Key:` line from /proc/PID/status.
+fn proc_status(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{key}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_run_as_the_given_user_and_the_server_keeps_three_capabilities() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test starts the server as root to check --user; run the test suite as root (CI does)"
+    );
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a 'nobody' user");
+    // The runtime directory's parent must be reachable by the workers' user.
+    let runtime = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        runtime.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let server = faulty()
+        .arg("w:1")
+        .arg("--user=nobody")
+        .runtime(runtime)
+        .start();
+    server.wait_ready().await;
+    let worker: u32 = server.get("/pid").await.body.parse().unwrap();
+    let uids = proc_status(worker, "Uid");
+    assert!(
+        uids.split_whitespace()
+            .all(|uid| uid == nobody.uid.to_string()),
+        "worker uids {uids}"
+    );
+    // CAP_KILL (5), CAP_SETGID (6), CAP_SETUID (7): 0xe0.
+    assert_eq!(proc_status(server.pid(), "CapEff"), "00000000000000e0");
+    assert_eq!(proc_status(server.pid(), "CapBnd"), "00000000000000e0");
+    assert_eq!(server.get("/ping").await.body, "pong");
+    server.wait_log("workers run as nobody").await;
+
+    // Without --user, as root: said loudly.
+    let root_run = faulty().arg("w:1").start();
+    root_run.wait_ready().await;
+    root_run.wait_log("the workers run as root too").await;
+}

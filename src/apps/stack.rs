@@ -249,5 +249,10 @@ fn spawner(
         reload: spec.reload,
         runtime_dir: config.runtime_dir.clone(),
         control_socket: control_path.to_path_buf(),
+        run_as: config
+            .run_as
+            .as_ref()
+            .filter(|run_as| run_as.switches())
+            .map(|run_as| (run_as.uid, run_as.gid)),
     })
 }

@@ -77,6 +77,8 @@ pub struct Spawner {
     pub reload: ReloadMode,
     pub runtime_dir: PathBuf,
     pub control_socket: PathBuf,
+    /// Run workers as this user and group (`--user`/`--group`).
+    pub run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
 }
 
 /// The supervisor's grip on a running child.
@@ -129,10 +131,20 @@ impl Spawner {
             // Ctrl-C in the terminal reaches only the server, which drains.
             .process_group(0);
         let parent = std::process::id();
+        let run_as = self.run_as;
         // SAFETY: the closure runs between fork and exec and calls only
-        // async-signal-safe functions (prctl, getppid, kill).
+        // async-signal-safe functions (umask, setgroups, setgid, setuid,
+        // prctl, getppid, kill).
         unsafe {
             command.pre_exec(move || {
+                if let Some((uid, gid)) = run_as {
+                    // Sockets group-writable: the server reaches them through the group.
+                    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
+                    nix::unistd::setgroups(&[gid])?;
+                    nix::unistd::setgid(gid)?;
+                    nix::unistd::setuid(uid)?;
+                }
+                // After the user switch: a change of credentials clears it.
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
                 // The server may have died before prctl took effect.
                 if nix::unistd::getppid().as_raw() as u32 != parent {
