@@ -296,3 +296,64 @@ async fn workers_run_as_the_given_user_and_the_server_keeps_three_capabilities()
     root_run.wait_ready().await;
     root_run.wait_log("the workers run as root too").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sighup_whose_roll_fails_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faulty");
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(
+        broken.join("index.mjs"),
+        "throw new Error('broken deploy');\n",
+    )
+    .unwrap();
+    let config = dir.path().join("rip.toml");
+    let write = |app: &Path, queue_timeout_ms: u64| {
+        std::fs::write(
+            &config,
+            format!(
+                "app = {:?}\nlisten = \"http:0\"\nworkers = 1\nreload = \"none\"\n\
+                 queue_timeout_ms = {queue_timeout_ms}\nboot_timeout_ms = 2000\n",
+                app
+            ),
+        )
+        .unwrap();
+    };
+    write(&good, 5000);
+    let server = Builder::bare("whole")
+        .arg(&format!("--config={}", config.display()))
+        .start();
+    server.wait_ready().await;
+    // A deploy of broken code with a shorter queue timeout: the roll fails,
+    // so the queue timeout must stay 5 s too.
+    write(&broken, 200);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    server.wait_log("nothing was changed").await;
+    let port = server.port;
+    let busy = tokio::spawn(async move {
+        let request = http::Request::get("/sleep?ms=1000")
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        crate::harness::send(port, request).await
+    });
+    server
+        .wait_status("the worker busy", |s| s["pool"]["busy"] == 1)
+        .await;
+    // Queued behind a 1 s request: served with the old 5 s queue timeout,
+    // a 504 after 200 ms with the new one.
+    let queued = server.get("/ping").await;
+    assert_eq!((queued.status, queued.body.as_str()), (200, "pong"));
+    assert_eq!(busy.await.unwrap().status, 200);
+    let status = server.status().await;
+    assert_eq!(
+        status["app"]["dir"].as_str(),
+        good.canonicalize().unwrap().to_str(),
+        "{status:#}"
+    );
+}

@@ -168,6 +168,48 @@ impl Desired {
     }
 }
 
+/// A roll that ended, and what the app ran before it.
+struct Rolled {
+    id: StackId,
+    name: String,
+    old: AppSpec,
+    outcome: RollOutcome,
+}
+
+/// Finished rolls, in the shape callers wait on.
+fn into_rolling(rolled: Vec<Rolled>) -> Vec<Rolling> {
+    rolled
+        .into_iter()
+        .map(|r| {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(r.outcome);
+            (r.name, rx)
+        })
+        .collect()
+}
+
+/// The outcome of a roll whose app stopped before it ended.
+fn stopped_outcome() -> RollOutcome {
+    RollOutcome {
+        generation: 0,
+        trigger: Trigger::Signal,
+        ok: false,
+        duration_ms: 0,
+        error: Some("the app stopped".into()),
+        finished_at: 0,
+    }
+}
+
+/// The apps of the configuration that serves now (none if it cannot be worked out).
+fn desired_or_empty(config: &Config, spec: &RegistrySpec) -> Desired {
+    desired(config, spec).unwrap_or(Desired {
+        apps: BTreeMap::new(),
+        default: None,
+        routes: Vec::new(),
+        certs: Vec::new(),
+    })
+}
+
 /// Which running app (if any) each desired app is.
 struct Plan {
     /// Entry → the running app that becomes it.
@@ -316,7 +358,7 @@ impl Apps {
             return;
         }
         tracing::info!(registry = %path.display(), hosts = spec.hosts.len(), "the host registry changed; applying it");
-        match self.apply(spec, false).await {
+        match self.apply(None, spec, false).await {
             Ok(_) => self.set_error(None),
             Err(e) => {
                 tracing::error!(error = %e, "the registry change was not applied; the last good registry keeps serving");
@@ -328,64 +370,170 @@ impl Apps {
     /// SIGHUP: the new configuration applied, every app rolled.
     async fn reconfigure(&mut self, config: Config) -> Result<Vec<Rolling>, String> {
         let spec = config.registry.spec.clone();
-        let previous = std::mem::replace(&mut self.config, config);
-        match self.apply(spec, true).await {
-            Ok(rolls) => {
-                self.set_error(None);
-                Ok(rolls)
-            }
-            Err(e) => {
-                self.config = previous;
-                self.set_error(Some(e.clone()));
-                Err(e)
-            }
-        }
+        let result = self.apply(Some(config), spec, true).await;
+        self.set_error(result.as_ref().err().cloned());
+        result
     }
 
-    /// Makes the running apps match the configuration and `spec`; with
-    /// `roll_all`, every app that keeps running is rolled too.
-    async fn apply(&mut self, spec: RegistrySpec, roll_all: bool) -> Result<Vec<Rolling>, String> {
-        let desired = desired(&self.config, &spec)?;
+    /// Makes the running apps match `config` (the current one if `None`)
+    /// and `spec`; with `roll_all`, every app that keeps running is rolled
+    /// too. All or nothing: new apps must become ready and every roll must
+    /// succeed, or the new apps are stopped, the apps that did roll are
+    /// rolled back, and the configuration, routes, limits and certificates
+    /// stay as they were. The rolls' outcomes are in the answer (a failed
+    /// one says that nothing was changed); `Err`: nothing was tried.
+    async fn apply(
+        &mut self,
+        config: Option<Config>,
+        spec: RegistrySpec,
+        roll_all: bool,
+    ) -> Result<Vec<Rolling>, String> {
+        let next = config.clone().unwrap_or_else(|| self.config.clone());
+        let desired = desired(&next, &spec)?;
+        let before = desired_or_empty(&self.config, &self.applied);
         if let Some(tls) = &self.tls {
             if let Err(e) = tls.set_hosts(auto_names(&desired), desired.certs.clone()) {
                 return Err(format!("host certificates: {e}"));
             }
         }
         let plan = self.match_up(&desired);
-        let staged = self.stage(&desired, &plan).map_err(|e| e.to_string())?;
-        let staged = self.wait_ready(staged).await?;
-        let mut rolls = Vec::new();
+        let staged = match self.stage_for(next.clone(), &desired, &plan).await {
+            Ok(staged) => staged,
+            Err(e) => {
+                self.restore_tls(&before);
+                return Err(e);
+            }
+        };
+        let mut rolled = self.roll_existing(&next, &desired, &plan, roll_all).await;
+        if rolled.iter().any(|r| !r.outcome.ok) {
+            self.roll_back(&rolled).await;
+            for (_, running) in staged {
+                self.forget(running.stack.supervisor());
+                tokio::spawn(running.stack.stop());
+            }
+            self.restore_tls(&before);
+            tracing::error!("a roll of the change failed; nothing was changed (the apps that rolled were rolled back)");
+            for r in rolled.iter_mut().filter(|r| !r.outcome.ok) {
+                let error = r
+                    .outcome
+                    .error
+                    .take()
+                    .unwrap_or_else(|| "the roll failed".into());
+                r.outcome.error = Some(format!(
+                    "{error}; nothing was changed (the apps that rolled were rolled back)"
+                ));
+            }
+            return Ok(into_rolling(rolled));
+        }
+        self.config = next;
+        for running in self.stacks.values() {
+            running.stack.retune(&self.config);
+        }
+        let mut placed = plan.existing.clone();
+        for (entry, running) in staged {
+            running.stack.retune(&self.config);
+            let id = self.insert(running);
+            placed.insert(entry, id);
+        }
+        for (entry, id) in &plan.existing {
+            if let Some(running) = self.stacks.get_mut(id) {
+                running.hosts = desired.hosts_of(entry).cloned().collect();
+                running.default = desired.default.as_ref() == Some(entry);
+            }
+        }
+        self.publish(&desired, &placed);
+        self.retire_unused(&placed);
+        self.applied = spec;
+        Ok(into_rolling(rolled))
+    }
+
+    /// Starts and waits for the apps new to `desired` (with `config`).
+    async fn stage_for(
+        &mut self,
+        config: Config,
+        desired: &Desired,
+        plan: &Plan,
+    ) -> Result<Vec<(PathBuf, Running)>, String> {
+        let current = std::mem::replace(&mut self.config, config);
+        let staged = self.stage(desired, plan).map_err(|e| e.to_string());
+        self.config = current;
+        self.wait_ready(staged?).await
+    }
+
+    /// Rolls the running apps whose spec changes (all, with `roll_all`) and
+    /// waits for every outcome.
+    async fn roll_existing(
+        &mut self,
+        config: &Config,
+        desired: &Desired,
+        plan: &Plan,
+        roll_all: bool,
+    ) -> Vec<Rolled> {
+        let mut pending = Vec::new();
         for (entry, id) in &plan.existing {
             let (Some(spec), Some(running)) = (desired.apps.get(entry), self.stacks.get_mut(id))
             else {
                 continue;
             };
-            running.stack.retune(&self.config);
-            running.hosts = desired.hosts_of(entry).cloned().collect();
-            running.default = desired.default.as_ref() == Some(entry);
-            if roll_all || *spec != running.stack.spec {
-                let name = running.stack.name().to_string();
-                match running
-                    .stack
-                    .reconfigure(spec.clone(), &self.config, &self.runtime)
-                    .await
-                {
-                    Ok(outcome) => rolls.push((name, outcome)),
-                    Err(e) => {
-                        tracing::error!(app = %name, error = %e, "cannot roll the app; it keeps its current workers")
-                    }
+            if !roll_all && *spec == running.stack.spec {
+                continue;
+            }
+            let name = running.stack.name().to_string();
+            let old = running.stack.spec.clone();
+            match running
+                .stack
+                .reconfigure(spec.clone(), config, &self.runtime)
+                .await
+            {
+                Ok(outcome) => pending.push((*id, name, old, outcome)),
+                Err(e) => {
+                    tracing::error!(app = %name, error = %e, "cannot roll the app; it keeps its current workers")
                 }
             }
         }
-        let mut placed = plan.existing.clone();
-        for (entry, running) in staged {
-            let id = self.insert(running);
-            placed.insert(entry, id);
+        let mut rolled = Vec::new();
+        for (id, name, old, outcome) in pending {
+            let outcome = outcome.await.unwrap_or_else(|_| stopped_outcome());
+            rolled.push(Rolled {
+                id,
+                name,
+                old,
+                outcome,
+            });
         }
-        self.publish(&desired, &placed);
-        self.retire_unused(&placed);
-        self.applied = spec;
-        Ok(rolls)
+        rolled
+    }
+
+    /// Rolls the apps that did roll back to what they ran before; those
+    /// whose roll failed run it still.
+    async fn roll_back(&mut self, rolled: &[Rolled]) {
+        for r in rolled.iter().filter(|r| !r.outcome.ok) {
+            if let Some(running) = self.stacks.get_mut(&r.id) {
+                running.stack.roll_failed(r.old.clone());
+            }
+        }
+        for r in rolled.iter().filter(|r| r.outcome.ok) {
+            let Some(running) = self.stacks.get_mut(&r.id) else {
+                continue;
+            };
+            tracing::warn!(app = %r.name, "rolling the app back: another part of the change failed");
+            if let Ok(outcome) = running
+                .stack
+                .reconfigure(r.old.clone(), &self.config, &self.runtime)
+                .await
+            {
+                let _ = outcome.await;
+            }
+        }
+    }
+
+    /// Puts back the certificates of the configuration that keeps serving.
+    fn restore_tls(&self, before: &Desired) {
+        if let Some(tls) = &self.tls {
+            if let Err(e) = tls.set_hosts(auto_names(before), before.certs.clone()) {
+                tracing::error!(error = %e, "cannot restore the host certificates");
+            }
+        }
     }
 
     /// Which running app each desired app is (by entry), so an app keeps its

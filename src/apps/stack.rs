@@ -129,8 +129,10 @@ impl AppStack {
     }
 
     /// Rolls the app to `spec` (its settings, or a new version of its files)
-    /// and `config`; the reply comes when the roll ends. The current
-    /// generation keeps serving if the new one fails.
+    /// and `config`'s worker settings; the reply comes when the roll ends.
+    /// The current generation keeps serving if the new one fails. Limits and
+    /// timeouts of requests are not touched ([`AppStack::retune`] does that
+    /// once the whole change is known to have worked).
     pub async fn reconfigure(
         &mut self,
         spec: AppSpec,
@@ -138,7 +140,6 @@ impl AppStack {
         runtime: &Runtime,
     ) -> Result<oneshot::Receiver<RollOutcome>, Error> {
         let spawner = spawner(&self.handle.name, &spec, config, &runtime.control_path)?;
-        self.retune(config);
         let (reply, outcome) = oneshot::channel();
         let command = Command::Reconfigure {
             settings: Box::new(settings(&spec, config)),
@@ -150,6 +151,13 @@ impl AppStack {
         self.spec = spec;
         self.supervisor.send(command).await;
         Ok(outcome)
+    }
+
+    /// The roll to a new spec failed, so the app runs `old` still: say so.
+    pub fn roll_failed(&mut self, old: AppSpec) {
+        self.handle.desired.store(old.workers, Ordering::Relaxed);
+        *self.handle.about.lock().unwrap_or_else(|p| p.into_inner()) = about(&old);
+        self.spec = old;
     }
 
     /// A rolling restart; the reply comes when it ends.
