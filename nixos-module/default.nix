@@ -553,6 +553,13 @@ in
         SystemCallArchitectures = "native";
         SystemCallFilter = [
           "@system-service"
+          # pkey_alloc/pkey_mprotect/pkey_free: V8 (Node) allocates a memory
+          # protection key at start to guard its JIT code. They act on the
+          # process's own memory only. Not in @system-service: without this
+          # line a Node worker is killed with SIGSYS (syscall 330) unless
+          # SystemCallErrorNumber turns the kill into an error, and with it
+          # V8 silently loses that protection.
+          "@pkey"
           "~@privileged"
         ];
         # A refused system call fails (libuv then falls back) instead of

@@ -965,28 +965,116 @@ async fn a_restart_with_held_sockets_refuses_no_connection() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
 
-    let (mut answered, mut closed) = (0, Vec::new());
+    let mut answered = 0;
     for client in clients {
         let mut versions = Vec::new();
         for outcome in client.await.unwrap() {
             match outcome {
                 Fresh::Answered(200, body) => versions.push(body),
-                Fresh::Closed(e) => closed.push(e),
+                // Refused, closed unanswered (the old server's stop serves a
+                // connection it accepted before reading its request) or late:
+                // every one is a failure.
                 other => panic!("{other:?}\nnew server's log:\n{}", second.log()),
             }
         }
         answered += versions.len();
         assert_eq!(versions.last().map(String::as_str), Some("v2"));
     }
-    // The old server's graceful stop closes a connection it accepted but had
-    // not yet read a request from (a client retries such a request); at most
-    // the few accepted in its last instant.
-    assert!(closed.len() <= 8, "closed unanswered: {closed:?}");
     assert!(answered > 100, "too little load: {answered} answers");
-    eprintln!(
-        "{answered} answered across the restart, {} closed unanswered by the old server's stop, none refused",
-        closed.len()
-    );
+    eprintln!("{answered} answered across the restart, none refused, none closed unanswered");
+}
+
+/// One `GET /v` on a kept-alive blocking connection: (status, body, whether
+/// the server said `Connection: close`), or the error that ended it.
+fn kept_alive_get(stream: &mut std::net::TcpStream) -> std::io::Result<(u16, String, bool)> {
+    use std::io::{Read, Write};
+    stream.write_all(b"GET /v HTTP/1.1\r\nhost: localhost\r\n\r\n")?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (mut length, mut close) = (0, false);
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let header = line.trim_end().to_ascii_lowercase();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(v) = header.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        close |= header == "connection: close";
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned(), close))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stop_serves_the_request_a_kept_alive_connection_already_sent() {
+    use nix::sys::signal::Signal::{SIGCONT, SIGSTOP, SIGTERM};
+    // A kept-alive client may send its next request just before the server
+    // stops. Closing the connection as idle then (hyper has not read it yet)
+    // resets a request the client already sent. The server is frozen while
+    // the requests go out and the stop is signalled, so on waking it finds
+    // both at once: every one of them must be answered, then closed.
+    let dir = tempfile::tempdir().unwrap();
+    write_app(&dir.path().join("app"), "v1", 0);
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let server = Launch::new(&dir.path().join("app"), "keptalive")
+        .arg("http:0")
+        .arg("w:2")
+        .arg("--threads=2")
+        .socket(&socket)
+        .start();
+    wait_version(port, "v1").await;
+    let result = tokio::task::spawn_blocking(move || {
+        let mut connections: Vec<_> = (0..32)
+            .map(|_| {
+                let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let first = kept_alive_get(&mut stream).unwrap();
+                assert_eq!((first.0, first.2), (200, false), "{first:?}");
+                stream
+            })
+            .collect();
+        let pid = nix::unistd::Pid::from_raw(server.pid() as i32);
+        nix::sys::signal::kill(pid, SIGSTOP).unwrap();
+        let outcomes: Vec<_> = {
+            let requests: Vec<_> = connections
+                .iter_mut()
+                .map(|stream| {
+                    let mut stream = stream.try_clone().unwrap();
+                    std::thread::spawn(move || {
+                        kept_alive_get(&mut stream).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(300));
+            nix::sys::signal::kill(pid, SIGTERM).unwrap();
+            nix::sys::signal::kill(pid, SIGCONT).unwrap();
+            requests.into_iter().map(|r| r.join().unwrap()).collect()
+        };
+        (server, outcomes)
+    });
+    let (mut server, outcomes) = result.await.unwrap();
+    assert!(server.wait_exit().await.success(), "{}", server.log());
+    for outcome in &outcomes {
+        match outcome {
+            Ok((200, body, _)) if body == "v1" => {}
+            other => panic!("{other:?} of {outcomes:?}\nlog:\n{}", server.log()),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -276,11 +276,16 @@ impl Connection {
         let mut watch = IdleWatch::new(activity, timeouts.header, timeouts.idle);
         let mut shutdown = self.shutdown;
         let mut closing = false;
-        // A stop that finds the connection before its first request: the
+        // A stop closes a connection with no request in flight only once
+        // nothing is waiting to be read from it. Before its first request the
         // client has just connected and its request is on its way (closing
         // now would fail it, and a client does not retry on a fresh
-        // connection); wait for it this long, then serve it and close.
-        let mut first_request_by: Option<Instant> = None;
+        // connection). A kept-alive connection may hold a request the client
+        // sent just before the stop that hyper has not read yet: closing it
+        // then would reset that request unanswered. Either way the request is
+        // waited for this long (and the requests begun at the stop), then
+        // served with keep-alive off, and the connection closed.
+        let mut stop_wait: Option<(Instant, u64)> = None;
         loop {
             tokio::select! {
                 result = connection.as_mut() => return result,
@@ -292,16 +297,17 @@ impl Connection {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                _ = shutdown.wait_for(|stop| *stop), if !closing && first_request_by.is_none() => {
-                    if abort.begun() == 0 {
-                        first_request_by = Some(Instant::now() + FIRST_REQUEST_ON_STOP.min(timeouts.header));
-                    } else {
+                _ = shutdown.wait_for(|stop| *stop), if !closing && stop_wait.is_none() => {
+                    let begun = abort.begun();
+                    if begun > 0 && (abort.busy() || !bytes_waiting(socket)) {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
+                    } else {
+                        stop_wait = Some((Instant::now() + FIRST_REQUEST_ON_STOP.min(timeouts.header), begun));
                     }
                 }
-                () = tokio::time::sleep(STOP_POLL), if !closing && first_request_by.is_some() => {
-                    if abort.begun() > 0 || first_request_by.is_some_and(|by| Instant::now() >= by) {
+                () = tokio::time::sleep(STOP_POLL), if !closing && stop_wait.is_some() => {
+                    if stop_wait.is_some_and(|(by, begun)| abort.begun() > begun || Instant::now() >= by) {
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                     }
@@ -311,9 +317,20 @@ impl Connection {
     }
 }
 
-/// On a stop, how long a connection that has sent no request yet is given
-/// to send its first (it is served, then closed).
+/// On a stop, how long a connection that has sent no request yet, or whose
+/// next request is still unread, is given for it (it is served, then closed).
 const FIRST_REQUEST_ON_STOP: Duration = Duration::from_secs(1);
+
+/// Whether the client has sent bytes the server has not read yet (a request
+/// hyper has not picked up). `false` at EOF and on any error.
+fn bytes_waiting(socket: RawFd) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(socket, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+        Ok(n) if n > 0
+    )
+}
 
 /// How often such a connection is looked at meanwhile.
 const STOP_POLL: Duration = Duration::from_millis(10);
@@ -680,6 +697,32 @@ mod tests {
         );
         assert_eq!(location("[::1]:8080", "/p", 443), "https://[::1]/p");
         assert_eq!(location("[::1]", "/p", 443), "https://[::1]/p");
+    }
+
+    #[test]
+    fn bytes_waiting_sees_an_unread_request_only() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert!(!bytes_waiting(server.as_raw_fd()), "nothing sent yet");
+        client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !bytes_waiting(server.as_raw_fd()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sent bytes never showed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Peeking leaves them for hyper.
+        assert!(bytes_waiting(server.as_raw_fd()));
+        let mut other = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (closed, _) = listener.accept().unwrap();
+        other.flush().unwrap();
+        drop(other);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!bytes_waiting(closed.as_raw_fd()), "EOF is not a request");
     }
 
     #[test]

@@ -102,24 +102,25 @@ took() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # --- load (wrk, counting sent requests and non-2xx answers in Lua: wrk-count.lua) ------------
 # load_start NAME URL CONNECTIONS MAX_SECONDS [wrk args...]: starts wrk in the background; it
-# runs until load_stop (or MAX_SECONDS). LOAD_DELAY_MS (default 0) paces each connection.
+# runs until load_stop (MAX_SECONDS is its deadline). LOAD_DELAY_MS (default 0) pauses each
+# connection after each answer; it blocks a wrk thread, so there is one thread per connection.
 load_start() {
-  local name="$1" url="$2" conns="$3" secs="$4" threads
+  local name="$1" url="$2" conns="$3" secs="$4"
   shift 4
-  threads="$(nproc)"
-  ((threads <= conns)) || threads="$conns"
-  wrk -t"$threads" -c"$conns" -d"${secs}s" --timeout "${LOAD_TIMEOUT_S:-60}s" \
-    -s "$RIPVM/wrk-count.lua" "$@" "$url" -- "${LOAD_DELAY_MS:-0}" >"$RUNDIR/load-$name.out" 2>&1 &
+  rm -f "$RUNDIR/load-$name.drain"
+  wrk -t"$conns" -c"$conns" -d"$((secs + ${LOAD_DRAIN_S:-10}))s" --timeout "${LOAD_TIMEOUT_S:-60}s" \
+    -s "$RIPVM/wrk-count.lua" "$@" "$url" -- "${LOAD_DELAY_MS:-0}" "$RUNDIR/load-$name.drain" \
+    >"$RUNDIR/load-$name.out" 2>&1 &
   echo "$!" >"$RUNDIR/load-$name.pid"
   echo "$secs" >"$RUNDIR/load-$name.secs"
-  echo "$conns" >"$RUNDIR/load-$name.conns"
   uptime_s >"$RUNDIR/load-$name.start"
   step "load $name started: $conns connections (delay ${LOAD_DELAY_MS:-0} ms) on $url"
 }
 # load_running NAME: is that load still going?
 load_running() { kill -0 "$(cat "$RUNDIR/load-$1.pid")" 2>/dev/null; }
-# load_stop NAME MIN_SECONDS: lets the load run at least MIN_SECONDS in all, stops it (wrk
-# prints its summary on SIGINT) and collects it (load_wait).
+# load_stop NAME MIN_SECONDS: lets the load run at least MIN_SECONDS in all, then drains it
+# (no connection sends a new request; those in flight get LOAD_DRAIN_S, default 10 s, to be
+# answered), stops wrk (it prints its summary on SIGINT) and collects it (load_collect).
 load_stop() {
   local name="$1" min="$2" ran
   ran="$(took "$(cat "$RUNDIR/load-$name.start")")"
@@ -127,25 +128,30 @@ load_stop() {
     sleep "$(awk -v r="$ran" -v m="$min" 'BEGIN { printf "%.1f", m - r }')"
   fi
   if load_running "$name"; then
+    : >"$RUNDIR/load-$name.drain"
+    sleep "${LOAD_DRAIN_S:-10}"
     kill -INT "$(cat "$RUNDIR/load-$name.pid")" 2>/dev/null || true
   else
     fail "load-$name-ran-throughout" "wrk ended before the steps did (raise its MAX_SECONDS)"
   fi
-  load_wait "$name"
+  load_collect "$name"
 }
-# load_wait NAME: waits for the run (deadline: its MAX_SECONDS + 60 s), adds its counts to
-# the totals and records the check load-NAME: requests > 0, no non-2xx, no socket errors, and
-# no request sent without an answer (beyond the one per connection in flight at the end).
-load_wait() {
-  local name="$1" pid secs conns end line
+# load_collect NAME: waits for wrk to exit (deadline 60 s), adds its counts to the totals and
+# records the check load-NAME: requests > 0, no non-2xx, no error. An error is a refused
+# connection (connect), an answer later than LOAD_TIMEOUT_S (timeout) or a request sent and
+# never answered (unanswered = sent - requests, exact since the load was drained first: a
+# request whose connection failed before its answer is sent again, counted twice in `sent`).
+# Read and write errors are shown, not counted twice: a request they cost is unanswered; a read
+# error that cost none is a kept-alive connection a stopping server closed while it was idle
+# between two requests, which any HTTP client reopens.
+load_collect() {
+  local name="$1" pid end line
   pid="$(cat "$RUNDIR/load-$name.pid")"
-  secs="$(cat "$RUNDIR/load-$name.secs")"
-  conns="$(cat "$RUNDIR/load-$name.conns")"
-  end=$(($(date +%s) + secs + 60))
+  end=$(($(date +%s) + 60))
   while kill -0 "$pid" 2>/dev/null; do
     if (($(date +%s) >= end)); then
       kill -KILL "$pid" 2>/dev/null || true
-      fail "load-$name" "wrk did not finish within $((secs + 60))s"
+      fail "load-$name" "wrk did not exit within 60 s of its stop"
       return 1
     fi
     sleep 0.5
@@ -158,18 +164,15 @@ load_wait() {
   fi
   local requests sent non2xx connect read write timeout status duration_us p99_us max_us errors lost
   eval "$(echo "${line#RIPWRK }" | tr ' ' '\n' | grep -E '^[a-z_0-9]+=[0-9]+$')"
-  errors=$((connect + read + write + timeout))
-  # a read or write error makes wrk send a new request (a connect error comes before one, a
-  # timeout is an answer that came too late), and each connection may be mid-request at the end
-  lost=$((sent - requests - read - write - conns))
+  lost=$((sent - requests))
   ((lost > 0)) || lost=0
-  errors=$((errors + lost))
+  errors=$((connect + timeout + lost))
   REQUESTS=$((REQUESTS + requests))
   NON2XX=$((NON2XX + non2xx))
   ERRORS=$((ERRORS + errors))
   LOAD_SECS=$((LOAD_SECS + duration_us / 1000000))
   emit "RIP-VM-LOAD role=$ROLE name=$name requests=$requests non2xx=$non2xx errors=$errors" \
-    "connect=$connect read=$read write=$write timeout=$timeout unanswered=$lost sent=$sent" \
+    "connect=$connect timeout=$timeout unanswered=$lost sent=$sent read_errors=$read write_errors=$write" \
     "seconds=$((duration_us / 1000000)) p99_ms=$((p99_us / 1000)) max_ms=$((max_us / 1000))"
   if ((requests > 0 && non2xx == 0 && errors == 0)); then
     pass "load-$name" "$requests requests"

@@ -1,9 +1,24 @@
 -- wrk script for the VM scenarios. wrk alone lets 3xx through as success and, after a clean
 -- close, silently sends a new request instead of the one that got no answer. So this counts,
 -- per thread: every request sent and every answer outside 200-299, and prints one summary line
--- for guest/lib.sh (load_wait), which flags requests sent but never answered.
--- Script argument (after --): a delay in ms before each request on a connection (0: none),
--- so that 16 connections need not saturate two workers on a slow (TCG) guest.
+-- for guest/lib.sh (load_collect), which flags every request sent but never answered.
+-- Script arguments (after --):
+--   1. a pause in ms after each answer before the next request on that connection (0: none),
+--      so that 16 connections need not saturate two workers on a slow (TCG) guest;
+--   2. a drain file: once it exists, no connection sends another request, so the requests in
+--      flight finish before wrk is stopped and "sent but never answered" is exact, with no
+--      allowance for requests in flight at the end.
+-- The pause is a blocking sleep in response(), so lib.sh runs one thread per connection. It is
+-- not wrk's delay(): after a connection closes during a delay() pause wrk arms a second timer
+-- and from then on keeps two requests in flight on that connection (HTTP pipelining), which
+-- no browser does and which a stopping server may legitimately leave unanswered.
+-- How wrk counts (src/wrk.c): a request whose connection fails before its answer is sent again
+-- on a new connection through request(), so it adds one to `sent` and nothing to `requests`;
+-- a connection the server closed while idle between two requests counts as a read error and
+-- costs no request (wrk handles the close, readable first, before it writes the next one).
+local ffi = require("ffi")
+ffi.cdef("int poll(void *fds, unsigned long nfds, int timeout);")
+
 local threads = {}
 
 function setup(thread)
@@ -13,14 +28,27 @@ end
 function init(args)
   non2xx = 0
   sent = 0
-  delay_ms = tonumber(args[1] or "0") or 0
+  pause_ms = tonumber(args[1] or "0") or 0
+  drain_file = args[2]
+  draining = false
 end
 
-function delay()
-  return delay_ms
+local function drained()
+  if not draining and drain_file then
+    local f = io.open(drain_file, "r")
+    if f then
+      f:close()
+      draining = true
+    end
+  end
+  return draining
 end
 
 function request()
+  -- An empty request writes nothing: wrk leaves the connection idle.
+  if drained() then
+    return ""
+  end
   sent = sent + 1
   return wrk.format()
 end
@@ -28,6 +56,9 @@ end
 function response(status, headers, body)
   if status < 200 or status > 299 then
     non2xx = non2xx + 1
+  end
+  if pause_ms > 0 and not drained() then
+    ffi.C.poll(nil, 0, pause_ms)
   end
 end
 

@@ -12,7 +12,7 @@ role_server() {
   expect_eq app-answers "$(http_body "http://127.0.0.1:$HTTP_PORT/ping")" pong
   expect_eq server-route "$(http_code "http://127.0.0.1:$HTTP_PORT/server")" 200
   load_start ping "http://127.0.0.1:$HTTP_PORT/ping" "$LOAD_CONNS" "$LOAD_SECONDS"
-  load_wait ping
+  load_stop ping "$LOAD_SECONDS"
   if systemctl reload "$svc"; then pass systemctl-reload; else fail systemctl-reload; fi
   wait_for 60 answers-after-reload body_is pong "http://127.0.0.1:$HTTP_PORT/ping" && pass answers-after-reload
   expect_eq same-main-pid-after-reload "$(main_pid)" "$pid"

@@ -33,5 +33,7 @@ role_server() {
     sleep 3
   done
   load_stop restarts "$LOAD_MIN_SECONDS"
+  # the servers' own count of the load's answers (the driver's one /ping before the load aside)
+  step "access log: $(($(journalctl -u "$svc" -o cat | grep -c ' access: .* path=/ping ') - 1)) answers to the load"
   check socket-unit-still-active unit_active "$sock"
 }

@@ -32,8 +32,8 @@ role_server() {
 
   load_start a "https://a.test:$HTTPS_PORT/ping" "$LOAD_CONNS" "$LOAD_SECONDS"
   load_start b "https://b.test:$HTTPS_PORT/ping" "$LOAD_CONNS" "$LOAD_SECONDS"
-  load_wait a
-  load_wait b
+  load_stop a "$LOAD_SECONDS"
+  load_stop b "$LOAD_SECONDS"
   expect_eq same-main-pid "$(main_pid)" "$pid"
   expect_eq workers-alive-after-load "$(http_body --cacert "$CA" "https://b.test:$HTTPS_PORT/version")" app-b
 }
