@@ -265,10 +265,15 @@ async fn the_cached_certificate_is_reused_and_regenerated_when_a_name_is_missing
 }
 
 fn start_expecting_failure(args: &[&str]) -> String {
+    start_expecting_failure_with(&[], args)
+}
+
+fn start_expecting_failure_with(env: &[(&str, &str)], args: &[&str]) -> String {
     let runtime = tempfile::tempdir().unwrap();
     let app = node_app();
     let output = clean_command(BIN, runtime.path())
         .env("HOME", runtime.path())
+        .envs(env.iter().copied())
         .arg(app.to_str().unwrap())
         .arg("https:0")
         .arg("--no-redirect-http")
@@ -545,4 +550,119 @@ async fn busy_443_falls_back_to_a_port_from_5000() {
     let line = line.expect("a listening line");
     let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
     assert!(port >= 5000, "{line}");
+}
+
+/// `tests/fixtures/fake-mkcert`, handing out `cert` and logging its calls.
+struct FakeMkcert {
+    program: PathBuf,
+    calls: PathBuf,
+    cert: TestCert,
+}
+
+impl FakeMkcert {
+    fn new(dir: &Path) -> Self {
+        let program = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-mkcert");
+        let cert = make_cert(
+            dir,
+            "from-mkcert",
+            &["localhost", "127.0.0.1", "::1"],
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        );
+        FakeMkcert {
+            program,
+            calls: dir.join("mkcert-calls"),
+            cert,
+        }
+    }
+
+    fn env(&self, builder: Builder) -> Builder {
+        builder
+            .env("FAKE_MKCERT_LOG", self.calls.to_str().unwrap())
+            .env("FAKE_MKCERT_CERT", self.cert.cert.to_str().unwrap())
+            .env("FAKE_MKCERT_KEY", self.cert.key.to_str().unwrap())
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.calls)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mkcert_makes_the_automatic_certificate_when_found_or_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeMkcert::new(dir.path());
+    // On PATH, the harness's RIP_MKCERT=off keeps it out: self-signed.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(&fake.program, bin.join("mkcert")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let off = fake
+        .env(Builder::rust().arg("w:1").https())
+        .env("PATH", &path)
+        .start();
+    assert!(off.log().contains("self-signed"), "{}", off.log());
+    assert_eq!(
+        fake.calls(),
+        Vec::<String>::new(),
+        "RIP_MKCERT=off ran mkcert"
+    );
+    drop(off);
+
+    // Found on PATH (RIP_MKCERT empty), then named by RIP_MKCERT: each time
+    // mkcert installs its CA and makes the certificate the server presents.
+    let lookups = [
+        ("", path.clone()),
+        (
+            fake.program.to_str().unwrap(),
+            std::env::var("PATH").unwrap(),
+        ),
+    ];
+    for (setting, path) in lookups {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(&fake.calls, "").unwrap();
+        let server = fake
+            .env(Builder::rust().arg("w:1").https().home(home.path()))
+            .env("RIP_MKCERT", setting)
+            .env("PATH", &path)
+            .start();
+        assert!(
+            server.log().contains("from mkcert, cached at"),
+            "RIP_MKCERT={setting:?}: {}",
+            server.log()
+        );
+        let certs = home.path().join(".rip/certs");
+        let made = format!(
+            "-cert-file {} -key-file {} localhost 127.0.0.1 ::1",
+            certs.join("mkcert.pem").display(),
+            certs.join("mkcert.key").display()
+        );
+        let calls = fake.calls();
+        assert!(calls.iter().any(|c| c == "-install"), "{calls:?}");
+        assert!(calls.contains(&made), "expected {made:?} in {calls:?}");
+        let tls = handshake(
+            server.port,
+            "localhost",
+            &connector(std::slice::from_ref(&fake.cert.der), &[b"http/1.1"]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(presented(&tls), fake.cert.der);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.join("mkcert.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "mkcert's key must be private");
+    }
+
+    // A named program that cannot run is an error, not a silent fallback.
+    let stderr = start_expecting_failure_with(&[("RIP_MKCERT", "/nonexistent/mkcert")], &[]);
+    assert!(
+        stderr.contains("RIP_MKCERT=/nonexistent/mkcert: cannot run it"),
+        "{stderr}"
+    );
 }

@@ -6,6 +6,8 @@
 //! socket directory) and an environment without `RIP_*`, `PORT` or
 //! `RUNTIME_DIRECTORY`, listens on a kernel-chosen port (`http:0`), and is
 //! stopped on drop. When a test fails, the server's captured log is printed.
+//! Automatic certificates never come from an `mkcert` that happens to be
+//! installed: `RIP_MKCERT=off` unless a test sets its own.
 
 #![allow(dead_code)]
 
@@ -153,7 +155,11 @@ impl Builder {
     }
 }
 
-/// A command for the rip-server binary with a clean environment.
+/// A command for the rip-server binary with a clean environment: no
+/// inherited `RIP_*` (so no inherited `RIP_MKCERT` either), `PORT`,
+/// `RUNTIME_DIRECTORY` or `NOTIFY_SOCKET`; `RIP_MKCERT=off`, so what is
+/// installed on the machine cannot change a test (`.env("RIP_MKCERT", …)`
+/// after this call overrides it).
 pub fn clean_command(bin: &str, runtime: &Path) -> Command {
     let mut command = Command::new(bin);
     for (key, _) in std::env::vars() {
@@ -168,6 +174,7 @@ pub fn clean_command(bin: &str, runtime: &Path) -> Command {
     command
         .env("XDG_RUNTIME_DIR", runtime)
         .env("RIP_LOG", "info")
+        .env("RIP_MKCERT", "off")
         .stdin(Stdio::null());
     command
 }
