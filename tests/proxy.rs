@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::Method;
 use http_body_util::{BodyExt, Full};
 
-use crate::harness::{http1, Builder, Server};
+use crate::harness::{http1, worker_pids, Builder, Server};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn node_app_answers_through_the_server() {
@@ -236,14 +236,21 @@ async fn busy_worker_is_skipped_for_a_bodiless_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn busy_answer_is_passed_on_for_a_request_with_a_body() {
-    let server = Builder::node().arg("w:1").start();
+    // Two workers, so a server that wrongly replayed the request would find
+    // the idle one and answer 200. With no upload buffer the body streams
+    // to the worker as it arrives: it cannot be sent twice.
+    let server = Builder::node()
+        .arg("w:2")
+        .arg("--upload-buffer-bytes=0")
+        .start();
     server.wait_ready().await;
-    let only = warmest_worker(&server).await;
-    let _occupied = occupy_worker_directly(&server, only, 3000).await;
+    let warmest = warmest_worker(&server).await;
+    let _occupied = occupy_worker_directly(&server, warmest, 3000).await;
     let reply = server
         .request(Method::POST, "/echo", &[], Bytes::from_static(b"payload"))
         .await;
     assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.body, "busy", "not the worker's own busy answer");
     assert!(
         reply
             .headers
@@ -252,12 +259,17 @@ async fn busy_answer_is_passed_on_for_a_request_with_a_body() {
         "{:?}",
         reply.headers
     );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("rip_busy_retries_total{app=\"api\"} 0"),
+        "a streamed request was retried: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_whose_client_left_keeps_its_worker_until_done() {
     let server = Builder::node().arg("w:1").start();
-    server.wait_ready().await;
+    let pids = worker_pids(&server.wait_ready().await);
     // Send a slow request and hang up while the worker is on it.
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
         .await
@@ -281,6 +293,15 @@ async fn a_request_whose_client_left_keeps_its_worker_until_done() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     let echo: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(echo["body"], "after");
+    // The same worker served it: the abandoned request cost no worker.
+    let status = server.status().await;
+    assert_eq!(
+        worker_pids(&status),
+        pids,
+        "the worker was replaced: {status:#}"
+    );
+    assert_eq!(status["restarts"], 0, "{status:#}");
+    assert_eq!(status["workers"][0]["requests"], 2, "{status:#}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
