@@ -2,17 +2,17 @@
 //! host-level twin of the NixOS VM test: rolling restarts under load drop
 //! no request.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use crate::harness::{worker_pids, Builder, Server};
+use crate::harness::{wait_gone, worker_pids, Builder, Server};
 
 const INDEX: &str = "import { VERSION } from './version.mjs';\n\
 export default {\n\
@@ -53,22 +53,52 @@ async fn wait_roll(server: &Server, which: &str, before: u64) -> serde_json::Val
         .await
 }
 
+/// What the load clients share with the test: when to stop, which phase
+/// (trigger) the test is in, and every failure tagged with its phase.
+#[derive(Default)]
+struct Load {
+    stop: AtomicBool,
+    /// The trigger under way; each request is tagged with the phase it
+    /// started in.
+    phase: AtomicUsize,
+    failures: Mutex<Vec<(usize, String)>>,
+    /// Clients that have had an answer to a request started in
+    /// [`FINAL_PHASE`].
+    in_final_phase: AtomicUsize,
+}
+
+/// The phase after the last trigger.
+const FINAL_PHASE: usize = usize::MAX;
+
+impl Load {
+    fn failures_in(&self, phase: usize) -> Vec<String> {
+        self.failures
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| *p == phase)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
 /// What one load client saw.
 #[derive(Default)]
 struct ClientLog {
     sent: u64,
     ok: u64,
-    non_200: BTreeMap<u16, u64>,
-    errors: Vec<String>,
     /// Bodies in the order received.
     bodies: Vec<String>,
 }
 
-/// One keep-alive client sending `GET /v` until `stop`.
-async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
+/// One keep-alive client sending `GET /v` until `load.stop`.
+async fn load_client(port: u16, load: Arc<Load>) -> ClientLog {
     let mut log = ClientLog::default();
     let mut sender = None;
-    while !stop.load(Ordering::Relaxed) {
+    let mut counted_final = false;
+    let fail = |phase: usize, what: String| load.failures.lock().unwrap().push((phase, what));
+    while !load.stop.load(Ordering::Relaxed) {
+        let phase = load.phase.load(Ordering::Relaxed);
         if sender.is_none() {
             match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
                 Ok(stream) => {
@@ -78,13 +108,13 @@ async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
                             sender = Some(s);
                         }
                         Err(e) => {
-                            log.errors.push(format!("handshake: {e}"));
+                            fail(phase, format!("handshake: {e}"));
                             continue;
                         }
                     }
                 }
                 Err(e) => {
-                    log.errors.push(format!("connect: {e}"));
+                    fail(phase, format!("connect: {e}"));
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -105,16 +135,20 @@ async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
         }
         .await;
         match result {
-            Ok((200, body)) => {
-                log.ok += 1;
-                log.bodies.push(body);
-            }
             Ok((status, body)) => {
-                *log.non_200.entry(status).or_default() += 1;
+                if status == 200 {
+                    log.ok += 1;
+                } else {
+                    fail(phase, format!("{status}: {body}"));
+                }
                 log.bodies.push(body);
+                if phase == FINAL_PHASE && !counted_final {
+                    counted_final = true;
+                    load.in_final_phase.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Err(e) => {
-                log.errors.push(e.to_string());
+                fail(phase, e.to_string());
                 sender = None;
             }
         }
@@ -128,8 +162,86 @@ fn version_number(body: &str) -> u32 {
         .unwrap_or_else(|| panic!("unexpected body {body:?}"))
 }
 
+/// The serving workers' generation and pids.
+fn serving(status: &serde_json::Value) -> (BTreeSet<u64>, BTreeSet<u32>) {
+    let workers = status["workers"].as_array().unwrap();
+    let serving = workers.iter().filter(|w| w["state"] == "serving");
+    let generations = serving
+        .clone()
+        .map(|w| w["generation"].as_u64().unwrap())
+        .collect();
+    let pids = serving.map(|w| w["pid"].as_u64().unwrap() as u32).collect();
+    (generations, pids)
+}
+
+/// After a successful roll: a complete new generation, of new processes,
+/// serves, and every process it replaced exits.
+async fn check_took_over(
+    trigger: &str,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+    workers: usize,
+) {
+    let (old_generations, old_pids) = serving(before);
+    let (generations, pids) = serving(after);
+    let generation = after["generation"].as_u64().unwrap();
+    assert!(
+        old_generations.iter().all(|&g| g < generation),
+        "{trigger}: the admitted generation did not move past {old_generations:?}: {after:#}"
+    );
+    assert_eq!(
+        generations,
+        BTreeSet::from([generation]),
+        "{trigger}: serving workers of other generations: {after:#}"
+    );
+    assert_eq!(pids.len(), workers, "{trigger}: {after:#}");
+    assert!(
+        pids.is_disjoint(&old_pids),
+        "{trigger}: old processes still serve: {old_pids:?} / {pids:?}"
+    );
+    for pid in old_pids {
+        assert!(
+            wait_gone(pid, Duration::from_secs(20)).await,
+            "{trigger}: old worker {pid} never exited"
+        );
+    }
+}
+
+/// After a failed roll: the same processes of the same generation serve,
+/// and `last_roll` says why.
+fn check_kept_serving(
+    trigger: &str,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+    expected_trigger: &str,
+) {
+    assert_eq!(
+        serving(after),
+        serving(before),
+        "{trigger}: the serving workers changed"
+    );
+    assert_eq!(after["generation"], before["generation"], "{trigger}");
+    let last = &after["last_roll"];
+    assert_eq!(last["ok"], false, "{trigger}: {last:#}");
+    assert_eq!(last["trigger"], expected_trigger, "{trigger}: {last:#}");
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exited while starting")),
+        "{trigger}: last_roll gives no reason: {last:#}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restarts_under_load_drop_no_request() {
+    const TRIGGERS: [&str; 6] = [
+        "rip-server reload",
+        "POST /reload",
+        "SIGHUP",
+        "a new app version",
+        "a broken deploy, then rip-server reload",
+        "the fix",
+    ];
     let dir = tempfile::tempdir().unwrap();
     let app = dir.path().join("shop");
     std::fs::create_dir(&app).unwrap();
@@ -140,17 +252,17 @@ async fn rolling_restarts_under_load_drop_no_request() {
         .start();
     server.wait_ready().await;
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Load::default());
     let clients: Vec<_> = (0..16)
-        .map(|_| tokio::spawn(load_client(server.port, stop.clone())))
+        .map(|_| tokio::spawn(load_client(server.port, load.clone())))
         .collect();
     let started = Instant::now();
 
     let mut version = 1;
     let mut round = 0;
     loop {
-        let status = server.status().await;
-        let (succeeded, failed) = (rolls(&status, "succeeded"), rolls(&status, "failed"));
+        let before = server.status().await;
+        let (succeeded, failed) = (rolls(&before, "succeeded"), rolls(&before, "failed"));
         // At least 10 good rolls, the broken deploy, and 15 s of load.
         if succeeded >= 10
             && failed >= 2
@@ -160,18 +272,23 @@ async fn rolling_restarts_under_load_drop_no_request() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "rolls took too long: {status:#}"
+            started.elapsed() < Duration::from_secs(120),
+            "rolls took too long: {before:#}"
         );
+        let trigger = TRIGGERS[round % 6];
+        load.phase.store(round, Ordering::Relaxed);
         match round % 6 {
             0 => {
+                // The command answers when the roll has ended.
                 let out = server.cli(&["reload", "--name", "shop"]);
                 assert!(
                     out.status.success(),
                     "reload: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
-                assert!(rolls(&server.status().await, "succeeded") > succeeded);
+                let after = server.status().await;
+                assert!(rolls(&after, "succeeded") > succeeded, "{after:#}");
+                check_took_over(trigger, &before, &after, 4).await;
             }
             1 => {
                 let (code, body) = rip_server::control::call(
@@ -183,6 +300,9 @@ async fn rolling_restarts_under_load_drop_no_request() {
                 .await
                 .unwrap();
                 assert_eq!(code, 200, "{body}");
+                let after = server.status().await;
+                assert!(rolls(&after, "succeeded") > succeeded, "{after:#}");
+                check_took_over(trigger, &before, &after, 4).await;
             }
             2 => {
                 nix::sys::signal::kill(
@@ -190,46 +310,67 @@ async fn rolling_restarts_under_load_drop_no_request() {
                     nix::sys::signal::Signal::SIGHUP,
                 )
                 .unwrap();
-                wait_roll(&server, "succeeded", succeeded).await;
+                let after = wait_roll(&server, "succeeded", succeeded).await;
+                check_took_over(trigger, &before, &after, 4).await;
             }
             3 => {
                 // A new app version: its answer must replace the old one for good.
                 version += 1;
                 set_version(&app, &format!("v{version}"));
-                wait_roll(&server, "succeeded", succeeded).await;
+                let after = wait_roll(&server, "succeeded", succeeded).await;
+                check_took_over(trigger, &before, &after, 4).await;
             }
             4 => {
                 // A broken deploy, then a manual reload while broken: both
-                // rolls fail and the old generation keeps serving.
+                // rolls fail, the old generation keeps serving, and
+                // last_roll says why.
                 std::fs::write(app.join("index.mjs"), BROKEN_INDEX).unwrap();
-                wait_roll(&server, "failed", failed).await;
+                let after = wait_roll(&server, "failed", failed).await;
+                check_kept_serving("a broken deploy", &before, &after, "file-change");
+                // "its output is above": the app's own error is in the log.
+                server
+                    .wait_log("deploy bug: this version must never serve")
+                    .await;
                 let out = server.cli(&["reload", "--name", "shop"]);
                 assert_eq!(out.status.code(), Some(2), "a failed roll exits 2");
                 assert!(String::from_utf8_lossy(&out.stderr).contains("old workers keep serving"));
+                let after = server.status().await;
+                assert!(rolls(&after, "failed") > failed + 1, "{after:#}");
+                check_kept_serving(trigger, &before, &after, "command");
             }
             _ => {
                 // The fix.
                 std::fs::write(app.join("index.mjs"), INDEX).unwrap();
-                wait_roll(&server, "succeeded", succeeded).await;
+                let after = wait_roll(&server, "succeeded", succeeded).await;
+                check_took_over(trigger, &before, &after, 4).await;
             }
         }
+        let failures = load.failures_in(round);
+        assert!(
+            failures.is_empty(),
+            "requests failed during the roll of round {round} ({trigger}): {failures:?}"
+        );
         round += 1;
     }
-    // Let every client make requests against the final generation.
+    // Every client gets an answer from the final generation.
     let final_version = format!("v{version}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
+    load.phase.store(FINAL_PHASE, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while load.in_final_phase.load(Ordering::Relaxed) < clients.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} clients were answered after the last roll",
+            load.in_final_phase.load(Ordering::Relaxed),
+            clients.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    load.stop.store(true, Ordering::Relaxed);
 
     let mut total = 0;
     for client in clients {
         let log = client.await.unwrap();
         total += log.sent;
-        assert!(log.errors.is_empty(), "connection errors: {:?}", log.errors);
-        assert!(
-            log.non_200.is_empty(),
-            "non-200 responses: {:?}",
-            log.non_200
-        );
         assert_eq!(log.sent, log.ok, "requests lost");
         assert!(
             !log.bodies.iter().any(|b| b == "BROKEN"),
@@ -246,6 +387,8 @@ async fn rolling_restarts_under_load_drop_no_request() {
             "a client never saw the final version"
         );
     }
+    let failures = load.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
     let status = server.status().await;
     assert!(rolls(&status, "succeeded") >= 10, "{status:#}");
     assert!(rolls(&status, "failed") >= 2, "{status:#}");
