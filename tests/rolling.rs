@@ -402,6 +402,26 @@ async fn rolling_restarts_under_load_drop_no_request() {
     );
 }
 
+/// Whether a status document shows two rolls at once: live (not draining)
+/// workers of more than one generation beyond the admitted one, or of one
+/// that is not the roll in progress.
+fn overlapping_rolls(status: &serde_json::Value) -> Option<String> {
+    let admitted = status["generation"].as_u64()?;
+    let rolling: BTreeSet<u64> = status["workers"]
+        .as_array()?
+        .iter()
+        .filter(|w| w["state"] != "draining")
+        .filter_map(|w| w["generation"].as_u64())
+        .filter(|&g| g > admitted)
+        .collect();
+    let roll = status["roll"]["generation"].as_u64();
+    let fine = match roll {
+        Some(g) => rolling.iter().all(|&r| r == g),
+        None => rolling.is_empty(),
+    };
+    (!fine).then(|| format!("roll {roll:?}, live generations {rolling:?} beyond {admitted}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trigger_mid_roll_restarts_it_and_rolls_never_overlap() {
     let dir = tempfile::tempdir().unwrap();
@@ -414,6 +434,30 @@ async fn a_trigger_mid_roll_restarts_it_and_rolls_never_overlap() {
         .arg("--boot-timeout-ms=20000")
         .start();
     server.wait_ready().await;
+    // Sample the status all along, not only at the end: two rolls must
+    // never be under way at once.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (socket, sampling) = (server.control_socket(), sampling.clone());
+        tokio::spawn(async move {
+            let mut samples = 0;
+            let mut rolling_samples = 0;
+            while sampling.load(Ordering::Relaxed) {
+                let (_, body) =
+                    rip_server::control::call(&socket, http::Method::GET, "/status", Bytes::new())
+                        .await
+                        .unwrap();
+                let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+                if let Some(overlap) = overlapping_rolls(&status) {
+                    return Err(format!("{overlap}: {status:#}"));
+                }
+                samples += 1;
+                rolling_samples += usize::from(!status["roll"].is_null());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok((samples, rolling_samples))
+        })
+    };
     let socket = server.control_socket();
     let first = tokio::spawn({
         let socket = socket.clone();
@@ -428,16 +472,19 @@ async fn a_trigger_mid_roll_restarts_it_and_rolls_never_overlap() {
     let (code, _) = first.await.unwrap().unwrap();
     assert_eq!(code, 200);
     let status = wait_roll(&server, "succeeded", 0).await;
-    // The first roll was superseded by the change: one success, no overlap.
+    sampling.store(false, Ordering::Relaxed);
+    let (samples, rolling_samples) = sampler
+        .await
+        .unwrap()
+        .unwrap_or_else(|overlap| panic!("two rolls at once: {overlap}\nlog:\n{}", server.log()));
+    assert!(
+        rolling_samples >= 10,
+        "only {rolling_samples} of {samples} samples saw a roll under way"
+    );
+    // The first roll was superseded by the change: one success.
     assert_eq!(rolls(&status, "succeeded"), 1, "{status:#}");
     assert!(rolls(&status, "started") >= 2, "{status:#}");
-    let generations: std::collections::BTreeSet<u64> = status["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["state"] == "serving")
-        .map(|w| w["generation"].as_u64().unwrap())
-        .collect();
+    let (generations, _) = serving(&status);
     assert_eq!(generations.len(), 1, "{status:#}");
     assert_eq!(server.get("/v").await.body, "v2");
 }
