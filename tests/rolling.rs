@@ -20,6 +20,10 @@ export default {\n\
     const url = new URL(req.url);\n\
     if (url.pathname === '/v') return new Response(VERSION);\n\
     if (url.pathname === '/pid') return new Response(String(process.pid));\n\
+    if (url.pathname === '/sleep') {\n\
+      await new Promise((r) => setTimeout(r, Number(url.searchParams.get('ms'))));\n\
+      return new Response('slept');\n\
+    }\n\
     return new Response('not found', { status: 404 });\n\
   },\n\
 };\n";
@@ -672,4 +676,77 @@ async fn sighup_rereads_the_config_and_rolls_to_the_new_worker_count() {
     server.wait_log("config reload failed").await;
     assert_eq!(server.status().await["desired_workers"], 3);
     assert_eq!(server.get("/v").await.status, 200);
+}
+
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix("{app=\"conf\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_a_new_app_restart_policy_and_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    for (app, version) in [("one", "v1"), ("two", "v2")] {
+        std::fs::create_dir(dir.path().join(app)).unwrap();
+        write_app(&dir.path().join(app), version);
+    }
+    let config = dir.path().join("rip-server.toml");
+    std::fs::write(
+        &config,
+        "app = \"one\"\nworkers = 1\nreload = \"none\"\nrestart = \"1000\"\nread_timeout_ms = 5000\n",
+    )
+    .unwrap();
+    let server = Builder::config(&config, "conf").start();
+    server.wait_ready().await;
+    // As configured: app one, no recycling within ten requests, and a
+    // request may take a second.
+    assert_eq!(server.get("/v").await.body, "v1");
+    let pid = server.get("/pid").await.body;
+    for _ in 0..10 {
+        assert_eq!(server.get("/pid").await.body, pid);
+    }
+    assert_eq!(server.get("/sleep?ms=1000").await.status, 200);
+    assert_eq!(
+        metric(&server.metrics().await, "rip_worker_recycles_total"),
+        0
+    );
+
+    std::fs::write(
+        &config,
+        "app = \"two\"\nworkers = 1\nreload = \"none\"\nrestart = \"3\"\nread_timeout_ms = 300\n",
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_roll(&server, "succeeded", 0).await;
+
+    // The new app.
+    assert_eq!(server.get("/v").await.body, "v2");
+    // The new restart policy: a worker is recycled after about 3 requests.
+    let first = server.get("/pid").await.body;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = server.get("/pid").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if reply.body != first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker was never recycled under restart = \"3\"\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metric(&server.metrics().await, "rip_worker_recycles_total") >= 1);
+    server.wait_log("reason=Requests").await;
+    // The new read timeout: a second is now too long.
+    let reply = server.get("/sleep?ms=2000").await;
+    assert_eq!(reply.status, 504, "{}", reply.body);
 }

@@ -72,6 +72,22 @@ impl Builder {
             .arg("--reload=none")
     }
 
+    /// A server whose app comes from the config file `file` (no APP
+    /// argument, which would win over the file).
+    pub fn config(file: &Path, name: &str) -> Self {
+        Builder {
+            args: vec![
+                "http:0".to_string(),
+                format!("--name={name}"),
+                format!("--config={}", file.display()),
+            ],
+            env: Vec::new(),
+            name: name.to_string(),
+            runtime: None,
+            home: None,
+        }
+    }
+
     pub fn app(path: &str, name: &str) -> Self {
         Builder {
             args: vec![
