@@ -1,4 +1,5 @@
-//! Worker supervision: recycling by request count (capacity never drops), crash → 502 and respawn,
+//! Worker supervision: recycling by request count and by age (capacity
+//! never drops), crash → 502 and respawn,
 //! failed boots back off, and a killed server leaves no orphans.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,6 +112,25 @@ async fn recycling_by_request_count_keeps_capacity_and_answering() {
     let metrics = server.metrics().await;
     assert!(recycles(&metrics, "api") >= 2, "{metrics}\n{status:#}");
     server.wait_log("reason=Requests").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recycling_by_age_keeps_capacity_and_answering() {
+    // r:0,2s: no request limit; each worker is due after 1.8 to 2 s
+    // (jitter), however many requests it served.
+    let server = Builder::node().arg("w:2").arg("r:0,2s").start();
+    let first = worker_pids(&server.wait_ready().await);
+    recycle_under_load(&server, 2, 2, |s| {
+        let pids = worker_pids(s);
+        first.iter().all(|p| !pids.contains(p)) && serving_workers(s).len() == 2
+    })
+    .await;
+    assert!(recycles(&server.metrics().await, "api") >= 2);
+    server.wait_log("reason=Age").await;
+    assert!(
+        !server.log().contains("reason=Requests"),
+        "recycled by request count, not age"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
