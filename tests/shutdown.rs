@@ -1,4 +1,4 @@
-//! Stopping: `rip-server stop` and SIGTERM finish requests in flight, stop
+//! Stopping: `rip-server stop`, SIGTERM and SIGINT finish requests in flight, stop
 //! every worker, remove every socket and exit 0; the runtime directory and
 //! sockets are private to the server's user.
 
@@ -8,8 +8,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    clean_command, closed_pipe, send, sockets_in, wait_gone, worker_pids, Builder, BIN,
-    EXAMPLE_WORKER,
+    clean_command, closed_pipe, process_alive, send, sockets_in, wait_gone, worker_pids, Builder,
+    BIN, EXAMPLE_WORKER,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -33,10 +33,11 @@ async fn stop_command_leaves_no_process_and_no_socket() {
     assert_eq!(sockets_in(&server.runtime_dir()), Vec::<String>::new());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_finishes_the_request_in_flight() {
+/// Sends `signal` to a server with a request in flight: the request
+/// finishes, every worker and socket goes, and the server exits 0.
+async fn a_stop_signal_finishes_the_request_in_flight(signal: nix::sys::signal::Signal) {
     let mut server = Builder::node().arg("w:1").start();
-    server.wait_ready().await;
+    let workers = worker_pids(&server.wait_ready().await);
     let port = server.port;
     let in_flight = tokio::spawn(async move {
         let request = http::Request::get("/sleep?ms=700")
@@ -49,15 +50,37 @@ async fn sigterm_finishes_the_request_in_flight() {
         .wait_status("the worker busy", |s| s["pool"]["busy"] == 1)
         .await;
     let pid = server.pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+    server.wait_log(&format!("{signal:?} received")).await;
     let exit = tokio::task::spawn_blocking(move || {
-        let status = server.terminate();
+        let status = server.wait_exit();
         (status, server)
     });
     let reply = in_flight.await.unwrap();
     assert_eq!((reply.status, reply.body.as_str()), (200, "slept 700"));
     let (status, server) = exit.await.unwrap();
-    assert_eq!(status.code(), Some(0), "rip-server {pid} exit");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "rip-server {pid} exit after {signal:?}"
+    );
     assert_eq!(sockets_in(&server.runtime_dir()), Vec::<String>::new());
+    for worker in workers {
+        assert!(
+            !process_alive(worker),
+            "worker {worker} outlived the server"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_request_in_flight() {
+    a_stop_signal_finishes_the_request_in_flight(nix::sys::signal::Signal::SIGTERM).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_finishes_the_request_in_flight() {
+    a_stop_signal_finishes_the_request_in_flight(nix::sys::signal::Signal::SIGINT).await;
 }
 
 /// Whether process `pid` holds the server end of the loopback TCP
