@@ -1,4 +1,5 @@
-//! Stopping: `rip-server stop`, SIGTERM and SIGINT finish requests in flight, stop
+//! Stopping: `rip-server stop`, SIGTERM and SIGINT finish requests in flight
+//! (for at most `--grace-ms`), stop
 //! every worker, remove every socket and exit 0; the runtime directory and
 //! sockets are private to the server's user.
 
@@ -81,6 +82,75 @@ async fn sigterm_finishes_the_request_in_flight() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigint_finishes_the_request_in_flight() {
     a_stop_signal_finishes_the_request_in_flight(nix::sys::signal::Signal::SIGINT).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grace_ms_bounds_how_long_a_stop_waits_for_requests() {
+    // A request shorter than the grace period finishes; one longer is cut
+    // off once it has passed, and the stop takes about the grace period
+    // (twice: client connections, then workers), not the default 10 s.
+    // The read timeout is out of the way: only the grace period can end
+    // the long request.
+    let mut server = Builder::node()
+        .arg("w:2")
+        .arg("--grace-ms=1500")
+        .arg("--read-timeout-ms=60000")
+        .start();
+    let workers = worker_pids(&server.wait_ready().await);
+    let get = |path: &'static str| {
+        let port = server.port;
+        tokio::spawn(async move {
+            let request = http::Request::get(path)
+                .header("host", "localhost")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            // A cut-off request may end in an error: that is its answer.
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let (mut sender, _conn) = crate::harness::http1(stream).await;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(std::io::Error::other)?;
+            let status = response.status().as_u16();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .map_err(std::io::Error::other)?
+                .to_bytes();
+            Ok::<_, std::io::Error>((status, String::from_utf8_lossy(&body).into_owned()))
+        })
+    };
+    let short = get("/sleep?ms=500");
+    let long = get("/sleep?ms=30000");
+    server
+        .wait_status("both workers busy", |s| s["pool"]["busy"] == 2)
+        .await;
+    let pid = server.pid();
+    let started = Instant::now();
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (status, started.elapsed(), server)
+    });
+    let short = short.await.unwrap();
+    assert_eq!(short.ok(), Some((200, "slept 500".to_string())));
+    let long = long.await.unwrap();
+    assert!(
+        !matches!(&long, Ok((200, _))),
+        "a request past the grace period was waited for: {long:?}"
+    );
+    let (status, took, server) = exit.await.unwrap();
+    assert_eq!(status.code(), Some(0), "rip-server {pid} exit");
+    assert!(
+        took < Duration::from_secs(8),
+        "the stop took {took:?} with --grace-ms=1500\n{}",
+        server.log()
+    );
+    assert_eq!(sockets_in(&server.runtime_dir()), Vec::<String>::new());
+    for worker in workers {
+        assert!(
+            wait_gone(worker, Duration::from_secs(5)).await,
+            "worker {worker} outlived the server"
+        );
+    }
 }
 
 /// Whether process `pid` holds the server end of the loopback TCP
