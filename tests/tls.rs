@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::harness::{clean_command, http1, node_app, Builder, Server, BIN};
+use crate::harness::{clean_command, http1, node_app, Builder, Gate, Server, BIN};
 
 /// A certificate and key written to `dir` as `NAME.pem` / `NAME.key`.
 struct TestCert {
@@ -63,15 +63,22 @@ pub fn connector(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> TlsConnec
     TlsConnector::from(Arc::new(config))
 }
 
+/// A TLS handshake with the server, bounded (10 s), so a server that never
+/// answers fails the test instead of hanging the run.
 pub async fn handshake(
     port: u16,
     sni: &str,
     connector: &TlsConnector,
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    connector
-        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+    let handshake = async {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+        connector
+            .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+            .await
+    };
+    tokio::time::timeout(Duration::from_secs(10), handshake)
         .await
+        .unwrap_or_else(|_| panic!("no TLS handshake with port {port} within 10 s"))
 }
 
 /// The certificate the server presented.
@@ -97,7 +104,7 @@ fn get(path: &str) -> http::Request<Full<Bytes>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn https_serves_http1_and_h2_with_a_trusted_self_signed_certificate() {
-    let server = Builder::node().arg("w:2").https().start();
+    let server = Builder::gate().arg("w:2").https().start();
     server.wait_ready().await;
     let root = cached_cert(&server);
 
@@ -111,11 +118,11 @@ async fn https_serves_http1_and_h2_with_a_trusted_self_signed_certificate() {
     .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let (mut sender, _conn) = http1(tls).await;
-    let response = sender.send_request(get("/echo")).await.unwrap();
+    let response = sender.send_request(get("/headers")).await.unwrap();
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    let headers: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(headers["x-forwarded-proto"], "https");
 
     // HTTP/2, negotiated by ALPN; concurrent streams share the worker pool.
     let tls = handshake(
@@ -131,11 +138,16 @@ async fn https_serves_http1_and_h2_with_a_trusted_self_signed_certificate() {
             .await
             .unwrap();
     tokio::spawn(conn);
+    // The four streams hold their workers until the gate opens, so the
+    // state below lasts until the test has seen it, however slow the
+    // machine.
+    let gate = Gate::new();
     let streams: Vec<_> = (0..4)
         .map(|_| {
             let mut sender = sender.clone();
+            let uri = format!("https://localhost{}", gate.hold());
             tokio::spawn(async move {
-                let request = http::Request::get("https://localhost/sleep?ms=1200")
+                let request = http::Request::get(uri)
                     .body(Full::new(Bytes::new()))
                     .unwrap();
                 let response = sender.send_request(request).await.unwrap();
@@ -150,10 +162,14 @@ async fn https_serves_http1_and_h2_with_a_trusted_self_signed_certificate() {
             s["pool"]["busy"] == 2 && s["pool"]["queued"] == 2
         })
         .await;
+    gate.open();
     for stream in streams {
-        let (status, body) = stream.await.unwrap();
+        let (status, body) = tokio::time::timeout(Duration::from_secs(20), stream)
+            .await
+            .expect("every stream answered within 20 s of the gate opening")
+            .unwrap();
         assert_eq!(status, 200);
-        assert_eq!(&body[..], b"slept 1200");
+        assert_eq!(&body[..], b"released");
     }
 }
 
@@ -521,33 +537,44 @@ async fn busy_443_falls_back_to_a_port_from_5000() {
     // Hold 443 ourselves (or find it unavailable already): the server must move on.
     let _held = std::net::TcpListener::bind(("0.0.0.0", 443));
     let runtime = tempfile::tempdir().unwrap();
-    let mut command = clean_command(BIN, runtime.path());
-    let app = crate::harness::EXAMPLE_WORKER;
-    let output = command
+    let mut child = clean_command(BIN, runtime.path())
         .env("HOME", runtime.path())
-        .args([app, "--name=fallback", "--no-redirect-http", "w:1"])
+        .args([
+            crate::harness::EXAMPLE_WORKER,
+            "--name=fallback",
+            "--no-redirect-http",
+            "w:1",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = output.id();
-    let mut child = output;
+    let pid = child.id();
     let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
+    let (line_tx, line_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stdout)
+        let line = std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .find(|l| l.starts_with("listening on "))
-    })
-    .await
-    .unwrap();
+            .find(|l| l.starts_with("listening on "));
+        let _ = line_tx.send(line);
+    });
+    // Bounded: a server that never prints its URL fails the test (and is
+    // stopped below, which also ends the reading thread).
+    let line = tokio::time::timeout(Duration::from_secs(20), line_rx).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
+    if !crate::harness::wait_gone(pid, Duration::from_secs(15)).await {
+        let _ = child.kill();
+    }
     let _ = child.wait();
-    let line = line.expect("a listening line");
+    let line = line
+        .expect("no 'listening on' line within 20 s")
+        .unwrap()
+        .expect("a listening line");
     let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
     assert!(port >= 5000, "{line}");
 }

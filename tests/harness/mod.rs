@@ -88,6 +88,13 @@ impl Builder {
         }
     }
 
+    /// `tests/fixtures/gate-app`: requests to `/hold?file=PATH` end when
+    /// the test opens a [`Gate`].
+    pub fn gate() -> Self {
+        let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gate-app");
+        Builder::app(app.to_str().unwrap(), "gate").arg("--reload=none")
+    }
+
     pub fn app(path: &str, name: &str) -> Self {
         Builder {
             args: vec![
@@ -233,6 +240,30 @@ fn capture(
             }
         }
     });
+}
+
+/// Holds the gate app's `/hold` requests until [`Gate::open`].
+pub struct Gate {
+    dir: tempfile::TempDir,
+}
+
+impl Gate {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Gate {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The path and query of a request that waits for this gate.
+    pub fn hold(&self) -> String {
+        format!("/hold?file={}", self.dir.path().join("open").display())
+    }
+
+    /// Lets every held request (and every later one) answer.
+    pub fn open(&self) {
+        std::fs::write(self.dir.path().join("open"), "").unwrap();
+    }
 }
 
 /// A response, fully read.
