@@ -392,7 +392,7 @@ async fn rsa_ecdsa_and_ed25519_keys_are_accepted_and_expiry_warns() {
         .unwrap();
         assert_eq!(presented(&tls), cert.der);
     }
-    // RSA, made by openssl where it is installed (rcgen cannot make RSA keys with ring).
+    // RSA, made by openssl (rcgen cannot make RSA keys with ring).
     let rsa_key = dir.path().join("rsa.key");
     let rsa_cert = dir.path().join("rsa.pem");
     let made = std::process::Command::new("openssl")
@@ -415,26 +415,32 @@ async fn rsa_ecdsa_and_ed25519_keys_are_accepted_and_expiry_warns() {
         .arg(&rsa_key)
         .arg("-out")
         .arg(&rsa_cert)
-        .output();
-    if made.is_ok_and(|o| o.status.success()) {
-        let server = Builder::rust()
-            .arg("w:1")
-            .arg(&format!("--cert={}", rsa_cert.display()))
-            .arg(&format!("--key={}", rsa_key.display()))
-            .https()
-            .start();
-        let pem = std::fs::read(&rsa_cert).unwrap();
-        use rustls::pki_types::pem::PemObject;
-        let der = CertificateDer::from_pem_slice(&pem).unwrap();
-        let tls = handshake(
-            server.port,
-            "localhost",
-            &connector(std::slice::from_ref(&der), &[b"http/1.1"]),
-        )
-        .await
-        .unwrap();
-        assert_eq!(presented(&tls), der);
-    }
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl ({e}): install it (apt-get install openssl)")
+        });
+    assert!(
+        made.status.success(),
+        "openssl could not make an RSA certificate: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let server = Builder::rust()
+        .arg("w:1")
+        .arg(&format!("--cert={}", rsa_cert.display()))
+        .arg(&format!("--key={}", rsa_key.display()))
+        .https()
+        .start();
+    let pem = std::fs::read(&rsa_cert).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(&pem).unwrap();
+    let tls = handshake(
+        server.port,
+        "localhost",
+        &connector(std::slice::from_ref(&der), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(presented(&tls), der);
     // An expired certificate starts, with a loud warning.
     let key_pair = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
