@@ -539,6 +539,67 @@ async fn sighup_reloads_certificates_and_keeps_the_old_on_a_bad_one() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn reload_command_rereads_certificates_and_keeps_the_old_on_a_bad_one() {
+    // POST /reload on the control socket (what `rip-server reload` sends)
+    // re-reads the certificate files before it rolls, and answers when the
+    // roll has ended: from then on the renewed certificate is served.
+    let dir = tempfile::tempdir().unwrap();
+    let first = make_cert(
+        dir.path(),
+        "site",
+        &["localhost"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let server = Builder::rust()
+        .arg("w:1")
+        .arg(&format!("--cert={}", first.cert.display()))
+        .arg(&format!("--key={}", first.key.display()))
+        .https()
+        .start();
+    server.wait_ready().await;
+    let renewed_dir = tempfile::tempdir().unwrap();
+    let renewed = make_cert(
+        renewed_dir.path(),
+        "site",
+        &["localhost"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let trust = connector(&[first.der.clone(), renewed.der.clone()], &[b"http/1.1"]);
+    assert_eq!(
+        presented(&handshake(server.port, "localhost", &trust).await.unwrap()),
+        first.der
+    );
+    std::fs::copy(&renewed.cert, &first.cert).unwrap();
+    std::fs::copy(&renewed.key, &first.key).unwrap();
+    let reload = || async {
+        let (code, body) = rip_server::control::call(
+            &server.control_socket(),
+            http::Method::POST,
+            "/reload",
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+    };
+    reload().await;
+    assert_eq!(
+        presented(&handshake(server.port, "localhost", &trust).await.unwrap()),
+        renewed.der,
+        "the renewed certificate is not served after POST /reload\n{}",
+        server.log()
+    );
+    // A broken renewal keeps the current certificate serving.
+    std::fs::write(&first.cert, "garbage").unwrap();
+    reload().await;
+    server.wait_log("certificate reload failed").await;
+    assert_eq!(
+        presented(&handshake(server.port, "localhost", &trust).await.unwrap()),
+        renewed.der
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn busy_443_falls_back_to_a_port_from_5000() {
     // Hold 443 ourselves (or find it unavailable already): the server must move on.
     let _held = std::net::TcpListener::bind(("0.0.0.0", 443));
