@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -441,7 +441,7 @@ impl ClientLog {
 
 /// One keep-alive client sending `GET /v` to `port` until `stop`; a request
 /// has 10 s to be answered.
-pub async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
+pub async fn load_client(port: u16, stop: Arc<AtomicBool>, answered: Arc<AtomicU64>) -> ClientLog {
     let mut log = ClientLog::default();
     let mut sender = None;
     while !stop.load(Ordering::Relaxed) {
@@ -483,6 +483,7 @@ pub async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
             Ok(Ok((200, body))) => {
                 log.ok += 1;
                 log.bodies.push(body);
+                answered.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Ok((status, _))) => *log.non_200.entry(status).or_default() += 1,
             Ok(Err(e)) => {
@@ -501,16 +502,29 @@ pub async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
 /// `clients` load clients against `port`, stopped together.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    /// 200 answers so far, over every client.
+    answered: Arc<AtomicU64>,
     clients: Vec<tokio::task::JoinHandle<ClientLog>>,
 }
 
 impl Load {
     pub fn start(port: u16, clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
         let clients = (0..clients)
-            .map(|_| tokio::spawn(load_client(port, stop.clone())))
+            .map(|_| tokio::spawn(load_client(port, stop.clone(), answered.clone())))
             .collect();
-        Load { stop, clients }
+        Load {
+            stop,
+            answered,
+            clients,
+        }
+    }
+
+    /// Waits until the clients have had `more` answers since the call: load
+    /// known to have run through a transition, not a guessed sleep.
+    pub async fn wait_answers(&self, more: u64) {
+        wait_count(&self.answered, more).await;
     }
 
     pub async fn finish(self) -> Vec<ClientLog> {
@@ -520,6 +534,20 @@ impl Load {
             logs.push(client.await.unwrap());
         }
         logs
+    }
+}
+
+/// Waits (at most 30 s) until `counter` has grown by `more`.
+pub async fn wait_count(counter: &AtomicU64, more: u64) {
+    let start = counter.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter.load(Ordering::Relaxed) < start + more {
+        assert!(
+            Instant::now() < deadline,
+            "the load made {} of {more} more answers in 30 s",
+            counter.load(Ordering::Relaxed) - start
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -943,26 +971,29 @@ async fn a_restart_with_held_sockets_refuses_no_connection() {
 
     // Clients on fresh connections all through the restart.
     let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..8)
         .map(|_| {
-            let stop = stop.clone();
+            let (stop, count) = (stop.clone(), outcomes.clone());
             tokio::spawn(async move {
                 let mut outcomes = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     outcomes.push(fresh_get(port).await);
+                    count.fetch_add(1, Ordering::Relaxed);
                 }
                 outcomes
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Load before the stop, and after the new server answers.
+    wait_count(&outcomes, 50).await;
     first.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(first.wait_exit().await.success());
     // Between the two servers nobody accepts: connections wait in the
     // kernel's queue of the socket the test holds.
     let second = start(&v2);
     wait_version(port, "v2").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_count(&outcomes, 50).await;
     stop.store(true, Ordering::Relaxed);
 
     let (mut answered, mut closed) = (0, Vec::new());
@@ -1042,7 +1073,8 @@ async fn switching_to_a_new_app_version_under_load_drops_nothing() {
             field(&ready, "STATUS"),
             Some(format!("serving 1 app, 2 workers, generation {}", n - 1).as_str())
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Load on the new generation before the next switch.
+        load.wait_answers(200).await;
     }
     let logs = load.finish().await;
     let mut total = 0;
