@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    process_alive, send, serving_workers, sockets_in, wait_gone, worker_pids, Builder, Server,
+    process_alive, send, serving_workers, sockets_in, wait_gone, worker_pids, Builder, Gate, Server,
 };
 
 /// Load and a capacity watch while workers recycle: `clients` keep-alive
@@ -150,9 +150,12 @@ async fn worker_dying_mid_request_gets_502_and_is_respawned() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_killed_during_a_request_costs_only_that_request() {
-    let server = Builder::node().arg("w:1").start();
+    // The request is held (never released): only the kill can end it.
+    let server = Builder::gate().arg("w:1").start();
     let pid = worker_pids(&server.wait_ready().await)[0];
-    let slow = server.get("/sleep?ms=5000");
+    let gate = Gate::new();
+    let hold = gate.hold();
+    let slow = server.get(&hold);
     let kill = async {
         server
             .wait_status("the worker busy", |s| s["pool"]["busy"] == 1)
