@@ -567,33 +567,65 @@ async fn a_burst_of_saves_causes_one_roll() {
     server.wait_ready().await;
     // Twenty saves 10 ms apart: each pause is longer than any token
     // debounce but well inside the watcher's quiet time (200 ms), and the
-    // whole burst inside its 2 s cap. A pause that grew past 150 ms (a
-    // stalled machine) fails the test by name rather than by a roll count.
-    let mut longest_gap = Duration::ZERO;
-    let mut last = Instant::now();
-    for i in 0..20 {
-        if i > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    // whole burst inside its 2 s cap. A burst in which the machine stalled
+    // this test past 150 ms between two saves is not judged (the watcher
+    // may rightly see two bursts): once its rolls are over, another is
+    // made, at most three in all.
+    let mut judged = None;
+    for attempt in 1..=3 {
+        let before = rolls(&server.status().await, "started");
+        let mut longest_gap = Duration::ZERO;
+        let mut last = Instant::now();
+        for i in 0..20 {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            set_version(dir.path(), &format!("v{}", 100 * attempt + i));
+            longest_gap = longest_gap.max(last.elapsed());
+            last = Instant::now();
         }
-        set_version(dir.path(), &format!("v{}", 130 + i));
-        longest_gap = longest_gap.max(last.elapsed());
-        last = Instant::now();
+        let newest = format!("v{}", 100 * attempt + 19);
+        let status = serves_after_rolls(&server, &newest).await;
+        if longest_gap < Duration::from_millis(150) {
+            judged = Some((rolls(&status, "started") - before, status));
+            break;
+        }
+        eprintln!(
+            "burst {attempt}: the machine stalled this test {longest_gap:?} between two saves; not judged"
+        );
     }
-    assert!(
-        longest_gap < Duration::from_millis(150),
-        "the machine stalled this test {longest_gap:?} between two saves: not a burst"
-    );
-    wait_roll(&server, "succeeded", 0).await;
-    assert_eq!(server.get("/v").await.body, "v149");
-    // A sentinel change after the burst: exactly one more roll.
-    set_version(dir.path(), "v200");
-    let status = wait_roll(&server, "succeeded", 1).await;
+    let (burst_rolls, status) = judged.expect("the machine stalled all three bursts");
     assert_eq!(
-        rolls(&status, "started"),
-        2,
+        burst_rolls, 1,
         "the burst caused more than one roll: {status:#}"
     );
-    assert_eq!(server.get("/v").await.body, "v200");
+    // A sentinel change after the burst: exactly one more roll (none of the
+    // burst's came late).
+    let before = rolls(&status, "started");
+    set_version(dir.path(), "v999");
+    let status = serves_after_rolls(&server, "v999").await;
+    assert_eq!(rolls(&status, "started"), before + 1, "{status:#}");
+}
+
+/// Waits until no roll runs and `GET /v` answers `version`; the status then.
+async fn serves_after_rolls(server: &Server, version: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = server.status().await;
+        if status["roll"].is_null() && server.get("/v").await.body == version {
+            // Read again: a roll that began meanwhile shows here.
+            let again = server.status().await;
+            if again["roll"].is_null() {
+                return again;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{version} never served with no roll running: {status:#}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -696,27 +728,28 @@ async fn sighup_applies_a_new_app_restart_policy_and_timeouts() {
     let config = dir.path().join("rip-server.toml");
     std::fs::write(
         &config,
-        "app = \"one\"\nworkers = 1\nreload = \"none\"\nrestart = \"1000\"\nread_timeout_ms = 5000\n",
+        "app = \"one\"\nworkers = 1\nreload = \"none\"\nrestart = \"1000\"\nread_timeout_ms = 1500\n",
     )
     .unwrap();
     let server = Builder::config(&config, "conf").start();
     server.wait_ready().await;
     // As configured: app one, no recycling within ten requests, and a
-    // request may take a second.
+    // request may not take 3 s (which costs that worker: it is replaced).
     assert_eq!(server.get("/v").await.body, "v1");
     let pid = server.get("/pid").await.body;
     for _ in 0..10 {
         assert_eq!(server.get("/pid").await.body, pid);
     }
-    assert_eq!(server.get("/sleep?ms=1000").await.status, 200);
     assert_eq!(
         metric(&server.metrics().await, "rip_worker_recycles_total"),
         0
     );
+    assert_eq!(server.get("/sleep?ms=3000").await.status, 504);
+    server.wait_ready().await;
 
     std::fs::write(
         &config,
-        "app = \"two\"\nworkers = 1\nreload = \"none\"\nrestart = \"3\"\nread_timeout_ms = 300\n",
+        "app = \"two\"\nworkers = 1\nreload = \"none\"\nrestart = \"3\"\nread_timeout_ms = 10000\n",
     )
     .unwrap();
     nix::sys::signal::kill(
@@ -726,8 +759,16 @@ async fn sighup_applies_a_new_app_restart_policy_and_timeouts() {
     .unwrap();
     wait_roll(&server, "succeeded", 0).await;
 
-    // The new app.
+    // The new app, and the new read timeout: 3 s is now allowed. (A longer
+    // timeout, not a shorter one: a loaded machine must not turn the
+    // requests below into 504s.)
     assert_eq!(server.get("/v").await.body, "v2");
+    let reply = server.get("/sleep?ms=3000").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "slept"),
+        "the new read timeout was not applied"
+    );
     // The new restart policy: a worker is recycled after about 3 requests.
     let first = server.get("/pid").await.body;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -746,7 +787,4 @@ async fn sighup_applies_a_new_app_restart_policy_and_timeouts() {
     }
     assert!(metric(&server.metrics().await, "rip_worker_recycles_total") >= 1);
     server.wait_log("reason=Requests").await;
-    // The new read timeout: a second is now too long.
-    let reply = server.get("/sleep?ms=2000").await;
-    assert_eq!(reply.status, 504, "{}", reply.body);
 }
