@@ -502,17 +502,18 @@ pub async fn load_client(port: u16, stop: Arc<AtomicBool>, answered: Arc<AtomicU
 /// `clients` load clients against `port`, stopped together.
 pub struct Load {
     stop: Arc<AtomicBool>,
-    /// 200 answers so far, over every client.
-    answered: Arc<AtomicU64>,
+    /// 200 answers so far, per client.
+    answered: Vec<Arc<AtomicU64>>,
     clients: Vec<tokio::task::JoinHandle<ClientLog>>,
 }
 
 impl Load {
     pub fn start(port: u16, clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
-        let clients = (0..clients)
-            .map(|_| tokio::spawn(load_client(port, stop.clone(), answered.clone())))
+        let answered: Vec<_> = (0..clients).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let clients = answered
+            .iter()
+            .map(|count| tokio::spawn(load_client(port, stop.clone(), count.clone())))
             .collect();
         Load {
             stop,
@@ -521,10 +522,33 @@ impl Load {
         }
     }
 
-    /// Waits until the clients have had `more` answers since the call: load
-    /// known to have run through a transition, not a guessed sleep.
+    /// Waits until every client has had `more` answers since the call: load
+    /// known to have run through a transition, not a guessed sleep. Two
+    /// answers after a switch: the second was surely sent after it.
     pub async fn wait_answers(&self, more: u64) {
-        wait_count(&self.answered, more).await;
+        let starts: Vec<u64> = self
+            .answered
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let behind = self
+                .answered
+                .iter()
+                .zip(&starts)
+                .filter(|(count, start)| count.load(Ordering::Relaxed) < *start + more)
+                .count();
+            if behind == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{behind} of {} load clients had fewer than {more} answers in 30 s",
+                starts.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn finish(self) -> Vec<ClientLog> {
@@ -1073,8 +1097,8 @@ async fn switching_to_a_new_app_version_under_load_drops_nothing() {
             field(&ready, "STATUS"),
             Some(format!("serving 1 app, 2 workers, generation {}", n - 1).as_str())
         );
-        // Load on the new generation before the next switch.
-        load.wait_answers(200).await;
+        // Every client answered by the new generation before the next switch.
+        load.wait_answers(2).await;
     }
     let logs = load.finish().await;
     let mut total = 0;
