@@ -56,12 +56,14 @@ async fn waiting_past_the_queue_timeout_answers_504() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hung_worker_gets_504_and_is_replaced() {
+    // 2 s: short enough for a quick test, long enough that the /ping on the
+    // replacement below is not a 504 on a loaded machine.
     let server = Builder::node()
         .arg("w:1")
-        .arg("--read-timeout-ms=300")
+        .arg("--read-timeout-ms=2000")
         .start();
     let before = serving_workers(&server.wait_ready().await);
-    let reply = server.get("/sleep?ms=10000").await;
+    let reply = server.get("/sleep?ms=30000").await;
     assert_eq!(reply.status, 504, "{}", reply.body);
     let after = server
         .wait_status("a replacement worker serving", |s| {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use crate::harness::{wait_gone, worker_pids, Builder, Server};
+use crate::harness::{memory_tempdir, wait_gone, worker_pids, Builder, Server, PATIENCE};
 
 const INDEX: &str = "import { VERSION } from './version.mjs';\n\
 export default {\n\
@@ -246,7 +246,7 @@ async fn rolling_restarts_under_load_drop_no_request() {
         "a broken deploy, then rip-server reload",
         "the fix",
     ];
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     let app = dir.path().join("shop");
     std::fs::create_dir(&app).unwrap();
     write_app(&app, "v1");
@@ -359,7 +359,7 @@ async fn rolling_restarts_under_load_drop_no_request() {
     // Every client gets an answer from the final generation.
     let final_version = format!("v{version}");
     load.phase.store(FINAL_PHASE, Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     while load.in_final_phase.load(Ordering::Relaxed) < clients.len() {
         assert!(
             Instant::now() < deadline,
@@ -428,7 +428,7 @@ fn overlapping_rolls(status: &serde_json::Value) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trigger_mid_roll_restarts_it_and_rolls_never_overlap() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     write_app(dir.path(), "v1");
     // A slow-loading app, so the change surely lands while a roll boots.
     let slow = format!("await new Promise((r) => setTimeout(r, 1500));\n{INDEX}");
@@ -495,7 +495,7 @@ async fn a_trigger_mid_roll_restarts_it_and_rolls_never_overlap() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn module_mode_reloads_in_place_and_keeps_the_last_good_handler() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     write_app(dir.path(), "v1");
     let server = Builder::app(dir.path().to_str().unwrap(), "mod")
         .arg("w:1")
@@ -504,7 +504,7 @@ async fn module_mode_reloads_in_place_and_keeps_the_last_good_handler() {
     server.wait_ready().await;
     let pid = server.get("/pid").await.body;
     set_version(dir.path(), "v2");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     while server.get("/v").await.body != "v2" {
         assert!(
             Instant::now() < deadline,
@@ -535,7 +535,7 @@ async fn module_mode_reloads_in_place_and_keeps_the_last_good_handler() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn module_reloads_past_the_allowance_recycle_the_worker() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     write_app(dir.path(), "v1");
     let server = Builder::app(dir.path().to_str().unwrap(), "maxr")
         .arg("w:1")
@@ -559,7 +559,7 @@ async fn module_reloads_past_the_allowance_recycle_the_worker() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_saves_causes_one_roll() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     write_app(dir.path(), "v1");
     let server = Builder::app(dir.path().to_str().unwrap(), "burst")
         .arg("w:1")
@@ -609,7 +609,7 @@ async fn a_burst_of_saves_causes_one_roll() {
 
 /// Waits until no roll runs and `GET /v` answers `version`; the status then.
 async fn serves_after_rolls(server: &Server, version: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + PATIENCE;
     loop {
         let status = server.status().await;
         if status["roll"].is_null() && server.get("/v").await.body == version {
@@ -630,7 +630,7 @@ async fn serves_after_rolls(server: &Server, version: &str) -> serde_json::Value
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ignored_paths_do_not_roll_but_rename_saves_do() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     write_app(dir.path(), "v1");
     std::fs::create_dir_all(dir.path().join("node_modules/dep")).unwrap();
     std::fs::create_dir_all(dir.path().join(".git")).unwrap();
@@ -680,7 +680,7 @@ async fn ignored_paths_do_not_roll_but_rename_saves_do() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_rereads_the_config_and_rolls_to_the_new_worker_count() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     write_app(dir.path(), "v1");
     let config = dir.path().join("rip-server.toml");
     std::fs::write(&config, "workers = 2\nreload = \"none\"\n").unwrap();
@@ -720,7 +720,7 @@ fn metric(metrics: &str, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_applies_a_new_app_restart_policy_and_timeouts() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     for (app, version) in [("one", "v1"), ("two", "v2")] {
         std::fs::create_dir(dir.path().join(app)).unwrap();
         write_app(&dir.path().join(app), version);
@@ -771,7 +771,7 @@ async fn sighup_applies_a_new_app_restart_policy_and_timeouts() {
     );
     // The new restart policy: a worker is recycled after about 3 requests.
     let first = server.get("/pid").await.body;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     loop {
         let reply = server.get("/pid").await;
         assert_eq!(reply.status, 200, "{}", reply.body);

@@ -179,10 +179,10 @@ impl Launch {
             runtime: self.runtime,
             name: self.name,
         };
-        if up_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        if up_rx.recv_timeout(crate::harness::PATIENCE).is_err() {
             running.kill();
             panic!(
-                "rip-server printed no control socket within 20 s; log:\n{}",
+                "rip-server printed no control socket in time; log:\n{}",
                 running.log()
             );
         }

@@ -628,7 +628,7 @@ async fn busy_443_falls_back_to_a_port_from_5000() {
     });
     // Bounded: a server that never prints its URL fails the test (and is
     // stopped below, which also ends the reading thread).
-    let line = tokio::time::timeout(Duration::from_secs(20), line_rx).await;
+    let line = tokio::time::timeout(crate::harness::PATIENCE, line_rx).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -639,7 +639,7 @@ async fn busy_443_falls_back_to_a_port_from_5000() {
     }
     let _ = child.wait();
     let line = line
-        .expect("no 'listening on' line within 20 s")
+        .expect("no 'listening on' line in time")
         .unwrap()
         .expect("a listening line");
     let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();

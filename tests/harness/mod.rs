@@ -23,6 +23,25 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rip-server");
+
+/// How long a test waits for a state before it fails. Long, because a
+/// loaded machine (builds and VMs beside the suite, disk writes stalling for
+/// seconds) can hold up a process that long; a passing test never waits it
+/// out, it goes on as soon as the state is reached.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A temporary directory in memory (`/dev/shm`) when there is one: a test
+/// that times its own file writes (a burst of saves) must not wait on a
+/// busy disk.
+pub fn memory_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
 pub const EXAMPLE_WORKER: &str = env!("CARGO_BIN_EXE_rip-example-worker");
 
 /// The bundled Node example app.
@@ -155,13 +174,13 @@ impl Builder {
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         capture(child.stdout.take().unwrap(), log.clone(), Some(port_tx));
         capture(child.stderr.take().unwrap(), log.clone(), None);
-        let (port, redirect_port) = match port_rx.recv_timeout(Duration::from_secs(20)) {
+        let (port, redirect_port) = match port_rx.recv_timeout(PATIENCE) {
             Ok(ports) => ports,
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "rip-server printed no URL within 20 s; log:\n{}",
+                    "rip-server printed no URL within {PATIENCE:?}; log:\n{}",
                     log.lock().unwrap()
                 );
             }
@@ -346,7 +365,7 @@ impl Server {
         what: &str,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + PATIENCE;
         loop {
             let status = self.status().await;
             if check(&status) {
@@ -373,7 +392,7 @@ impl Server {
 
     /// Waits until the log contains `needle`.
     pub async fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + PATIENCE;
         while !self.log().contains(needle) {
             if Instant::now() > deadline {
                 panic!(
