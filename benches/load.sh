@@ -5,9 +5,10 @@
 #   3. haproxy    the same example worker binary behind HAProxy (one `server`
 #                 line per worker socket, maxconn 1, queueing), at each CONCURRENCY,
 #                 with nbthread = the CPU count and = rip-server's threads (and 1)
-# in ROUNDS rounds (2 and 3 alternate, so a slow drift of a shared machine
-# touches every row alike), then the medians, the ratios (taken within each
-# round) and rip-server's entry-process memory.
+# in ROUNDS rounds (2 and 3 alternate, each round starting with the next row,
+# so a slow drift of a shared machine touches every row alike), then the
+# medians, the ratios (taken within each round: requests/s, p50, p99 and the
+# proxy's own CPU per request), and rip-server's entry-process memory.
 # Results and method: docs/benchmarks.md.
 #
 # Settings (environment):
@@ -155,9 +156,10 @@ finish_load() { # PID OUT
   forget "$1"
 }
 
-# measure NAME CONNECTIONS PORT: warm-up, measured run, one results row
+# measure NAME CONNECTIONS PORT: warm-up, measured run, one results row (with
+# the CPU seconds the proxy's own processes, proxy_pids[NAME], used meanwhile)
 measure() {
-  local name=$1 conns=$2 target=$3 out="$scratch/$1-c$2.json" sampler='' snap0
+  local name=$1 conns=$2 target=$3 out="$scratch/$1-c$2-r$round.json" sampler='' snap0 cpu0
   settle
   if [[ $name == rip-server ]]; then # its memory, during warm-up and run
     sample_rss "$rip_pid" "$scratch/rss-c$conns.samples" &
@@ -169,8 +171,10 @@ measure() {
     finish_load "$load_pid" "$scratch/warmup.json"
   fi
   snap0=$(cpu_snap)
+  cpu0=$(proc_cpu ${proxy_pids[$name]})
   start_load "$out" "$conns" "$DURATION" "$target"
   finish_load "$load_pid" "$out"
+  cpu_s=$(cpu_delta "$cpu0" "$(proc_cpu ${proxy_pids[$name]})")
   busy_now=$(other_cpu "$snap0" "$(cpu_snap)")
   if [[ -n $sampler ]]; then
     kill "$sampler" 2>/dev/null || true
@@ -204,12 +208,15 @@ measure_limit() {
     for ((i = 0; i < W; i++)); do finish_load "${started[i]}" "${outs[i]}"; done
   done
   busy_now=$(other_cpu "$snap0" "$(cpu_snap)")
+  cpu_s=-
   python3 "$here/summarize.py" row limit "${W}x1" "${outs[@]}" | add_busy | tee -a "$results" | row_echo
   check_clean limit "${outs[@]}"
 }
 
-add_busy() { sed "s/\$/\t$busy_now\t$round/"; }
-row_echo() { awk -F'\t' '{ printf "#   %-10s c=%-5s %8s req/s  p50 %7s ms  p99 %7s ms  non-2xx %s  errors %s  (other processes: %s%% CPU)\n", $1, $2, $3, $4, $5, $6, $7, $8 }'; }
+# a summarize.py row, then: other CPU %, round, the proxy's CPU seconds
+add_busy() { sed "s/\$/\t$busy_now\t$round\t$cpu_s/"; }
+row_echo() { awk -F'\t' '{ cpu = ($11 == "-" || $8 == 0) ? "-" : sprintf("%.1f", $11 * 1e6 / $8)
+  printf "#   %-10s c=%-5s %8s req/s  p50 %7s ms  p99 %7s ms  non-2xx %s  errors %s  CPU %s us/request  (other processes: %s%% CPU)\n", $1, $2, $3, $4, $5, $6, $7, cpu, $9 }'; }
 
 check_clean() { # NAME FILE...: report non-2xx answers and errors
   local name=$1
@@ -254,9 +261,8 @@ PY
 
 # ------------------------------------------------------------- run
 
-note "rip-server load benchmark: GET $URL_PATH, keep-alive, $LOADGEN"
-note "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r)"
-note "rip-server: $rip (${RIP_COMMIT:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- src Cargo.toml Cargo.lock loaders 2>/dev/null || echo "+uncommitted changes")})"
+bench_header "rip-server load benchmark: GET $URL_PATH, keep-alive, $LOADGEN" \
+  "$(settings BIN_DIR W ROUNDS DURATION WARMUP CONCURRENCY THREADS HAPROXY_NBTHREADS HAPROXY_BALANCE RIP_ARGS LOADGEN WAIT_QUIET QUIET_PCT) benches/load.sh"
 if [[ -n $BASELINE_BIN_DIR ]]; then note "rip-base: $BASELINE_BIN_DIR/rip-server (${BASELINE_COMMIT:-?})"; fi
 note "haproxy: $(haproxy -v | head -n 1)"
 if [[ $LOADGEN == oha ]]; then note "load: $("$OHA" --version)"; else note "load: wrk (oha not found; no limit row: wrk cannot use Unix sockets)"; fi
@@ -270,6 +276,7 @@ start_workers "$scratch/w" "$W" "$worker"
 # One HAProxy per nbthread value, as configured in benches/load/haproxy.cfg.in,
 # all in front of the same W workers (only one is under load at a time).
 declare -A haproxy_port=()
+declare -A proxy_pids=()   # each row's proxy processes, for its CPU per request
 for t in "${haproxy_nbthreads[@]}"; do
   port=$(free_port)
   cfg="$scratch/haproxy-${t}t.cfg"
@@ -284,12 +291,14 @@ for t in "${haproxy_nbthreads[@]}"; do
   pids+=("$!")
   wait_until "$!" "${cfg%.cfg}.log" 10 "haproxy (nbthread $t) on port $port" ping_tcp "$port"
   haproxy_port[$t]=$port
+  proxy_pids[haproxy-${t}t]=$!
 done
 
 # rip-server with its own W workers (same binary) on a kernel-chosen port.
 start_rip bench http "$W" "$scratch/rip-server.log" "$worker" "w:$W" http:0 --no-access-log "${rip_args[@]}"
 wait_until "$rip_pid" "$scratch/rip-server.log" 5 "rip-server on port $rip_port" ping_tcp "$rip_port"
 rss_idle=$(rss_kib "$rip_pid" VmRSS)
+proxy_pids[rip-server]=$rip_pid
 note "rip-server pid $rip_pid on 127.0.0.1:$rip_port (workers $(grandchild_pids | xargs))"
 if [[ -n $BASELINE_BIN_DIR ]]; then
   # The baseline build, started the same way; the first one's variables are kept.
@@ -299,6 +308,7 @@ if [[ -n $BASELINE_BIN_DIR ]]; then
   start_rip base http "$W" "$scratch/rip-base.log" "$worker" "w:$W" http:0 --no-access-log "${rip_args[@]}"
   wait_until "$rip_pid" "$scratch/rip-base.log" 5 "rip-base on port $rip_port" ping_tcp "$rip_port"
   base_port=$rip_port
+  proxy_pids[rip-base]=$rip_pid
   note "rip-base pid $rip_pid on 127.0.0.1:$base_port"
   rip=${main[0]} rip_pid=${main[1]} rip_port=${main[2]} rip_ctl=${main[3]} rip_status=${main[4]}
 fi
@@ -309,14 +319,16 @@ if [[ $LOADGEN == oha ]]; then
   note "limit: $W x oha -c 1 --unix-socket (one per worker)"
   measure_limit
 fi
+declare -A port_of=([rip-server]=$rip_port)
+rows=(rip-server)
+if [[ -n $BASELINE_BIN_DIR ]]; then rows+=(rip-base); port_of[rip-base]=$base_port; fi
+for t in "${haproxy_nbthreads[@]}"; do rows+=("haproxy-${t}t"); port_of[haproxy-${t}t]=${haproxy_port[$t]}; done
 for ((round = 1; round <= ROUNDS; round++)); do
+  # each round starts with the next row: none is always measured first
+  mapfile -t order < <(rotate $((round - 1)) "${rows[@]}")
   for c in "${concurrencies[@]}"; do
-    note "round $round of $ROUNDS, c=$c"
-    measure rip-server "$c" "$rip_port"
-    if [[ -n $BASELINE_BIN_DIR ]]; then measure rip-base "$c" "$base_port"; fi
-    for t in "${haproxy_nbthreads[@]}"; do
-      measure "haproxy-${t}t" "$c" "${haproxy_port[$t]}"
-    done
+    note "round $round of $ROUNDS, c=$c: ${order[*]}"
+    for name in "${order[@]}"; do measure "$name" "$c" "${port_of[$name]}"; done
   done
 done
 sleep 2
@@ -333,7 +345,9 @@ echo
 python3 "$here/summarize.py" table "$results"
 echo
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
-echo "rip-server entry process (pid $rip_pid): VmRSS idle $(mib "$rss_idle"), peak under load $(mib "$rss_peak"), 2 s after load $(mib "$rss_after"); VmHWM $(mib "$rss_hwm") (target < 20 MiB)"
+echo "rip-server entry process (pid $rip_pid): VmRSS idle $(mib "$rss_idle"), peak under load $(mib "$rss_peak"), 2 s after load $(mib "$rss_after"); VmHWM $(mib "$rss_hwm")"
+if ((rss_peak < 20 * 1024 && rss_hwm < 20 * 1024)); then memory=met; else memory="**MISSED**"; fi
+echo "target, entry process under 20 MiB: $memory (peak $(mib "$rss_peak"), VmHWM $(mib "$rss_hwm"))"
 echo "rip-server worker restarts during the run: $restarts"
 warnings=$(grep -cE 'WARN|ERROR' "$scratch/rip-server.log" || true)
 echo "rip-server log lines at WARN or ERROR: $warnings"

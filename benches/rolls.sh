@@ -8,8 +8,12 @@
 #                saves); after each save it polls GET /v every 10 ms (its own
 #                connection, not counted in oha's numbers) until the new version
 #                answers, and records the time from save to new version
-# then both phases' requests/s, p50, p99, non-2xx and errors, p99 during rolls /
-# p99 steady, the save-to-new-version times, and the rolls rip-server counted.
+# in ROUNDS rounds (A, B, A, B, ... on the same server, so the two phases are
+# measured alternately and a drift of a shared machine touches both), then per
+# round and as medians over the rounds: both phases' requests/s, p50, p99,
+# non-2xx and errors, p99 during rolls / p99 steady, the save-to-new-version
+# times, the rolls rip-server counted, the CPU it and its workers used, the
+# throughput by time since the last save, and the targets met or missed.
 # Results and method: docs/benchmarks.md ("Rolling restarts under load").
 #
 # The app copy: apps/api's index.mjs becomes handler.mjs; a new index.mjs
@@ -18,6 +22,7 @@
 #
 # Settings (environment):
 #   W=2                 workers (w:W)
+#   ROUNDS=3            rounds of phase A then phase B
 #   CONCURRENCY=16      oha connections (HTTP/1.1 keep-alive) in both phases
 #   STEADY=10           seconds of phase A
 #   WARMUP=2            seconds of discarded load before phase A
@@ -47,6 +52,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 here="$root/benches/load"
 
 W=${W:-2}
+ROUNDS=${ROUNDS:-3}
 CONCURRENCY=${CONCURRENCY:-16}
 STEADY=${STEADY:-10}
 WARMUP=${WARMUP:-2}
@@ -66,7 +72,7 @@ KEEP=${KEEP:-0}
 prog=rolls.sh
 source "$here/lib.sh"
 
-for v in W CONCURRENCY STEADY SAVES SAVE_TIMEOUT THREADS; do
+for v in W ROUNDS CONCURRENCY STEADY SAVES SAVE_TIMEOUT THREADS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive whole number, got '${!v}'"
 done
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be whole seconds, got '$WARMUP'"
@@ -149,10 +155,11 @@ print(time.monotonic(), (utime + stime) / hz, workers / hz)
 PY
 }
 
-# cpu_share BEFORE AFTER: rip-server's and its workers' CPU as % of one CPU
+# cpu_share BEFORE AFTER: rip-server's and its workers' CPU as % of one CPU,
+# tab-separated
 cpu_share() {
   awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[1] - x[1]
-    printf "rip-server %.0f%%, workers %.0f%% (of one CPU)", 100 * (y[2] - x[2]) / t, 100 * (y[3] - x[3]) / t }'
+    printf "%.0f\t%.0f", 100 * (y[2] - x[2]) / t, 100 * (y[3] - x[3]) / t }'
 }
 
 run_oha() { # OUT SECONDS: oha in the background; sets load_pid
@@ -173,11 +180,10 @@ print(s)' "$@"; }
 
 # ------------------------------------------------------------- run
 
-note "rip-server rolling restarts under load: GET /ping, HTTP/1.1 keep-alive, oha -c $CONCURRENCY"
-note "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r)"
-note "rip-server: $rip (${RIP_COMMIT:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- src Cargo.toml Cargo.lock loaders 2>/dev/null || echo "+uncommitted changes")})"
+bench_header "rip-server rolling restarts under load: GET /ping, HTTP/1.1 keep-alive, oha -c $CONCURRENCY" \
+  "$(settings BIN_DIR W ROUNDS CONCURRENCY STEADY WARMUP SAVES INTERVAL SAVE_TIMEOUT THREADS RIP_ARGS APP TRIGGER WAIT_QUIET QUIET_PCT) benches/rolls.sh"
 note "app: $([[ $TRIGGER == save ]] && echo "copy of $APP with a version marker" || echo "$APP, rolled by POST /reload (TRIGGER=reload)"); node $(node --version 2>/dev/null || echo none); load: $("$OHA" --version)"
-note "W=$W CONCURRENCY=$CONCURRENCY STEADY=${STEADY}s WARMUP=${WARMUP}s SAVES=$SAVES INTERVAL=${INTERVAL}s (phase B ${ROLL_SECONDS}s) THREADS=$THREADS RIP_ARGS=\"$RIP_ARGS\""
+note "W=$W ROUNDS=$ROUNDS CONCURRENCY=$CONCURRENCY STEADY=${STEADY}s WARMUP=${WARMUP}s SAVES=$SAVES INTERVAL=${INTERVAL}s (phase B ${ROLL_SECONDS}s) THREADS=$THREADS RIP_ARGS=\"$RIP_ARGS\""
 
 settle
 start_rip rolls http "$W" "$scratch/rip-server.log" "$app" "w:$W" http:0 --no-access-log "${rip_args[@]}"
@@ -187,77 +193,82 @@ if [[ $TRIGGER == save ]]; then
 fi
 note "rip-server pid $rip_pid on 127.0.0.1:$rip_port, reload=$(status_field "$rip_status" app reload 2>/dev/null || echo '?')"
 
-# Phase A
-settle
-if ((WARMUP > 0)); then
-  run_oha "$scratch/warmup.json" "$WARMUP"
-  finish "$load_pid" warmup.json
-fi
-snap0=$(cpu_snap_tree)
-cpu0=$(rip_cpu)
-run_oha "$scratch/steady.json" "$STEADY"
-finish "$load_pid" steady.json
-cpu_steady=$(cpu_share "$cpu0" "$(rip_cpu)")
-busy_steady=$(other_cpu "$snap0" "$(cpu_snap_tree)")
-note "phase A (steady, ${STEADY}s): $(python3 "$here/summarize.py" row steady "$CONCURRENCY" "$scratch/steady.json" | cut -f3-7 | awk -F'\t' '{ printf "%s req/s, p50 %s ms, p99 %s ms, non-2xx %s, errors %s", $1, $2, $3, $4, $5 }') (CPU: $cpu_steady; other processes: ${busy_steady}% of all CPUs)"
+for ((round = 1; round <= ROUNDS; round++)); do
+  r="$scratch/r$round"
+  mkdir -p "$r"
+  # Phase A
+  settle
+  if ((WARMUP > 0)); then
+    run_oha "$r/warmup.json" "$WARMUP"
+    finish "$load_pid" "r$round/warmup.json"
+  fi
+  snap0=$(cpu_snap_tree)
+  cpu0=$(rip_cpu)
+  run_oha "$r/steady.json" "$STEADY"
+  finish "$load_pid" "r$round/steady.json"
+  cpu_steady=$(cpu_share "$cpu0" "$(rip_cpu)")
+  busy_steady=$(other_cpu "$snap0" "$(cpu_snap_tree)")
+  note "round $round, phase A (steady, ${STEADY}s): $(python3 "$here/summarize.py" row steady "$CONCURRENCY" "$r/steady.json" | cut -f3-7 | awk -F'\t' '{ printf "%s req/s, p50 %s ms, p99 %s ms, non-2xx %s, errors %s", $1, $2, $3, $4, $5 }') (other processes: ${busy_steady}% of all CPUs)"
 
-# Phase B
-rip_status_now >"$scratch/status-before.json"
-settle
-snap0=$(cpu_snap_tree)
-cpu0=$(rip_cpu)
-run_oha "$scratch/rolls.json" "$ROLL_SECONDS"
-oha_pid=$load_pid
-sleep 1
-python3 "$here/rolls.py" "$app" "$rip_port" "$rip_ctl" "$SAVES" "$INTERVAL" "$SAVE_TIMEOUT" "$scratch/timeline.tsv" "$TRIGGER" >"$scratch/saves.tsv" 2>"$scratch/saves.err" &
-saver=$!
-pids+=("$saver")
-wait "$saver" || die "the save loop failed: $(tail -n 5 "$scratch/saves.err")"
-forget "$saver"
-# the load started 1 s before the save loop; did it outlast the last save's answer?
-python3 - "$scratch/saves.tsv" "$ROLL_SECONDS" <<'PY' || echo "$prog: warning: the load ended before the last save answered; phase B's numbers miss the last rolls" >&2
+  # Phase B
+  rip_status_now >"$r/status-before.json"
+  settle
+  snap0=$(cpu_snap_tree)
+  cpu0=$(rip_cpu)
+  run_oha "$r/rolls.json" "$ROLL_SECONDS"
+  oha_pid=$load_pid
+  sleep 1
+  FIRST_SAVE=$(((round - 1) * SAVES + 1)) python3 "$here/rolls.py" "$app" "$rip_port" "$rip_ctl" "$SAVES" "$INTERVAL" \
+    "$SAVE_TIMEOUT" "$r/timeline.tsv" "$TRIGGER" >"$r/saves.tsv" 2>"$r/saves.err" &
+  saver=$!
+  pids+=("$saver")
+  wait "$saver" || die "the save loop failed: $(tail -n 5 "$r/saves.err")"
+  forget "$saver"
+  # the load started 1 s before the save loop; did it outlast the last save's answer?
+  python3 - "$r/saves.tsv" "$ROLL_SECONDS" <<'PY' || echo "$prog: warning: round $round: the load ended before the last save answered; phase B's numbers miss the last rolls" >&2
 import sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()[1:] if l.strip()]
 last = rows[-1] if rows else None
 sys.exit(0 if last and last[3] != "timeout" and 1 + float(last[1]) + float(last[3]) / 1000 < float(sys.argv[2]) else 1)
 PY
-finish "$oha_pid" rolls.json
-cpu_rolls=$(cpu_share "$cpu0" "$(rip_cpu)")
-busy_rolls=$(other_cpu "$snap0" "$(cpu_snap_tree)")
-sleep 1
-kill -0 "$rip_pid" 2>/dev/null || die "rip-server exited during the run; log: $scratch/rip-server.log"
-rip_status_now >"$scratch/status-after.json"
-cp "$scratch/status-after.json" "$rip_status"
-adopt_rip_workers
-note "phase B (rolls, ${ROLL_SECONDS}s): CPU: $cpu_rolls; other processes: ${busy_rolls}% of all CPUs"
+  finish "$oha_pid" "r$round/rolls.json"
+  cpu_rolls=$(cpu_share "$cpu0" "$(rip_cpu)")
+  busy_rolls=$(other_cpu "$snap0" "$(cpu_snap_tree)")
+  sleep 1
+  kill -0 "$rip_pid" 2>/dev/null || die "rip-server exited during the run; log: $scratch/rip-server.log"
+  rip_status_now >"$r/status-after.json"
+  cp "$r/status-after.json" "$rip_status"
+  adopt_rip_workers
+  printf 'steady_rip\tsteady_workers\trolls_rip\trolls_workers\tbusy_steady\tbusy_rolls\n%s\t%s\t%s\t%s\n' \
+    "$cpu_steady" "$cpu_rolls" "$busy_steady" "$busy_rolls" >"$r/cpu.tsv"
+  note "round $round, phase B (rolls, ${ROLL_SECONDS}s): $(python3 "$here/summarize.py" row rolls "$CONCURRENCY" "$r/rolls.json" | cut -f3-7 | awk -F'\t' '{ printf "%s req/s, p50 %s ms, p99 %s ms, non-2xx %s, errors %s", $1, $2, $3, $4, $5 }') (other processes: ${busy_rolls}% of all CPUs)"
+done
 
 echo
-echo "## rolls: GET /ping, w:$W, oha -c $CONCURRENCY; steady ${STEADY}s, then ${ROLL_SECONDS}s with $SAVES saves ${INTERVAL}s apart, $(nproc) CPUs"
+echo "## rolls: GET /ping, w:$W, oha -c $CONCURRENCY; $ROUNDS rounds of steady ${STEADY}s, then ${ROLL_SECONDS}s with $SAVES saves ${INTERVAL}s apart; $(nproc) CPUs"
 echo
-python3 "$here/summarize.py" rolls "$scratch/steady.json" "$scratch/rolls.json" "$scratch/saves.tsv" \
-  "$scratch/status-before.json" "$scratch/status-after.json" "$scratch/timeline.tsv"
-echo
-echo "per save (at_s: when, from the start of the save loop; ms: save to new version; roll_ms: rip-server's last_roll.duration_ms):"
-column -t "$scratch/saves.tsv" | sed 's/^/  /'
+python3 "$here/summarize.py" rolls "$scratch" "$ROUNDS"
 
 # anomalies: anything but 2xx during either phase, a save that never answered,
 # a poll failure, an old version after the new one, a failed roll, a warning
-python3 - "$scratch" <<'PY' || anomaly=1
+python3 - "$scratch" "$ROUNDS" <<'PY' || anomaly=1
 import json, sys
-d = sys.argv[1]
+d, rounds = sys.argv[1], int(sys.argv[2])
 bad = []
-for phase in ("steady", "rolls"):
-    doc = json.load(open(f"{d}/{phase}.json"))
-    codes = {k: v for k, v in doc.get("statusCodeDistribution", {}).items() if not k.startswith("2")}
-    if codes or doc.get("errorDistribution"):
-        bad.append(f"{phase}: non-2xx {codes}, errors {doc.get('errorDistribution')}")
-for line in open(f"{d}/saves.tsv").read().splitlines()[1:]:
-    save, at, version, ms, roll_ms, gen, polls, failures, back = line.split("\t")
-    if ms == "timeout" or failures != "0" or back != "0":
-        bad.append(f"save {save}: ms {ms}, poll failures {failures}, old version after new {back}")
-after = json.load(open(f"{d}/status-after.json"))
-if (after.get("rolls") or {}).get("failed"):
-    bad.append(f"rolls failed: {after['rolls']}, last_roll {after.get('last_roll')}")
+for n in range(1, rounds + 1):
+    r = f"{d}/r{n}"
+    for phase in ("steady", "rolls"):
+        doc = json.load(open(f"{r}/{phase}.json"))
+        codes = {k: v for k, v in doc.get("statusCodeDistribution", {}).items() if not k.startswith("2")}
+        if codes or doc.get("errorDistribution"):
+            bad.append(f"round {n} {phase}: non-2xx {codes}, errors {doc.get('errorDistribution')}")
+    for line in open(f"{r}/saves.tsv").read().splitlines()[1:]:
+        save, at, version, ms, roll_ms, gen, polls, failures, back = line.split("\t")
+        if ms == "timeout" or failures != "0" or back != "0":
+            bad.append(f"round {n} save {save}: ms {ms}, poll failures {failures}, old version after new {back}")
+    after = json.load(open(f"{r}/status-after.json"))
+    if (after.get("rolls") or {}).get("failed"):
+        bad.append(f"round {n}: rolls failed: {after['rolls']}, last_roll {after.get('last_roll')}")
 for b in bad:
     print("ANOMALY:", b)
 sys.exit(1 if bad else 0)

@@ -16,11 +16,16 @@
 #            a request that yields inside the worker, so two requests sent to the
 #            same single-inflight worker overlap and the second gets 503 busy.
 #            Shows what each proxy does with more clients than workers.
-# then the table and rip-server's ratios against each peer.
+# in ROUNDS rounds: every row runs once per round, and each round starts with
+# the next peer (rip-server is not always measured first); then each row's
+# median over the rounds, rip-server's ratios against each peer (taken within
+# each round, then their median and range: requests/s, p50, p99 and the
+# proxy's own CPU per request), and every round.
 # Results and method: docs/benchmarks.md ("HTTPS").
 #
 # Settings (environment):
 #   W=2                   workers (rip-server w:W; W standalone workers for the peers)
+#   ROUNDS=3              rounds of every row, alternating
 #   DURATION=10 WARMUP=2  seconds measured per run, and of discarded load before each
 #   CONCURRENCY="16 64"   connections for the h1 rows
 #   H2_CONNECTIONS=4 H2_STREAMS=4   the h2 row: oha --http2 -c 4 -p 4 (16 streams in flight)
@@ -51,6 +56,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 here="$root/benches/load"
 
 W=${W:-2}
+ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONCURRENCY=${CONCURRENCY:-16 64}
@@ -75,7 +81,7 @@ KEEP=${KEEP:-0}
 prog=tls.sh
 source "$here/lib.sh"
 
-for v in W DURATION THREADS H2_CONNECTIONS H2_STREAMS HANDSHAKE_CONCURRENCY SLEEP_CONCURRENCY; do
+for v in W ROUNDS DURATION THREADS H2_CONNECTIONS H2_STREAMS HANDSHAKE_CONCURRENCY SLEEP_CONCURRENCY; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive whole number, got '${!v}'"
 done
 [[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be whole seconds, got '$WARMUP'"
@@ -169,29 +175,33 @@ conns_label() { # TEST CONNECTIONS
 }
 
 # measure NAME TEST CONNECTIONS PORT: warm-up, measured run, one results row
+# (with the CPU seconds the peer's own processes, owner_pids[NAME], used)
 measure() {
-  local name=$1 test=$2 conns=$3 port=$4 out="$scratch/$1-$2.json" snap0 row
+  local name=$1 test=$2 conns=$3 port=$4 out="$scratch/$1-$2-r$round.json" snap0 row cpu0 cpu_s
   settle
   if ((WARMUP > 0)); then
     start_load "$scratch/warmup.json" "$test" "$conns" "$WARMUP" "$port"
     finish_load "$load_pid" "$scratch/warmup.json"
   fi
   snap0=$(cpu_snap)
+  cpu0=$(proc_cpu ${owner_pids[$name]})
   start_load "$out" "$test" "$conns" "$DURATION" "$port"
   # halfway through: how many connections the proxy holds open to the workers' sockets
   upstream_conns "$name" "$out.upstream" &
   pids+=("$!")
   local counter=$!
   finish_load "$load_pid" "$out"
+  cpu_s=$(cpu_delta "$cpu0" "$(proc_cpu ${owner_pids[$name]})")
   busy_now=$(other_cpu "$snap0" "$(cpu_snap)")
   wait "$counter" 2>/dev/null || true
   forget "$counter"
   local allowed=0
   if [[ $test == h2 ]]; then allowed=$((H2_CONNECTIONS * H2_STREAMS)); fi
   row=$(DEADLINE_ABORTS_ALLOWED=$allowed python3 "$here/summarize.py" row "$name" "$(conns_label "$test" "$conns")" "$out")
-  row="$test	$row	$busy_now"
+  row="$test	$row	$busy_now	$round	$cpu_s"
   echo "$row" >>"$results"
-  awk -F'\t' -v up="$(cat "$out.upstream" 2>/dev/null || echo '?')" '{ printf "#   %-7s %-11s c=%-5s %8s req/s  p50 %7s ms  p99 %7s ms  non-2xx %s  errors %s  (other processes: %s%% CPU; worker connections: %s)\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, up }' <<<"$row"
+  awk -F'\t' -v up="$(cat "$out.upstream" 2>/dev/null || echo '?')" '{ cpu = $9 > 0 ? sprintf("%.1f", $12 * 1e6 / $9) : "-"
+    printf "#   %-7s %-11s c=%-5s %8s req/s  p50 %7s ms  p99 %7s ms  non-2xx %s  errors %s  CPU %s us/request  (other processes: %s%% CPU; worker connections: %s)\n", $1, $2, $3, $4, $5, $6, $7, $8, cpu, $10, up }' <<<"$row"
   if [[ $(cut -f7 <<<"$row") != 0 || $(cut -f8 <<<"$row") != 0 ]]; then
     echo "$prog: $name $test: non-2xx answers or errors: $(python3 "$here/summarize.py" detail "$out")" >&2
     # the sleep row exists to show non-2xx from peers; anything else from rip-server is a finding
@@ -251,13 +261,12 @@ print("%.0f%% of %d new connections resumed" % (100 * d["resumed"] / n, n) if n 
 
 # ------------------------------------------------------------- run
 
-note "rip-server HTTPS benchmark: GET /ping"
-note "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r)"
-note "rip-server: $rip (${RIP_COMMIT:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- src Cargo.toml Cargo.lock loaders 2>/dev/null || echo "+uncommitted changes")})"
+bench_header "rip-server HTTPS benchmark: GET /ping" \
+  "$(settings BIN_DIR W ROUNDS DURATION WARMUP TESTS CONCURRENCY H2_CONNECTIONS H2_STREAMS HANDSHAKE_CONCURRENCY SLEEP_CONCURRENCY THREADS HAPROXY_NBTHREADS NGINX_WORKERS NGINX_RESUME HAPROXY_BALANCE RIP_ARGS WAIT_QUIET QUIET_PCT) benches/tls.sh"
 ((${#haproxy_nbthreads[@]} == 0)) || note "haproxy: $(haproxy -v | head -n 1)"
 ((${#nginx_workers[@]} == 0)) || note "nginx: $(nginx -v 2>&1) ($(nginx -V 2>&1 | grep -o 'running with OpenSSL [^)]*'))"
 note "load: $("$OHA" --version); hs-full: benches/tls-client (rustls $(sed -n '/^name = "rustls"$/{n;s/version = //p}' "$root/benches/tls-client/Cargo.lock" | tr -d '"'), ring)"
-note "W=$W DURATION=${DURATION}s WARMUP=${WARMUP}s TESTS=\"${tests[*]}\" CONCURRENCY=\"${concurrencies[*]}\" H2=${H2_CONNECTIONS}x${H2_STREAMS} HANDSHAKE_CONCURRENCY=$HANDSHAKE_CONCURRENCY SLEEP_CONCURRENCY=$SLEEP_CONCURRENCY THREADS=$THREADS HAPROXY_NBTHREADS=\"${haproxy_nbthreads[*]}\" NGINX_WORKERS=\"${nginx_workers[*]}\" NGINX_RESUME=$NGINX_RESUME RIP_ARGS=\"$RIP_ARGS\""
+note "W=$W ROUNDS=$ROUNDS DURATION=${DURATION}s WARMUP=${WARMUP}s TESTS=\"${tests[*]}\" CONCURRENCY=\"${concurrencies[*]}\" H2=${H2_CONNECTIONS}x${H2_STREAMS} HANDSHAKE_CONCURRENCY=$HANDSHAKE_CONCURRENCY SLEEP_CONCURRENCY=$SLEEP_CONCURRENCY THREADS=$THREADS HAPROXY_NBTHREADS=\"${haproxy_nbthreads[*]}\" NGINX_WORKERS=\"${nginx_workers[*]}\" NGINX_RESUME=$NGINX_RESUME RIP_ARGS=\"$RIP_ARGS\""
 
 settle
 make_cert
@@ -327,28 +336,33 @@ for p in "${peers[@]}"; do
   note "$p on 127.0.0.1:${port_of[$p]}: $(tls_params "${port_of[$p]}"); resumption: $(resumption "${port_of[$p]}")"
 done
 
-for test in "${tests[@]}"; do
-  case $test in
-    h1) for c in "${concurrencies[@]}"; do
-          note "h1-$c: HTTP/1.1 keep-alive, $c connections"
-          for p in "${peers[@]}"; do measure "$p" "h1-$c" "$c" "${port_of[$p]}"; done
-        done ;;
-    h2) note "h2: $H2_CONNECTIONS connections x $H2_STREAMS streams"
-        for p in "${peers[@]}"; do measure "$p" h2 0 "${port_of[$p]}"; done ;;
-    hs-full) note "hs-full: a full TLS handshake per request, $HANDSHAKE_CONCURRENCY at a time"
-        for p in "${peers[@]}"; do measure "$p" hs-full "$HANDSHAKE_CONCURRENCY" "${port_of[$p]}"; done ;;
-    hs-oha) note "hs-oha: oha --disable-keepalive, $HANDSHAKE_CONCURRENCY connections (resumes where offered)"
-        for p in "${peers[@]}"; do measure "$p" hs-oha "$HANDSHAKE_CONCURRENCY" "${port_of[$p]}"; done ;;
-    sleep) note "sleep: GET /sleep?ms=1, HTTP/1.1 keep-alive, $SLEEP_CONCURRENCY connections"
-        for p in "${peers[@]}"; do measure "$p" sleep "$SLEEP_CONCURRENCY" "${port_of[$p]}"; done ;;
-  esac
+for ((round = 1; round <= ROUNDS; round++)); do
+  # each round starts with the next peer: none is always measured first
+  mapfile -t order < <(rotate $((round - 1)) "${peers[@]}")
+  note "round $round of $ROUNDS: ${order[*]}"
+  for test in "${tests[@]}"; do
+    case $test in
+      h1) for c in "${concurrencies[@]}"; do
+            note "h1-$c: HTTP/1.1 keep-alive, $c connections"
+            for p in "${order[@]}"; do measure "$p" "h1-$c" "$c" "${port_of[$p]}"; done
+          done ;;
+      h2) note "h2: $H2_CONNECTIONS connections x $H2_STREAMS streams"
+          for p in "${order[@]}"; do measure "$p" h2 0 "${port_of[$p]}"; done ;;
+      hs-full) note "hs-full: a full TLS handshake per request, $HANDSHAKE_CONCURRENCY at a time"
+          for p in "${order[@]}"; do measure "$p" hs-full "$HANDSHAKE_CONCURRENCY" "${port_of[$p]}"; done ;;
+      hs-oha) note "hs-oha: oha --disable-keepalive, $HANDSHAKE_CONCURRENCY connections (resumes where offered)"
+          for p in "${order[@]}"; do measure "$p" hs-oha "$HANDSHAKE_CONCURRENCY" "${port_of[$p]}"; done ;;
+      sleep) note "sleep: GET /sleep?ms=1, HTTP/1.1 keep-alive, $SLEEP_CONCURRENCY connections"
+          for p in "${order[@]}"; do measure "$p" sleep "$SLEEP_CONCURRENCY" "${port_of[$p]}"; done ;;
+    esac
+  done
 done
 
 kill -0 "$rip_pid" 2>/dev/null || die "rip-server exited during the run; log: $scratch/rip-server.log"
 restarts=$(rip_status_now | python3 -c 'import json, sys; print(json.load(sys.stdin)["restarts"])' || echo '?')
 
 echo
-echo "## tls: GET /ping over HTTPS, W=$W, ${DURATION}s per run (after ${WARMUP}s warm-up), $(nproc) CPUs"
+echo "## tls: GET /ping over HTTPS, W=$W, $ROUNDS rounds of ${DURATION}s per run (after ${WARMUP}s warm-up), $(nproc) CPUs"
 echo
 python3 "$here/summarize.py" tlstable "$results"
 echo

@@ -55,7 +55,9 @@ EXAMPLES:
 ENVIRONMENT:
   PORT, RIP_RELOAD, RIP_MAX_QUEUE, RIP_MAX_REQUESTS, RIP_MAX_SECONDS, RIP_MAX_RELOADS,
   RIP_QUEUE_TIMEOUT_MS, RIP_CONNECT_TIMEOUT_MS, RIP_READ_TIMEOUT_MS, RIP_THREADS.
-  Precedence: flag > environment > config file > default.";
+  Precedence: flag > environment > config file > default.
+  RIP_MKCERT (automatic certificate): off = never mkcert, self-signed instead;
+  a path = that mkcert program; unset = mkcert from PATH if installed.";
 
 /// The raw command line.
 #[derive(Debug, Clone, Parser)]

@@ -1285,16 +1285,21 @@ mod tests {
 
     #[test]
     fn app_in_config_file_is_relative_to_the_file() {
-        let app = app_dir();
+        // The file says `app = "shop"`: that is <the file's directory>/shop,
+        // which exists, and not ./shop in the working directory, which
+        // does not.
         let conf_dir = tempfile::tempdir().unwrap();
+        let app = conf_dir.path().join("shop");
+        std::fs::create_dir(&app).unwrap();
+        std::fs::write(app.join("index.mjs"), "export default {}").unwrap();
+        assert!(
+            !Path::new("shop").exists(),
+            "the working directory has a ./shop"
+        );
         let file = conf_dir.path().join("rip.toml");
-        std::fs::write(
-            &file,
-            format!("app = {:?}\nlisten = \"http:0\"\nworkers = 3\n", app.path()),
-        )
-        .unwrap();
+        std::fs::write(&file, "app = \"shop\"\nlisten = \"http:0\"\nworkers = 3\n").unwrap();
         let c = build(&[&format!("--config={}", file.display())], &[]).unwrap();
-        assert_eq!(c.app.unwrap().dir, app.path().canonicalize().unwrap());
+        assert_eq!(c.app.unwrap().dir, app.canonicalize().unwrap());
         assert_eq!(c.workers, 3);
     }
 }

@@ -188,7 +188,7 @@ async fn drain_then_switch_behind_haproxy_drops_nothing() {
     wait_version(haproxy.port, "v1").await;
 
     let load = Load::start(haproxy.port, 16);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.wait_answers(10).await;
     for (i, name) in ["a", "b"].into_iter().enumerate() {
         nodes[i].signal(nix::sys::signal::Signal::SIGTERM);
         // Out of the pool while it still runs: drained, not cut.
@@ -200,10 +200,13 @@ async fn drain_then_switch_behind_haproxy_drops_nothing() {
         assert!(nodes[i].wait_exit().await.success());
         nodes[i] = node(&v2, name, ports[i]);
         haproxy.wait_state(name, "UP").await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Every client answered after the upgraded node's return, before
+        // the next one goes.
+        load.wait_answers(10).await;
     }
     wait_version(haproxy.port, "v2").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every client's last answers come after both nodes run v2.
+    load.wait_answers(2).await;
     let logs = load.finish().await;
     let mut total = 0;
     for log in &logs {

@@ -44,20 +44,33 @@ async fn oversized_head_gets_431() {
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
 }
 
+/// Requests the server has handed to its one worker so far.
+async fn worker_requests(server: &crate::harness::Server) -> u64 {
+    let status = server.wait_ready().await;
+    status["workers"][0]["requests"].as_u64().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_body_gets_413_before_reaching_a_worker() {
     let server = Builder::node()
         .arg("w:1")
         .arg("--max-body-bytes=1000")
         .start();
+    let before = worker_requests(&server).await;
     let reply = server
         .request(Method::POST, "/echo", &[], Bytes::from(vec![b'x'; 5000]))
         .await;
     assert_eq!(reply.status, 413, "{}", reply.body);
+    assert_eq!(
+        worker_requests(&server).await,
+        before,
+        "the oversized request reached a worker"
+    );
     let reply = server
         .request(Method::POST, "/echo", &[], Bytes::from(vec![b'x'; 1000]))
         .await;
     assert_eq!(reply.status, 200);
+    assert_eq!(worker_requests(&server).await, before + 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

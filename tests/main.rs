@@ -12,6 +12,7 @@ mod limits;
 mod proxy;
 mod queue;
 mod rolling;
+mod runtime;
 mod shutdown;
 mod supervision;
 mod systemd;

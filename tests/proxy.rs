@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::Method;
 use http_body_util::{BodyExt, Full};
 
-use crate::harness::{http1, Builder, Server};
+use crate::harness::{http1, worker_pids, Builder, Gate, Server};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn node_app_answers_through_the_server() {
@@ -124,39 +124,41 @@ async fn sequential_requests_stay_on_the_warmest_worker() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_worker_serves_one_request_at_a_time() {
-    let server = Builder::node().arg("w:1").start();
+    // Requests held until the gate opens: the state below lasts until the
+    // test has seen it, however loaded the machine.
+    let server = Builder::gate().arg("w:1").start();
     server.wait_ready().await;
-    let started = std::time::Instant::now();
-    let a = server.get("/sleep?ms=1000");
-    let b = server.get("/sleep?ms=1000");
+    let gate = Gate::new();
+    let hold = gate.hold();
+    let (a, b) = (server.get(&hold), server.get(&hold));
     let watch = async {
         // While both are in flight: one on the worker, one queued.
         server
             .wait_status("one busy, one queued", |s| {
                 s["pool"]["busy"] == 1 && s["pool"]["queued"] == 1
             })
-            .await
+            .await;
+        gate.open();
     };
     let (a, b, _) = tokio::join!(a, b, watch);
     assert_eq!((a.status, b.status), (200, 200));
-    assert!(
-        started.elapsed() >= Duration::from_millis(2000),
-        "served concurrently on one worker"
-    );
+    assert_eq!((a.body.as_str(), b.body.as_str()), ("released", "released"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_serve_in_parallel() {
-    let server = Builder::node().arg("w:2").start();
+    let server = Builder::gate().arg("w:2").start();
     server.wait_ready().await;
-    let a = server.get("/sleep?ms=1500");
-    let b = server.get("/sleep?ms=1500");
+    let gate = Gate::new();
+    let hold = gate.hold();
+    let (a, b) = (server.get(&hold), server.get(&hold));
     let watch = async {
         server
             .wait_status("both workers busy, nothing queued", |s| {
                 s["pool"]["busy"] == 2 && s["pool"]["queued"] == 0
             })
-            .await
+            .await;
+        gate.open();
     };
     let (a, b, _) = tokio::join!(a, b, watch);
     assert_eq!((a.status, b.status), (200, 200));
@@ -236,14 +238,21 @@ async fn busy_worker_is_skipped_for_a_bodiless_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn busy_answer_is_passed_on_for_a_request_with_a_body() {
-    let server = Builder::node().arg("w:1").start();
+    // Two workers, so a server that wrongly replayed the request would find
+    // the idle one and answer 200. With no upload buffer the body streams
+    // to the worker as it arrives: it cannot be sent twice.
+    let server = Builder::node()
+        .arg("w:2")
+        .arg("--upload-buffer-bytes=0")
+        .start();
     server.wait_ready().await;
-    let only = warmest_worker(&server).await;
-    let _occupied = occupy_worker_directly(&server, only, 3000).await;
+    let warmest = warmest_worker(&server).await;
+    let _occupied = occupy_worker_directly(&server, warmest, 3000).await;
     let reply = server
         .request(Method::POST, "/echo", &[], Bytes::from_static(b"payload"))
         .await;
     assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.body, "busy", "not the worker's own busy answer");
     assert!(
         reply
             .headers
@@ -252,18 +261,24 @@ async fn busy_answer_is_passed_on_for_a_request_with_a_body() {
         "{:?}",
         reply.headers
     );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("rip_busy_retries_total{app=\"api\"} 0"),
+        "a streamed request was retried: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_whose_client_left_keeps_its_worker_until_done() {
-    let server = Builder::node().arg("w:1").start();
-    server.wait_ready().await;
-    // Send a slow request and hang up while the worker is on it.
+    let server = Builder::gate().arg("w:1").start();
+    let pids = worker_pids(&server.wait_ready().await);
+    // Send a held request and hang up while the worker is on it.
+    let gate = Gate::new();
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
         .await
         .unwrap();
     let (mut sender, conn_task) = http1(stream).await;
-    let request = http::Request::get("/sleep?ms=1000")
+    let request = http::Request::get(gate.hold())
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -275,12 +290,32 @@ async fn a_request_whose_client_left_keeps_its_worker_until_done() {
     conn_task.abort();
     // A request with a body cannot be retried elsewhere: it must wait for the
     // worker to finish the abandoned request, not be sent into a busy worker.
-    let reply = server
-        .request(Method::POST, "/echo", &[], Bytes::from_static(b"after"))
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    let echo: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-    assert_eq!(echo["body"], "after");
+    let next = server.request(Method::POST, "/echo", &[], Bytes::from_static(b"after"));
+    let release = async {
+        // The abandoned request still holds the worker; the next one waits.
+        let status = server
+            .wait_status("the next request queued (or the worker gone)", |s| {
+                (s["pool"]["busy"] == 1 && s["pool"]["queued"] == 1) || worker_pids(s) != pids
+            })
+            .await;
+        assert_eq!(
+            worker_pids(&status),
+            pids,
+            "the worker was replaced while it held the abandoned request: {status:#}"
+        );
+        gate.open();
+    };
+    let (reply, ()) = tokio::join!(next, release);
+    assert_eq!((reply.status, reply.body.as_str()), (200, "after"));
+    // The same worker served it: the abandoned request cost no worker.
+    let status = server.status().await;
+    assert_eq!(
+        worker_pids(&status),
+        pids,
+        "the worker was replaced: {status:#}"
+    );
+    assert_eq!(status["restarts"], 0, "{status:#}");
+    assert_eq!(status["workers"][0]["requests"], 2, "{status:#}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

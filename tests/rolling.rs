@@ -2,17 +2,17 @@
 //! host-level twin of the NixOS VM test: rolling restarts under load drop
 //! no request.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use crate::harness::{worker_pids, Builder, Server};
+use crate::harness::{memory_tempdir, wait_gone, worker_pids, Builder, Server, PATIENCE};
 
 const INDEX: &str = "import { VERSION } from './version.mjs';\n\
 export default {\n\
@@ -20,6 +20,10 @@ export default {\n\
     const url = new URL(req.url);\n\
     if (url.pathname === '/v') return new Response(VERSION);\n\
     if (url.pathname === '/pid') return new Response(String(process.pid));\n\
+    if (url.pathname === '/sleep') {\n\
+      await new Promise((r) => setTimeout(r, Number(url.searchParams.get('ms'))));\n\
+      return new Response('slept');\n\
+    }\n\
     return new Response('not found', { status: 404 });\n\
   },\n\
 };\n";
@@ -53,22 +57,52 @@ async fn wait_roll(server: &Server, which: &str, before: u64) -> serde_json::Val
         .await
 }
 
+/// What the load clients share with the test: when to stop, which phase
+/// (trigger) the test is in, and every failure tagged with its phase.
+#[derive(Default)]
+struct Load {
+    stop: AtomicBool,
+    /// The trigger under way; each request is tagged with the phase it
+    /// started in.
+    phase: AtomicUsize,
+    failures: Mutex<Vec<(usize, String)>>,
+    /// Clients that have had an answer to a request started in
+    /// [`FINAL_PHASE`].
+    in_final_phase: AtomicUsize,
+}
+
+/// The phase after the last trigger.
+const FINAL_PHASE: usize = usize::MAX;
+
+impl Load {
+    fn failures_in(&self, phase: usize) -> Vec<String> {
+        self.failures
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| *p == phase)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
 /// What one load client saw.
 #[derive(Default)]
 struct ClientLog {
     sent: u64,
     ok: u64,
-    non_200: BTreeMap<u16, u64>,
-    errors: Vec<String>,
     /// Bodies in the order received.
     bodies: Vec<String>,
 }
 
-/// One keep-alive client sending `GET /v` until `stop`.
-async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
+/// One keep-alive client sending `GET /v` until `load.stop`.
+async fn load_client(port: u16, load: Arc<Load>) -> ClientLog {
     let mut log = ClientLog::default();
     let mut sender = None;
-    while !stop.load(Ordering::Relaxed) {
+    let mut counted_final = false;
+    let fail = |phase: usize, what: String| load.failures.lock().unwrap().push((phase, what));
+    while !load.stop.load(Ordering::Relaxed) {
+        let phase = load.phase.load(Ordering::Relaxed);
         if sender.is_none() {
             match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
                 Ok(stream) => {
@@ -78,13 +112,13 @@ async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
                             sender = Some(s);
                         }
                         Err(e) => {
-                            log.errors.push(format!("handshake: {e}"));
+                            fail(phase, format!("handshake: {e}"));
                             continue;
                         }
                     }
                 }
                 Err(e) => {
-                    log.errors.push(format!("connect: {e}"));
+                    fail(phase, format!("connect: {e}"));
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -105,16 +139,20 @@ async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
         }
         .await;
         match result {
-            Ok((200, body)) => {
-                log.ok += 1;
-                log.bodies.push(body);
-            }
             Ok((status, body)) => {
-                *log.non_200.entry(status).or_default() += 1;
+                if status == 200 {
+                    log.ok += 1;
+                } else {
+                    fail(phase, format!("{status}: {body}"));
+                }
                 log.bodies.push(body);
+                if phase == FINAL_PHASE && !counted_final {
+                    counted_final = true;
+                    load.in_final_phase.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Err(e) => {
-                log.errors.push(e.to_string());
+                fail(phase, e.to_string());
                 sender = None;
             }
         }
@@ -128,9 +166,87 @@ fn version_number(body: &str) -> u32 {
         .unwrap_or_else(|| panic!("unexpected body {body:?}"))
 }
 
+/// The serving workers' generation and pids.
+fn serving(status: &serde_json::Value) -> (BTreeSet<u64>, BTreeSet<u32>) {
+    let workers = status["workers"].as_array().unwrap();
+    let serving = workers.iter().filter(|w| w["state"] == "serving");
+    let generations = serving
+        .clone()
+        .map(|w| w["generation"].as_u64().unwrap())
+        .collect();
+    let pids = serving.map(|w| w["pid"].as_u64().unwrap() as u32).collect();
+    (generations, pids)
+}
+
+/// After a successful roll: a complete new generation, of new processes,
+/// serves, and every process it replaced exits.
+async fn check_took_over(
+    trigger: &str,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+    workers: usize,
+) {
+    let (old_generations, old_pids) = serving(before);
+    let (generations, pids) = serving(after);
+    let generation = after["generation"].as_u64().unwrap();
+    assert!(
+        old_generations.iter().all(|&g| g < generation),
+        "{trigger}: the admitted generation did not move past {old_generations:?}: {after:#}"
+    );
+    assert_eq!(
+        generations,
+        BTreeSet::from([generation]),
+        "{trigger}: serving workers of other generations: {after:#}"
+    );
+    assert_eq!(pids.len(), workers, "{trigger}: {after:#}");
+    assert!(
+        pids.is_disjoint(&old_pids),
+        "{trigger}: old processes still serve: {old_pids:?} / {pids:?}"
+    );
+    for pid in old_pids {
+        assert!(
+            wait_gone(pid, Duration::from_secs(20)).await,
+            "{trigger}: old worker {pid} never exited"
+        );
+    }
+}
+
+/// After a failed roll: the same processes of the same generation serve,
+/// and `last_roll` says why.
+fn check_kept_serving(
+    trigger: &str,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+    expected_trigger: &str,
+) {
+    assert_eq!(
+        serving(after),
+        serving(before),
+        "{trigger}: the serving workers changed"
+    );
+    assert_eq!(after["generation"], before["generation"], "{trigger}");
+    let last = &after["last_roll"];
+    assert_eq!(last["ok"], false, "{trigger}: {last:#}");
+    assert_eq!(last["trigger"], expected_trigger, "{trigger}: {last:#}");
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exited while starting")),
+        "{trigger}: last_roll gives no reason: {last:#}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restarts_under_load_drop_no_request() {
-    let dir = tempfile::tempdir().unwrap();
+    const TRIGGERS: [&str; 6] = [
+        "rip-server reload",
+        "POST /reload",
+        "SIGHUP",
+        "a new app version",
+        "a broken deploy, then rip-server reload",
+        "the fix",
+    ];
+    let dir = memory_tempdir();
     let app = dir.path().join("shop");
     std::fs::create_dir(&app).unwrap();
     write_app(&app, "v1");
@@ -140,17 +256,17 @@ async fn rolling_restarts_under_load_drop_no_request() {
         .start();
     server.wait_ready().await;
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Load::default());
     let clients: Vec<_> = (0..16)
-        .map(|_| tokio::spawn(load_client(server.port, stop.clone())))
+        .map(|_| tokio::spawn(load_client(server.port, load.clone())))
         .collect();
     let started = Instant::now();
 
     let mut version = 1;
     let mut round = 0;
     loop {
-        let status = server.status().await;
-        let (succeeded, failed) = (rolls(&status, "succeeded"), rolls(&status, "failed"));
+        let before = server.status().await;
+        let (succeeded, failed) = (rolls(&before, "succeeded"), rolls(&before, "failed"));
         // At least 10 good rolls, the broken deploy, and 15 s of load.
         if succeeded >= 10
             && failed >= 2
@@ -160,18 +276,23 @@ async fn rolling_restarts_under_load_drop_no_request() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "rolls took too long: {status:#}"
+            started.elapsed() < Duration::from_secs(120),
+            "rolls took too long: {before:#}"
         );
+        let trigger = TRIGGERS[round % 6];
+        load.phase.store(round, Ordering::Relaxed);
         match round % 6 {
             0 => {
+                // The command answers when the roll has ended.
                 let out = server.cli(&["reload", "--name", "shop"]);
                 assert!(
                     out.status.success(),
                     "reload: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
-                assert!(rolls(&server.status().await, "succeeded") > succeeded);
+                let after = server.status().await;
+                assert!(rolls(&after, "succeeded") > succeeded, "{after:#}");
+                check_took_over(trigger, &before, &after, 4).await;
             }
             1 => {
                 let (code, body) = rip_server::control::call(
@@ -183,6 +304,9 @@ async fn rolling_restarts_under_load_drop_no_request() {
                 .await
                 .unwrap();
                 assert_eq!(code, 200, "{body}");
+                let after = server.status().await;
+                assert!(rolls(&after, "succeeded") > succeeded, "{after:#}");
+                check_took_over(trigger, &before, &after, 4).await;
             }
             2 => {
                 nix::sys::signal::kill(
@@ -190,46 +314,67 @@ async fn rolling_restarts_under_load_drop_no_request() {
                     nix::sys::signal::Signal::SIGHUP,
                 )
                 .unwrap();
-                wait_roll(&server, "succeeded", succeeded).await;
+                let after = wait_roll(&server, "succeeded", succeeded).await;
+                check_took_over(trigger, &before, &after, 4).await;
             }
             3 => {
                 // A new app version: its answer must replace the old one for good.
                 version += 1;
                 set_version(&app, &format!("v{version}"));
-                wait_roll(&server, "succeeded", succeeded).await;
+                let after = wait_roll(&server, "succeeded", succeeded).await;
+                check_took_over(trigger, &before, &after, 4).await;
             }
             4 => {
                 // A broken deploy, then a manual reload while broken: both
-                // rolls fail and the old generation keeps serving.
+                // rolls fail, the old generation keeps serving, and
+                // last_roll says why.
                 std::fs::write(app.join("index.mjs"), BROKEN_INDEX).unwrap();
-                wait_roll(&server, "failed", failed).await;
+                let after = wait_roll(&server, "failed", failed).await;
+                check_kept_serving("a broken deploy", &before, &after, "file-change");
+                // "its output is above": the app's own error is in the log.
+                server
+                    .wait_log("deploy bug: this version must never serve")
+                    .await;
                 let out = server.cli(&["reload", "--name", "shop"]);
                 assert_eq!(out.status.code(), Some(2), "a failed roll exits 2");
                 assert!(String::from_utf8_lossy(&out.stderr).contains("old workers keep serving"));
+                let after = server.status().await;
+                assert!(rolls(&after, "failed") > failed + 1, "{after:#}");
+                check_kept_serving(trigger, &before, &after, "command");
             }
             _ => {
                 // The fix.
                 std::fs::write(app.join("index.mjs"), INDEX).unwrap();
-                wait_roll(&server, "succeeded", succeeded).await;
+                let after = wait_roll(&server, "succeeded", succeeded).await;
+                check_took_over(trigger, &before, &after, 4).await;
             }
         }
+        let failures = load.failures_in(round);
+        assert!(
+            failures.is_empty(),
+            "requests failed during the roll of round {round} ({trigger}): {failures:?}"
+        );
         round += 1;
     }
-    // Let every client make requests against the final generation.
+    // Every client gets an answer from the final generation.
     let final_version = format!("v{version}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
+    load.phase.store(FINAL_PHASE, Ordering::Relaxed);
+    let deadline = Instant::now() + PATIENCE;
+    while load.in_final_phase.load(Ordering::Relaxed) < clients.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} clients were answered after the last roll",
+            load.in_final_phase.load(Ordering::Relaxed),
+            clients.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    load.stop.store(true, Ordering::Relaxed);
 
     let mut total = 0;
     for client in clients {
         let log = client.await.unwrap();
         total += log.sent;
-        assert!(log.errors.is_empty(), "connection errors: {:?}", log.errors);
-        assert!(
-            log.non_200.is_empty(),
-            "non-200 responses: {:?}",
-            log.non_200
-        );
         assert_eq!(log.sent, log.ok, "requests lost");
         assert!(
             !log.bodies.iter().any(|b| b == "BROKEN"),
@@ -246,6 +391,8 @@ async fn rolling_restarts_under_load_drop_no_request() {
             "a client never saw the final version"
         );
     }
+    let failures = load.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
     let status = server.status().await;
     assert!(rolls(&status, "succeeded") >= 10, "{status:#}");
     assert!(rolls(&status, "failed") >= 2, "{status:#}");
@@ -259,9 +406,29 @@ async fn rolling_restarts_under_load_drop_no_request() {
     );
 }
 
+/// Whether a status document shows two rolls at once: live (not draining)
+/// workers of more than one generation beyond the admitted one, or of one
+/// that is not the roll in progress.
+fn overlapping_rolls(status: &serde_json::Value) -> Option<String> {
+    let admitted = status["generation"].as_u64()?;
+    let rolling: BTreeSet<u64> = status["workers"]
+        .as_array()?
+        .iter()
+        .filter(|w| w["state"] != "draining")
+        .filter_map(|w| w["generation"].as_u64())
+        .filter(|&g| g > admitted)
+        .collect();
+    let roll = status["roll"]["generation"].as_u64();
+    let fine = match roll {
+        Some(g) => rolling.iter().all(|&r| r == g),
+        None => rolling.is_empty(),
+    };
+    (!fine).then(|| format!("roll {roll:?}, live generations {rolling:?} beyond {admitted}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trigger_mid_roll_restarts_it_and_rolls_never_overlap() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     write_app(dir.path(), "v1");
     // A slow-loading app, so the change surely lands while a roll boots.
     let slow = format!("await new Promise((r) => setTimeout(r, 1500));\n{INDEX}");
@@ -271,6 +438,30 @@ async fn a_trigger_mid_roll_restarts_it_and_rolls_never_overlap() {
         .arg("--boot-timeout-ms=20000")
         .start();
     server.wait_ready().await;
+    // Sample the status all along, not only at the end: two rolls must
+    // never be under way at once.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (socket, sampling) = (server.control_socket(), sampling.clone());
+        tokio::spawn(async move {
+            let mut samples = 0;
+            let mut rolling_samples = 0;
+            while sampling.load(Ordering::Relaxed) {
+                let (_, body) =
+                    rip_server::control::call(&socket, http::Method::GET, "/status", Bytes::new())
+                        .await
+                        .unwrap();
+                let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+                if let Some(overlap) = overlapping_rolls(&status) {
+                    return Err(format!("{overlap}: {status:#}"));
+                }
+                samples += 1;
+                rolling_samples += usize::from(!status["roll"].is_null());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok((samples, rolling_samples))
+        })
+    };
     let socket = server.control_socket();
     let first = tokio::spawn({
         let socket = socket.clone();
@@ -285,23 +476,26 @@ async fn a_trigger_mid_roll_restarts_it_and_rolls_never_overlap() {
     let (code, _) = first.await.unwrap().unwrap();
     assert_eq!(code, 200);
     let status = wait_roll(&server, "succeeded", 0).await;
-    // The first roll was superseded by the change: one success, no overlap.
+    sampling.store(false, Ordering::Relaxed);
+    let (samples, rolling_samples) = sampler
+        .await
+        .unwrap()
+        .unwrap_or_else(|overlap| panic!("two rolls at once: {overlap}\nlog:\n{}", server.log()));
+    assert!(
+        rolling_samples >= 10,
+        "only {rolling_samples} of {samples} samples saw a roll under way"
+    );
+    // The first roll was superseded by the change: one success.
     assert_eq!(rolls(&status, "succeeded"), 1, "{status:#}");
     assert!(rolls(&status, "started") >= 2, "{status:#}");
-    let generations: std::collections::BTreeSet<u64> = status["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["state"] == "serving")
-        .map(|w| w["generation"].as_u64().unwrap())
-        .collect();
+    let (generations, _) = serving(&status);
     assert_eq!(generations.len(), 1, "{status:#}");
     assert_eq!(server.get("/v").await.body, "v2");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn module_mode_reloads_in_place_and_keeps_the_last_good_handler() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     write_app(dir.path(), "v1");
     let server = Builder::app(dir.path().to_str().unwrap(), "mod")
         .arg("w:1")
@@ -310,7 +504,7 @@ async fn module_mode_reloads_in_place_and_keeps_the_last_good_handler() {
     server.wait_ready().await;
     let pid = server.get("/pid").await.body;
     set_version(dir.path(), "v2");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     while server.get("/v").await.body != "v2" {
         assert!(
             Instant::now() < deadline,
@@ -341,7 +535,7 @@ async fn module_mode_reloads_in_place_and_keeps_the_last_good_handler() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn module_reloads_past_the_allowance_recycle_the_worker() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     write_app(dir.path(), "v1");
     let server = Builder::app(dir.path().to_str().unwrap(), "maxr")
         .arg("w:1")
@@ -365,40 +559,88 @@ async fn module_reloads_past_the_allowance_recycle_the_worker() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_saves_causes_one_roll() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     write_app(dir.path(), "v1");
     let server = Builder::app(dir.path().to_str().unwrap(), "burst")
         .arg("w:1")
         .start();
     server.wait_ready().await;
-    let burst_start = Instant::now();
-    for i in 0..50 {
-        set_version(dir.path(), &format!("v{}", 100 + i));
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    // Twenty saves 10 ms apart: each pause is longer than any token
+    // debounce but well inside the watcher's quiet time (200 ms), and the
+    // whole burst inside its 2 s cap. A burst in which the machine stalled
+    // this test past 150 ms between two saves is not judged (the watcher
+    // may rightly see two bursts): once its rolls are over, another is
+    // made, at most three in all.
+    let mut judged = None;
+    for attempt in 1..=3 {
+        let before = rolls(&server.status().await, "started");
+        let mut longest_gap = Duration::ZERO;
+        let mut last = Instant::now();
+        for i in 0..20 {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            set_version(dir.path(), &format!("v{}", 100 * attempt + i));
+            longest_gap = longest_gap.max(last.elapsed());
+            last = Instant::now();
+        }
+        let newest = format!("v{}", 100 * attempt + 19);
+        let status = serves_after_rolls(&server, &newest).await;
+        if longest_gap < Duration::from_millis(150) {
+            judged = Some((rolls(&status, "started") - before, status));
+            break;
+        }
+        eprintln!(
+            "burst {attempt}: the machine stalled this test {longest_gap:?} between two saves; not judged"
+        );
     }
-    assert!(burst_start.elapsed() < Duration::from_millis(1000));
-    wait_roll(&server, "succeeded", 0).await;
-    assert_eq!(server.get("/v").await.body, "v149");
-    // A sentinel change after the burst: exactly one more roll.
-    set_version(dir.path(), "v200");
-    let status = wait_roll(&server, "succeeded", 1).await;
+    let (burst_rolls, status) = judged.expect("the machine stalled all three bursts");
     assert_eq!(
-        rolls(&status, "started"),
-        2,
+        burst_rolls, 1,
         "the burst caused more than one roll: {status:#}"
     );
+    // A sentinel change after the burst: exactly one more roll (none of the
+    // burst's came late).
+    let before = rolls(&status, "started");
+    set_version(dir.path(), "v999");
+    let status = serves_after_rolls(&server, "v999").await;
+    assert_eq!(rolls(&status, "started"), before + 1, "{status:#}");
+}
+
+/// Waits until no roll runs and `GET /v` answers `version`; the status then.
+async fn serves_after_rolls(server: &Server, version: &str) -> serde_json::Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = server.status().await;
+        if status["roll"].is_null() && server.get("/v").await.body == version {
+            // Read again: a roll that began meanwhile shows here.
+            let again = server.status().await;
+            if again["roll"].is_null() {
+                return again;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{version} never served with no roll running: {status:#}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ignored_paths_do_not_roll_but_rename_saves_do() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     write_app(dir.path(), "v1");
     std::fs::create_dir_all(dir.path().join("node_modules/dep")).unwrap();
     std::fs::create_dir_all(dir.path().join(".git")).unwrap();
     let server = Builder::app(dir.path().to_str().unwrap(), "ign")
         .arg("w:1")
+        .env("RIP_LOG", "info,rip_server::supervisor::watch=debug")
         .start();
     server.wait_ready().await;
+    // Only ignored paths change (in content, so a watcher that let them
+    // through would also see a new hash and roll).
     std::fs::write(
         dir.path().join("node_modules/dep/index.js"),
         "module.exports = 1;",
@@ -406,28 +648,39 @@ async fn ignored_paths_do_not_roll_but_rename_saves_do() {
     .unwrap();
     std::fs::write(dir.path().join(".git/HEAD"), "ref: refs/heads/main").unwrap();
     std::fs::write(dir.path().join(".version.mjs.swp"), "swap").unwrap();
+    std::fs::write(dir.path().join("index.mjs~"), "backup").unwrap();
+    std::fs::write(dir.path().join("version.mjs.tmp.4242"), "temp").unwrap();
+    std::fs::remove_file(dir.path().join("version.mjs.tmp.4242")).unwrap();
+    // Then a save of a watched file that changes nothing. The watcher
+    // handles events in order, so once it says it skipped this save, it
+    // has judged every write above: whether they came in the same burst or
+    // an earlier one, an ignored path let through would have rolled.
+    set_version(dir.path(), "v1");
+    let skipped = "app files saved without changes; no reload";
+    let status = server
+        .wait_status("the watcher to skip the unchanged save (or roll)", |s| {
+            rolls(s, "started") > 0 || server.log().contains(skipped)
+        })
+        .await;
+    assert_eq!(
+        rolls(&status, "started"),
+        0,
+        "a write to an ignored path rolled: {status:#}"
+    );
+
     // An editor-style save: write a temp file, rename it over the original.
-    let temp = dir.path().join("version.mjs.tmp.4242");
+    let temp = dir.path().join("version.mjs.tmp.4243");
     std::fs::write(&temp, "export const VERSION = 'v2';\n").unwrap();
     std::fs::rename(&temp, dir.path().join("version.mjs")).unwrap();
     let status = wait_roll(&server, "succeeded", 0).await;
     assert_eq!(server.get("/v").await.body, "v2");
-    // Only the rename rolled: the ignored writes came first and were coalesced
-    // or skipped, and nothing else follows.
+    // One roll in all: nothing else rolled, not even late.
     assert_eq!(rolls(&status, "started"), 1, "{status:#}");
-    std::fs::write(
-        dir.path().join("node_modules/dep/index.js"),
-        "module.exports = 2;",
-    )
-    .unwrap();
-    set_version(dir.path(), "v3");
-    let status = wait_roll(&server, "succeeded", 1).await;
-    assert_eq!(rolls(&status, "started"), 2, "{status:#}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_rereads_the_config_and_rolls_to_the_new_worker_count() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = memory_tempdir();
     write_app(dir.path(), "v1");
     let config = dir.path().join("rip-server.toml");
     std::fs::write(&config, "workers = 2\nreload = \"none\"\n").unwrap();
@@ -455,4 +708,83 @@ async fn sighup_rereads_the_config_and_rolls_to_the_new_worker_count() {
     server.wait_log("config reload failed").await;
     assert_eq!(server.status().await["desired_workers"], 3);
     assert_eq!(server.get("/v").await.status, 200);
+}
+
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix("{app=\"conf\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_a_new_app_restart_policy_and_timeouts() {
+    let dir = memory_tempdir();
+    for (app, version) in [("one", "v1"), ("two", "v2")] {
+        std::fs::create_dir(dir.path().join(app)).unwrap();
+        write_app(&dir.path().join(app), version);
+    }
+    let config = dir.path().join("rip-server.toml");
+    std::fs::write(
+        &config,
+        "app = \"one\"\nworkers = 1\nreload = \"none\"\nrestart = \"1000\"\nread_timeout_ms = 1500\n",
+    )
+    .unwrap();
+    let server = Builder::config(&config, "conf").start();
+    server.wait_ready().await;
+    // As configured: app one, no recycling within ten requests, and a
+    // request may not take 3 s (which costs that worker: it is replaced).
+    assert_eq!(server.get("/v").await.body, "v1");
+    let pid = server.get("/pid").await.body;
+    for _ in 0..10 {
+        assert_eq!(server.get("/pid").await.body, pid);
+    }
+    assert_eq!(
+        metric(&server.metrics().await, "rip_worker_recycles_total"),
+        0
+    );
+    assert_eq!(server.get("/sleep?ms=3000").await.status, 504);
+    server.wait_ready().await;
+
+    std::fs::write(
+        &config,
+        "app = \"two\"\nworkers = 1\nreload = \"none\"\nrestart = \"3\"\nread_timeout_ms = 10000\n",
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_roll(&server, "succeeded", 0).await;
+
+    // The new app, and the new read timeout: 3 s is now allowed. (A longer
+    // timeout, not a shorter one: a loaded machine must not turn the
+    // requests below into 504s.)
+    assert_eq!(server.get("/v").await.body, "v2");
+    let reply = server.get("/sleep?ms=3000").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "slept"),
+        "the new read timeout was not applied"
+    );
+    // The new restart policy: a worker is recycled after about 3 requests.
+    let first = server.get("/pid").await.body;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let reply = server.get("/pid").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if reply.body != first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker was never recycled under restart = \"3\"\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metric(&server.metrics().await, "rip_worker_recycles_total") >= 1);
+    server.wait_log("reason=Requests").await;
 }

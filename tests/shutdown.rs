@@ -1,4 +1,5 @@
-//! Stopping: `rip-server stop` and SIGTERM finish requests in flight, stop
+//! Stopping: `rip-server stop`, SIGTERM and SIGINT finish requests in flight
+//! (for at most `--grace-ms`), stop
 //! every worker, remove every socket and exit 0; the runtime directory and
 //! sockets are private to the server's user.
 
@@ -8,8 +9,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    clean_command, closed_pipe, send, sockets_in, wait_gone, worker_pids, Builder, BIN,
-    EXAMPLE_WORKER,
+    clean_command, closed_pipe, process_alive, send, sockets_in, wait_gone, worker_pids, Builder,
+    Gate, BIN, EXAMPLE_WORKER,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -33,31 +34,127 @@ async fn stop_command_leaves_no_process_and_no_socket() {
     assert_eq!(sockets_in(&server.runtime_dir()), Vec::<String>::new());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_finishes_the_request_in_flight() {
-    let mut server = Builder::node().arg("w:1").start();
-    server.wait_ready().await;
-    let port = server.port;
-    let in_flight = tokio::spawn(async move {
-        let request = http::Request::get("/sleep?ms=700")
-            .header("host", "localhost")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        crate::harness::send(port, request).await
-    });
+/// GET `path` on a fresh connection; a request cut off by a stop may end in
+/// an error, which is its answer.
+async fn get(port: u16, path: String) -> std::io::Result<(u16, String)> {
+    let request = http::Request::get(path)
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut sender, _conn) = crate::harness::http1(stream).await;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)?;
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Sends `signal` to a server with a request in flight: the request
+/// finishes, every worker and socket goes, and the server exits 0.
+async fn a_stop_signal_finishes_the_request_in_flight(signal: nix::sys::signal::Signal) {
+    let mut server = Builder::gate().arg("w:1").start();
+    let workers = worker_pids(&server.wait_ready().await);
+    // The request is held until after the stop has begun.
+    let gate = Gate::new();
+    let in_flight = tokio::spawn(get(server.port, gate.hold()));
     server
         .wait_status("the worker busy", |s| s["pool"]["busy"] == 1)
         .await;
     let pid = server.pid();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+    server.wait_log(&format!("{signal:?} received")).await;
+    gate.open();
     let exit = tokio::task::spawn_blocking(move || {
-        let status = server.terminate();
+        let status = server.wait_exit();
         (status, server)
     });
     let reply = in_flight.await.unwrap();
-    assert_eq!((reply.status, reply.body.as_str()), (200, "slept 700"));
+    assert_eq!(reply.ok(), Some((200, "released".to_string())));
     let (status, server) = exit.await.unwrap();
-    assert_eq!(status.code(), Some(0), "rip-server {pid} exit");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "rip-server {pid} exit after {signal:?}"
+    );
     assert_eq!(sockets_in(&server.runtime_dir()), Vec::<String>::new());
+    for worker in workers {
+        assert!(
+            !process_alive(worker),
+            "worker {worker} outlived the server"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_request_in_flight() {
+    a_stop_signal_finishes_the_request_in_flight(nix::sys::signal::Signal::SIGTERM).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_finishes_the_request_in_flight() {
+    a_stop_signal_finishes_the_request_in_flight(nix::sys::signal::Signal::SIGINT).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grace_ms_bounds_how_long_a_stop_waits_for_requests() {
+    // A request shorter than the grace period finishes; one longer is cut
+    // off once it has passed, and the stop takes about the grace period
+    // (twice: client connections, then workers), not the default 10 s.
+    // The read timeout is out of the way: only the grace period can end
+    // the long request.
+    let mut server = Builder::gate()
+        .arg("w:2")
+        .arg("--grace-ms=1500")
+        .arg("--read-timeout-ms=60000")
+        .start();
+    let workers = worker_pids(&server.wait_ready().await);
+    let (short_gate, long_gate) = (Gate::new(), Gate::new());
+    let short = tokio::spawn(get(server.port, short_gate.hold()));
+    let long = tokio::spawn(get(server.port, long_gate.hold()));
+    server
+        .wait_status("both workers busy", |s| s["pool"]["busy"] == 2)
+        .await;
+    let pid = server.pid();
+    let started = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    server.wait_log("SIGTERM received").await;
+    // One request ends within the grace period; the other never would.
+    short_gate.open();
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = server.wait_exit();
+        (status, started.elapsed(), server)
+    });
+    let short = short.await.unwrap();
+    assert_eq!(short.ok(), Some((200, "released".to_string())));
+    let long = long.await.unwrap();
+    assert!(
+        !matches!(&long, Ok((200, _))),
+        "a request past the grace period was waited for: {long:?}"
+    );
+    let (status, took, server) = exit.await.unwrap();
+    assert_eq!(status.code(), Some(0), "rip-server {pid} exit");
+    assert!(
+        took < Duration::from_secs(8),
+        "the stop took {took:?} with --grace-ms=1500\n{}",
+        server.log()
+    );
+    assert_eq!(sockets_in(&server.runtime_dir()), Vec::<String>::new());
+    for worker in workers {
+        assert!(
+            wait_gone(worker, Duration::from_secs(5)).await,
+            "worker {worker} outlived the server"
+        );
+    }
 }
 
 /// Whether process `pid` holds the server end of the loopback TCP
@@ -160,13 +257,21 @@ async fn sockets_are_private_to_the_server_user() {
     assert_eq!(control, 0o600, "control socket mode");
 
     // Another user cannot reach the control socket or a worker socket.
-    if !nix::unistd::getuid().is_root()
-        || std::process::Command::new("setpriv")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        return;
+    // That takes root (to become user 65534), setpriv and python3: without
+    // them the test fails saying what is missing, rather than passing.
+    assert!(
+        nix::unistd::getuid().is_root(),
+        "this test must run as root: it connects to the sockets as user 65534 \
+         (setpriv --reuid); .ci/run runs the suite as root"
+    );
+    for (tool, package) in [("setpriv", "util-linux"), ("/usr/bin/python3", "python3")] {
+        assert!(
+            std::process::Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "{tool} is missing: install {package} (apt-get install {package})"
+        );
     }
     for socket in sockets_in(&dir) {
         let path = dir.join(&socket);

@@ -1,37 +1,136 @@
-//! Worker supervision: recycling by request count, crash → 502 and respawn,
+//! Worker supervision: recycling by request count and by age (capacity
+//! never drops), crash → 502 and respawn,
 //! failed boots back off, and a killed server leaves no orphans.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::harness::{process_alive, serving_workers, sockets_in, wait_gone, worker_pids, Builder};
+use crate::harness::{
+    process_alive, send, serving_workers, sockets_in, wait_gone, worker_pids, Builder, Gate, Server,
+};
+
+/// Load and a capacity watch while workers recycle: `clients` keep-alive
+/// clients send `GET /` and a sampler reads `/status` every few ms, until
+/// `done(status)` holds (bounded). Every answer must be 200, and no sample
+/// may show fewer than `workers` serving workers: a replacement is ready
+/// before the worker it replaces leaves.
+async fn recycle_under_load(
+    server: &Server,
+    workers: usize,
+    clients: usize,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..clients)
+        .map(|_| {
+            let (port, stop) = (server.port, stop.clone());
+            tokio::spawn(async move {
+                let mut answers = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let request = http::Request::get("/").body(Default::default()).unwrap();
+                    let reply = send(port, request).await;
+                    if reply.status != 200 {
+                        return Err(format!("{}: {}", reply.status, reply.body));
+                    }
+                    answers += 1;
+                }
+                Ok(answers)
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut samples = 0;
+    let mut replacing = 0;
+    let status = loop {
+        let status = server.status().await;
+        // A worker due for recycling still serves until it is replaced.
+        let serving = status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "serving" || w["state"] == "recycling")
+            .count();
+        if serving < workers {
+            stop.store(true, Ordering::Relaxed);
+            panic!(
+                "capacity dropped to {serving} serving workers of {workers}: {status:#}\nlog:\n{}",
+                server.log()
+            );
+        }
+        samples += 1;
+        // A replacement booting beside the worker it replaces.
+        replacing += usize::from(status["workers"].as_array().unwrap().len() > workers);
+        if done(&status) {
+            break status;
+        }
+        if Instant::now() > deadline {
+            stop.store(true, Ordering::Relaxed);
+            panic!(
+                "recycling never finished: {status:#}\nlog:\n{}",
+                server.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = 0;
+    for client in load {
+        answers += client.await.unwrap().unwrap_or_else(|e| {
+            panic!(
+                "a request failed during recycling: {e}\nlog:\n{}",
+                server.log()
+            )
+        });
+    }
+    assert!(
+        replacing >= 3,
+        "only {replacing} of {samples} samples caught a replacement booting"
+    );
+    assert!(answers > 0);
+    status
+}
+
+fn recycles(metrics: &str, app: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("rip_worker_recycles_total{{app=\"{app}\"}} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no recycles metric in\n{metrics}"))
+}
 
 #[tokio::test(flavor = "multi_thread")]
-async fn recycling_by_request_count_keeps_answering() {
+async fn recycling_by_request_count_keeps_capacity_and_answering() {
     let server = Builder::node().arg("w:2").arg("r:5").start();
-    server.wait_ready().await;
-    // A recycled worker keeps serving until its replacement is ready, so keep
-    // sending until four generations of workers have answered (bounded).
-    let mut seen = std::collections::BTreeSet::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut sent = 0;
-    while seen.len() < 4 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only saw workers {seen:?} in {sent} requests"
-        );
-        let reply = server.get("/").await;
-        sent += 1;
-        assert_eq!(reply.status, 200, "request {sent}: {}", reply.body);
-        let hello: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-        seen.insert(hello["worker"].as_u64().unwrap());
-    }
+    let first = worker_pids(&server.wait_ready().await);
+    let status = recycle_under_load(&server, 2, 4, |s| {
+        let pids = worker_pids(s);
+        // Both original workers gone, their replacements alone.
+        first.iter().all(|p| !pids.contains(p)) && s["workers"].as_array().unwrap().len() == 2
+    })
+    .await;
     let metrics = server.metrics().await;
-    let recycles: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("rip_worker_recycles_total{app=\"api\"} "))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    assert!(recycles >= 2, "{metrics}");
+    assert!(recycles(&metrics, "api") >= 2, "{metrics}\n{status:#}");
+    server.wait_log("reason=Requests").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recycling_by_age_keeps_capacity_and_answering() {
+    // r:0,2s: no request limit; each worker is due after 1.8 to 2 s
+    // (jitter), however many requests it served.
+    let server = Builder::node().arg("w:2").arg("r:0,2s").start();
+    let first = worker_pids(&server.wait_ready().await);
+    recycle_under_load(&server, 2, 2, |s| {
+        let pids = worker_pids(s);
+        first.iter().all(|p| !pids.contains(p)) && serving_workers(s).len() == 2
+    })
+    .await;
+    assert!(recycles(&server.metrics().await, "api") >= 2);
+    server.wait_log("reason=Age").await;
+    assert!(
+        !server.log().contains("reason=Requests"),
+        "recycled by request count, not age"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -51,9 +150,12 @@ async fn worker_dying_mid_request_gets_502_and_is_respawned() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_killed_during_a_request_costs_only_that_request() {
-    let server = Builder::node().arg("w:1").start();
+    // The request is held (never released): only the kill can end it.
+    let server = Builder::gate().arg("w:1").start();
     let pid = worker_pids(&server.wait_ready().await)[0];
-    let slow = server.get("/sleep?ms=5000");
+    let gate = Gate::new();
+    let hold = gate.hold();
+    let slow = server.get(&hold);
     let kill = async {
         server
             .wait_status("the worker busy", |s| s["pool"]["busy"] == 1)

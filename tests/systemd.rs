@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -179,10 +179,10 @@ impl Launch {
             runtime: self.runtime,
             name: self.name,
         };
-        if up_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        if up_rx.recv_timeout(crate::harness::PATIENCE).is_err() {
             running.kill();
             panic!(
-                "rip-server printed no control socket within 20 s; log:\n{}",
+                "rip-server printed no control socket in time; log:\n{}",
                 running.log()
             );
         }
@@ -441,7 +441,7 @@ impl ClientLog {
 
 /// One keep-alive client sending `GET /v` to `port` until `stop`; a request
 /// has 10 s to be answered.
-pub async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
+pub async fn load_client(port: u16, stop: Arc<AtomicBool>, answered: Arc<AtomicU64>) -> ClientLog {
     let mut log = ClientLog::default();
     let mut sender = None;
     while !stop.load(Ordering::Relaxed) {
@@ -483,6 +483,7 @@ pub async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
             Ok(Ok((200, body))) => {
                 log.ok += 1;
                 log.bodies.push(body);
+                answered.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Ok((status, _))) => *log.non_200.entry(status).or_default() += 1,
             Ok(Err(e)) => {
@@ -501,16 +502,53 @@ pub async fn load_client(port: u16, stop: Arc<AtomicBool>) -> ClientLog {
 /// `clients` load clients against `port`, stopped together.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    /// 200 answers so far, per client.
+    answered: Vec<Arc<AtomicU64>>,
     clients: Vec<tokio::task::JoinHandle<ClientLog>>,
 }
 
 impl Load {
     pub fn start(port: u16, clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let clients = (0..clients)
-            .map(|_| tokio::spawn(load_client(port, stop.clone())))
+        let answered: Vec<_> = (0..clients).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let clients = answered
+            .iter()
+            .map(|count| tokio::spawn(load_client(port, stop.clone(), count.clone())))
             .collect();
-        Load { stop, clients }
+        Load {
+            stop,
+            answered,
+            clients,
+        }
+    }
+
+    /// Waits until every client has had `more` answers since the call: load
+    /// known to have run through a transition, not a guessed sleep. Two
+    /// answers after a switch: the second was surely sent after it.
+    pub async fn wait_answers(&self, more: u64) {
+        let starts: Vec<u64> = self
+            .answered
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let behind = self
+                .answered
+                .iter()
+                .zip(&starts)
+                .filter(|(count, start)| count.load(Ordering::Relaxed) < *start + more)
+                .count();
+            if behind == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{behind} of {} load clients had fewer than {more} answers in 30 s",
+                starts.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub async fn finish(self) -> Vec<ClientLog> {
@@ -520,6 +558,20 @@ impl Load {
             logs.push(client.await.unwrap());
         }
         logs
+    }
+}
+
+/// Waits (at most 30 s) until `counter` has grown by `more`.
+pub async fn wait_count(counter: &AtomicU64, more: u64) {
+    let start = counter.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter.load(Ordering::Relaxed) < start + more {
+        assert!(
+            Instant::now() < deadline,
+            "the load made {} of {more} more answers in 30 s",
+            counter.load(Ordering::Relaxed) - start
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -943,26 +995,29 @@ async fn a_restart_with_held_sockets_refuses_no_connection() {
 
     // Clients on fresh connections all through the restart.
     let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..8)
         .map(|_| {
-            let stop = stop.clone();
+            let (stop, count) = (stop.clone(), outcomes.clone());
             tokio::spawn(async move {
                 let mut outcomes = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     outcomes.push(fresh_get(port).await);
+                    count.fetch_add(1, Ordering::Relaxed);
                 }
                 outcomes
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Load before the stop, and after the new server answers.
+    wait_count(&outcomes, 50).await;
     first.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(first.wait_exit().await.success());
     // Between the two servers nobody accepts: connections wait in the
     // kernel's queue of the socket the test holds.
     let second = start(&v2);
     wait_version(port, "v2").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_count(&outcomes, 50).await;
     stop.store(true, Ordering::Relaxed);
 
     let mut answered = 0;
@@ -1130,7 +1185,8 @@ async fn switching_to_a_new_app_version_under_load_drops_nothing() {
             field(&ready, "STATUS"),
             Some(format!("serving 1 app, 2 workers, generation {}", n - 1).as_str())
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Every client answered by the new generation before the next switch.
+        load.wait_answers(2).await;
     }
     let logs = load.finish().await;
     let mut total = 0;

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::harness::{clean_command, http1, node_app, Builder, Server, BIN};
+use crate::harness::{clean_command, http1, node_app, Builder, Gate, Server, BIN};
 
 /// A certificate and key written to `dir` as `NAME.pem` / `NAME.key`.
 pub struct TestCert {
@@ -63,15 +63,22 @@ pub fn connector(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> TlsConnec
     TlsConnector::from(Arc::new(config))
 }
 
+/// A TLS handshake with the server, bounded (10 s), so a server that never
+/// answers fails the test instead of hanging the run.
 pub async fn handshake(
     port: u16,
     sni: &str,
     connector: &TlsConnector,
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    connector
-        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+    let handshake = async {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+        connector
+            .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+            .await
+    };
+    tokio::time::timeout(Duration::from_secs(10), handshake)
         .await
+        .unwrap_or_else(|_| panic!("no TLS handshake with port {port} within 10 s"))
 }
 
 /// The certificate the server presented.
@@ -97,7 +104,7 @@ fn get(path: &str) -> http::Request<Full<Bytes>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn https_serves_http1_and_h2_with_a_trusted_self_signed_certificate() {
-    let server = Builder::node().arg("w:2").https().start();
+    let server = Builder::gate().arg("w:2").https().start();
     server.wait_ready().await;
     let root = cached_cert(&server);
 
@@ -111,11 +118,11 @@ async fn https_serves_http1_and_h2_with_a_trusted_self_signed_certificate() {
     .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let (mut sender, _conn) = http1(tls).await;
-    let response = sender.send_request(get("/echo")).await.unwrap();
+    let response = sender.send_request(get("/headers")).await.unwrap();
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    let headers: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(headers["x-forwarded-proto"], "https");
 
     // HTTP/2, negotiated by ALPN; concurrent streams share the worker pool.
     let tls = handshake(
@@ -131,11 +138,16 @@ async fn https_serves_http1_and_h2_with_a_trusted_self_signed_certificate() {
             .await
             .unwrap();
     tokio::spawn(conn);
+    // The four streams hold their workers until the gate opens, so the
+    // state below lasts until the test has seen it, however slow the
+    // machine.
+    let gate = Gate::new();
     let streams: Vec<_> = (0..4)
         .map(|_| {
             let mut sender = sender.clone();
+            let uri = format!("https://localhost{}", gate.hold());
             tokio::spawn(async move {
-                let request = http::Request::get("https://localhost/sleep?ms=1200")
+                let request = http::Request::get(uri)
                     .body(Full::new(Bytes::new()))
                     .unwrap();
                 let response = sender.send_request(request).await.unwrap();
@@ -150,10 +162,14 @@ async fn https_serves_http1_and_h2_with_a_trusted_self_signed_certificate() {
             s["pool"]["busy"] == 2 && s["pool"]["queued"] == 2
         })
         .await;
+    gate.open();
     for stream in streams {
-        let (status, body) = stream.await.unwrap();
+        let (status, body) = tokio::time::timeout(Duration::from_secs(20), stream)
+            .await
+            .expect("every stream answered within 20 s of the gate opening")
+            .unwrap();
         assert_eq!(status, 200);
-        assert_eq!(&body[..], b"slept 1200");
+        assert_eq!(&body[..], b"released");
     }
 }
 
@@ -265,10 +281,15 @@ async fn the_cached_certificate_is_reused_and_regenerated_when_a_name_is_missing
 }
 
 fn start_expecting_failure(args: &[&str]) -> String {
+    start_expecting_failure_with(&[], args)
+}
+
+fn start_expecting_failure_with(env: &[(&str, &str)], args: &[&str]) -> String {
     let runtime = tempfile::tempdir().unwrap();
     let app = node_app();
     let output = clean_command(BIN, runtime.path())
         .env("HOME", runtime.path())
+        .envs(env.iter().copied())
         .arg(app.to_str().unwrap())
         .arg("https:0")
         .arg("--no-redirect-http")
@@ -371,7 +392,7 @@ async fn rsa_ecdsa_and_ed25519_keys_are_accepted_and_expiry_warns() {
         .unwrap();
         assert_eq!(presented(&tls), cert.der);
     }
-    // RSA, made by openssl where it is installed (rcgen cannot make RSA keys with ring).
+    // RSA, made by openssl (rcgen cannot make RSA keys with ring).
     let rsa_key = dir.path().join("rsa.key");
     let rsa_cert = dir.path().join("rsa.pem");
     let made = std::process::Command::new("openssl")
@@ -394,26 +415,32 @@ async fn rsa_ecdsa_and_ed25519_keys_are_accepted_and_expiry_warns() {
         .arg(&rsa_key)
         .arg("-out")
         .arg(&rsa_cert)
-        .output();
-    if made.is_ok_and(|o| o.status.success()) {
-        let server = Builder::rust()
-            .arg("w:1")
-            .arg(&format!("--cert={}", rsa_cert.display()))
-            .arg(&format!("--key={}", rsa_key.display()))
-            .https()
-            .start();
-        let pem = std::fs::read(&rsa_cert).unwrap();
-        use rustls::pki_types::pem::PemObject;
-        let der = CertificateDer::from_pem_slice(&pem).unwrap();
-        let tls = handshake(
-            server.port,
-            "localhost",
-            &connector(std::slice::from_ref(&der), &[b"http/1.1"]),
-        )
-        .await
-        .unwrap();
-        assert_eq!(presented(&tls), der);
-    }
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl ({e}): install it (apt-get install openssl)")
+        });
+    assert!(
+        made.status.success(),
+        "openssl could not make an RSA certificate: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let server = Builder::rust()
+        .arg("w:1")
+        .arg(&format!("--cert={}", rsa_cert.display()))
+        .arg(&format!("--key={}", rsa_key.display()))
+        .https()
+        .start();
+    let pem = std::fs::read(&rsa_cert).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(&pem).unwrap();
+    let tls = handshake(
+        server.port,
+        "localhost",
+        &connector(std::slice::from_ref(&der), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(presented(&tls), der);
     // An expired certificate starts, with a loud warning.
     let key_pair = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
@@ -512,37 +539,224 @@ async fn sighup_reloads_certificates_and_keeps_the_old_on_a_bad_one() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn reload_command_rereads_certificates_and_keeps_the_old_on_a_bad_one() {
+    // POST /reload on the control socket (what `rip-server reload` sends)
+    // re-reads the certificate files before it rolls, and answers when the
+    // roll has ended: from then on the renewed certificate is served.
+    let dir = tempfile::tempdir().unwrap();
+    let first = make_cert(
+        dir.path(),
+        "site",
+        &["localhost"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let server = Builder::rust()
+        .arg("w:1")
+        .arg(&format!("--cert={}", first.cert.display()))
+        .arg(&format!("--key={}", first.key.display()))
+        .https()
+        .start();
+    server.wait_ready().await;
+    let renewed_dir = tempfile::tempdir().unwrap();
+    let renewed = make_cert(
+        renewed_dir.path(),
+        "site",
+        &["localhost"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let trust = connector(&[first.der.clone(), renewed.der.clone()], &[b"http/1.1"]);
+    assert_eq!(
+        presented(&handshake(server.port, "localhost", &trust).await.unwrap()),
+        first.der
+    );
+    std::fs::copy(&renewed.cert, &first.cert).unwrap();
+    std::fs::copy(&renewed.key, &first.key).unwrap();
+    let reload = || async {
+        let (code, body) = rip_server::control::call(
+            &server.control_socket(),
+            http::Method::POST,
+            "/reload",
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+    };
+    reload().await;
+    assert_eq!(
+        presented(&handshake(server.port, "localhost", &trust).await.unwrap()),
+        renewed.der,
+        "the renewed certificate is not served after POST /reload\n{}",
+        server.log()
+    );
+    // A broken renewal keeps the current certificate serving.
+    std::fs::write(&first.cert, "garbage").unwrap();
+    reload().await;
+    server.wait_log("certificate reload failed").await;
+    assert_eq!(
+        presented(&handshake(server.port, "localhost", &trust).await.unwrap()),
+        renewed.der
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn busy_443_falls_back_to_a_port_from_5000() {
     // Hold 443 ourselves (or find it unavailable already): the server must move on.
     let _held = std::net::TcpListener::bind(("0.0.0.0", 443));
     let runtime = tempfile::tempdir().unwrap();
-    let mut command = clean_command(BIN, runtime.path());
-    let app = crate::harness::EXAMPLE_WORKER;
-    let output = command
+    let mut child = clean_command(BIN, runtime.path())
         .env("HOME", runtime.path())
-        .args([app, "--name=fallback", "--no-redirect-http", "w:1"])
+        .args([
+            crate::harness::EXAMPLE_WORKER,
+            "--name=fallback",
+            "--no-redirect-http",
+            "w:1",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = output.id();
-    let mut child = output;
+    let pid = child.id();
     let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
+    let (line_tx, line_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stdout)
+        let line = std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .find(|l| l.starts_with("listening on "))
-    })
-    .await
-    .unwrap();
+            .find(|l| l.starts_with("listening on "));
+        let _ = line_tx.send(line);
+    });
+    // Bounded: a server that never prints its URL fails the test (and is
+    // stopped below, which also ends the reading thread).
+    let line = tokio::time::timeout(crate::harness::PATIENCE, line_rx).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
+    if !crate::harness::wait_gone(pid, Duration::from_secs(15)).await {
+        let _ = child.kill();
+    }
     let _ = child.wait();
-    let line = line.expect("a listening line");
+    let line = line
+        .expect("no 'listening on' line in time")
+        .unwrap()
+        .expect("a listening line");
     let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
     assert!(port >= 5000, "{line}");
+}
+
+/// `tests/fixtures/fake-mkcert`, handing out `cert` and logging its calls.
+struct FakeMkcert {
+    program: PathBuf,
+    calls: PathBuf,
+    cert: TestCert,
+}
+
+impl FakeMkcert {
+    fn new(dir: &Path) -> Self {
+        let program = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-mkcert");
+        let cert = make_cert(
+            dir,
+            "from-mkcert",
+            &["localhost", "127.0.0.1", "::1"],
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        );
+        FakeMkcert {
+            program,
+            calls: dir.join("mkcert-calls"),
+            cert,
+        }
+    }
+
+    fn env(&self, builder: Builder) -> Builder {
+        builder
+            .env("FAKE_MKCERT_LOG", self.calls.to_str().unwrap())
+            .env("FAKE_MKCERT_CERT", self.cert.cert.to_str().unwrap())
+            .env("FAKE_MKCERT_KEY", self.cert.key.to_str().unwrap())
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.calls)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mkcert_makes_the_automatic_certificate_when_found_or_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeMkcert::new(dir.path());
+    // On PATH, the harness's RIP_MKCERT=off keeps it out: self-signed.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(&fake.program, bin.join("mkcert")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let off = fake
+        .env(Builder::rust().arg("w:1").https())
+        .env("PATH", &path)
+        .start();
+    assert!(off.log().contains("self-signed"), "{}", off.log());
+    assert_eq!(
+        fake.calls(),
+        Vec::<String>::new(),
+        "RIP_MKCERT=off ran mkcert"
+    );
+    drop(off);
+
+    // Found on PATH (RIP_MKCERT empty), then named by RIP_MKCERT: each time
+    // mkcert installs its CA and makes the certificate the server presents.
+    let lookups = [
+        ("", path.clone()),
+        (
+            fake.program.to_str().unwrap(),
+            std::env::var("PATH").unwrap(),
+        ),
+    ];
+    for (setting, path) in lookups {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(&fake.calls, "").unwrap();
+        let server = fake
+            .env(Builder::rust().arg("w:1").https().home(home.path()))
+            .env("RIP_MKCERT", setting)
+            .env("PATH", &path)
+            .start();
+        assert!(
+            server.log().contains("from mkcert, cached at"),
+            "RIP_MKCERT={setting:?}: {}",
+            server.log()
+        );
+        let certs = home.path().join(".rip/certs");
+        let made = format!(
+            "-cert-file {} -key-file {} localhost 127.0.0.1 ::1",
+            certs.join("mkcert.pem").display(),
+            certs.join("mkcert.key").display()
+        );
+        let calls = fake.calls();
+        assert!(calls.iter().any(|c| c == "-install"), "{calls:?}");
+        assert!(calls.contains(&made), "expected {made:?} in {calls:?}");
+        let tls = handshake(
+            server.port,
+            "localhost",
+            &connector(std::slice::from_ref(&fake.cert.der), &[b"http/1.1"]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(presented(&tls), fake.cert.der);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.join("mkcert.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "mkcert's key must be private");
+    }
+
+    // A named program that cannot run is an error, not a silent fallback.
+    let stderr = start_expecting_failure_with(&[("RIP_MKCERT", "/nonexistent/mkcert")], &[]);
+    assert!(
+        stderr.contains("RIP_MKCERT=/nonexistent/mkcert: cannot run it"),
+        "{stderr}"
+    );
 }

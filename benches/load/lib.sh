@@ -157,6 +157,56 @@ settle() {
 
 rss_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 
+# proc_cpu PID...: CPU seconds (utime + stime) the live processes have used,
+# summed: read before and after a measured run for the proxy's CPU per request.
+proc_cpu() {
+  python3 - "$@" <<'PY'
+import os, sys
+total = 0
+for pid in sys.argv[1:]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read().rsplit(")", 1)[1].split()
+        total += int(stat[11]) + int(stat[12])  # utime, stime (fields 14 and 15 in proc(5))
+    except OSError:
+        pass
+print(f"{total / os.sysconf('SC_CLK_TCK'):.2f}")
+PY
+}
+
+# cpu_delta BEFORE AFTER: seconds between two proc_cpu readings
+cpu_delta() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+
+# rotate N ITEM...: the items, starting at index N modulo their count, so
+# each round of a benchmark starts with a different row (no row is always
+# measured first, or always right after the same neighbour)
+rotate() {
+  local n=$1
+  shift
+  local count=$# i
+  for ((i = 0; i < count; i++)); do
+    local j=$(((n + i) % count + 1))
+    echo "${!j}"
+  done
+}
+
+# settings VAR...: "VAR=value ..." for a command line, quoted where needed
+settings() {
+  local v out=()
+  for v in "$@"; do out+=("$v=$(printf '%q' "${!v}")"); done
+  echo "${out[*]}"
+}
+
+# bench_header TITLE COMMAND: what a pasted summary must say: the date, the
+# command that reproduces it, the commit the binary was built from, the machine
+bench_header() {
+  note "$1"
+  note "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  note "command: $2"
+  note "rip-server: $rip (commit ${RIP_COMMIT:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- src Cargo.toml Cargo.lock loaders 2>/dev/null || echo "+uncommitted changes")})"
+  note "machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)$(grep -qw hypervisor /proc/cpuinfo && echo ' (VM)'), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r)"
+}
+
 # ------------------------------------------------------------- processes we run
 
 # start_workers DIR W WORKER_BIN: W standalone example workers, DIR/wN.sock

@@ -4,7 +4,9 @@ INTERVAL seconds and times how long each takes to answer.
 
   rolls.py APP_DIR PORT CONTROL_SOCKET SAVES INTERVAL TIMEOUT TIMELINE [save|reload] > saves.tsv
 
-Save i (1..SAVES) is due at i*INTERVAL seconds after start, or as soon as the
+Save i (1..SAVES) writes version v(FIRST_SAVE + i - 1) (FIRST_SAVE from the
+environment, default 1, so rounds of benches/rolls.sh keep counting up) and is
+due at i*INTERVAL seconds after start, or as soon as the
 previous save's version answers if that is later. A save writes
 APP_DIR/version.mjs (`export const version = 'vN';`, written in place, as an
 editor that does not rename would), then polls `GET /v` on 127.0.0.1:PORT every
@@ -148,6 +150,7 @@ def main(argv):
     app, port, control = argv[1], int(argv[2]), argv[3]
     saves, interval, timeout = int(argv[4]), float(argv[5]), float(argv[6])
     mode = argv[8] if len(argv) == 9 else "save"
+    first = int(os.environ.get("FIRST_SAVE", "1"))
     poller = Poller(port)
     if mode == "save":
         path, seen = "/v", lambda body: body
@@ -168,7 +171,7 @@ def main(argv):
         if due > now:
             time.sleep(due - now)
         if mode == "save":
-            version = f"v{i}"
+            version = f"v{first + i - 1}"
             write_version(app, version)
         else:
             version = str(g0 + i)

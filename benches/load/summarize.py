@@ -1,24 +1,32 @@
 #!/usr/bin/env python3
 """Turns load-generator output into table rows for benches/load.sh.
 
-  summarize.py row NAME CONCURRENCY FILE...   one TSV row; several files
-                                              (parallel runs) are combined
+  summarize.py row NAME CONCURRENCY FILE...   one TSV row (name, concurrency, requests/s,
+                                              p50 ms, p99 ms, non-2xx, errors, 2xx answers);
+                                              several files (parallel runs) are combined
   summarize.py detail FILE...                 status codes and errors, for logs
-  summarize.py table RESULTS.tsv              the Markdown tables and the ratios
-                                              (RESULTS.tsv: rows, each with the other-CPU
-                                              busy % and the round that load.sh appends)
-  summarize.py tlstable RESULTS.tsv           the same for benches/tls.sh (each row led by
+  summarize.py table RESULTS.tsv              benches/load.sh's tables: each row's median over
+                                              the rounds, the ratios (taken within each round,
+                                              then their median and range), and every round
+                                              (RESULTS.tsv: row's columns, then the other-CPU
+                                              busy %, the round and the proxy's CPU seconds)
+  summarize.py tlstable RESULTS.tsv           the same for benches/tls.sh (each line led by
                                               its test: h1-16, h2, hs-full, ...)
-  summarize.py rolls STEADY.json ROLLS.json SAVES.tsv BEFORE.json AFTER.json TIMELINE.tsv
-                                              benches/rolls.sh's table and figures (oha JSON
-                                              of both phases, benches/load/rolls.py's output,
-                                              /status before and after phase B, its /metrics
-                                              timeline)
+  summarize.py rolls DIR ROUNDS               benches/rolls.sh's tables: per round (DIR/rN/:
+                                              oha JSON of both phases, benches/load/rolls.py's
+                                              output, /status before and after phase B, the
+                                              /metrics timeline, CPU), and the medians over
+                                              the rounds
+
+Every figure docs/benchmarks.md quotes is printed here: a page number that this
+script does not print is a number nobody can reproduce.
 
 FILE is oha's JSON (`--output-format json`) or, for the wrk fallback, wrk's
 output with the `JSON {...}` line printed by benches/load/wrk-report.lua.
 requests/s counts 2xx answers only. Combining parallel runs: requests/s are summed; p50 and p99 are the worst of
-the runs (percentiles cannot be merged exactly without the raw samples).
+the runs (percentiles cannot be merged exactly without the raw samples). CPU µs per request: the proxy's
+own processes' CPU time (utime + stime from /proc, measured by the shell script around the measured
+run) divided by the 2xx answers of that run.
 """
 
 import json
@@ -44,6 +52,7 @@ def from_oha(doc):
     return {
         # 2xx answers per second of the run: an error page is not served work
         "rps": ok / summary["total"] if summary.get("total") else 0.0,
+        "ok": ok,
         "p50_ms": (pct.get("p50") or 0.0) * 1000.0,
         "p99_ms": (pct.get("p99") or 0.0) * 1000.0,
         "statuses": statuses,
@@ -56,6 +65,7 @@ def from_wrk(doc):
     non2xx = doc["errors"].pop("status", 0)
     return {
         "rps": (doc["requests"] - non2xx) / seconds,
+        "ok": doc["requests"] - non2xx,
         "p50_ms": doc["p50_us"] / 1000.0,
         "p99_ms": doc["p99_us"] / 1000.0,
         # wrk only counts non-2xx/3xx responses, without their codes
@@ -86,6 +96,7 @@ def row(name, concurrency, paths):
                 f"{max(r['p99_ms'] for r in runs):.3f}",
                 str(non2xx),
                 str(errors),
+                str(sum(r["ok"] for r in runs)),
             ]
         )
     )
@@ -97,75 +108,176 @@ def detail(paths):
         print(f"{path}: status codes {json.dumps(r['statuses'])}, errors {json.dumps(r['errors'])}")
 
 
-def table(path):
-    """load.sh's results: one row per run, each with its round last. Rows are
-    summarised by their median over the rounds, and each ratio is taken
-    within a round (both runs minutes apart at most) before its median."""
+RESULT_FIELDS = ["name", "conc", "rps", "p50", "p99", "non2xx", "errors", "ok", "busy", "round", "cpu_s"]
+
+
+def read_results(path, with_test):
+    """The shell script's result lines: [test,] then RESULT_FIELDS."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
-            if line.strip():
-                name, conc, rps, p50, p99, non2xx, errors, busy, rnd = line.rstrip("\n").split("\t")
-                rows.append({"name": name, "conc": conc, "rps": float(rps), "p50": float(p50),
-                             "p99": float(p99), "non2xx": int(non2xx), "errors": int(errors),
-                             "busy": busy, "round": int(rnd)})
+            if not line.strip():
+                continue
+            fields = line.rstrip("\n").split("\t")
+            test = fields.pop(0) if with_test else ""
+            r = dict(zip(RESULT_FIELDS, fields))
+            for k in ("rps", "p50", "p99"):
+                r[k] = float(r[k])
+            for k in ("non2xx", "errors", "ok", "round"):
+                r[k] = int(r[k])
+            cpu = r.get("cpu_s", "")
+            # µs of the proxy's CPU per 2xx answer (none for the limit row)
+            r["cpu_us"] = float(cpu) * 1e6 / r["ok"] if cpu not in ("", "-") and r["ok"] else None
+            r["test"] = test
+            rows.append(r)
+    return rows
+
+
+def fmt(value, spec):
+    return "—" if value is None else format(value, spec)
+
+
+def median_or_none(values):
+    values = [v for v in values if v is not None]
+    return median(values) if values else None
+
+
+def medians_table(rows, with_test):
+    """One line per (test, run, concurrency): the median over its rounds."""
     groups = {}
     for r in rows:
-        groups.setdefault((r["name"], r["conc"]), []).append(r)
-    rounds = max(r["round"] for r in rows) if rows else 0
-    print(f"Medians over {rounds} round(s); each row's runs are listed under the ratios.")
+        groups.setdefault((r["test"], r["name"], r["conc"]), []).append(r)
+    rounds = max((r["round"] for r in rows), default=0)
+    print(f"Each row: the median over its {rounds} round(s); every round is listed at the end.")
     print()
-    print("| run | concurrency | requests/s | p50 ms | p99 ms | non-2xx | errors | other CPU % (max) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for (name, conc), runs in groups.items():
+    lead = "| test " if with_test else ""
+    print(f"{lead}| run | concurrency | requests/s | p50 ms | p99 ms | non-2xx | errors | CPU µs/request | other CPU % (max) |")
+    print(("|---" if with_test else "") + "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (test, name, conc), runs in groups.items():
         busy = max((int(r["busy"]) for r in runs if r["busy"].isdigit()), default="?")
-        print(f"| {name} | {conc} | {median([r['rps'] for r in runs]):,.0f} | "
+        cell = f"| {test} " if with_test else ""
+        print(f"{cell}| {name} | {conc} | {median([r['rps'] for r in runs]):,.0f} | "
               f"{median([r['p50'] for r in runs]):.2f} | {median([r['p99'] for r in runs]):.2f} | "
-              f"{sum(r['non2xx'] for r in runs)} | {sum(r['errors'] for r in runs)} | {busy} |")
+              f"{sum(r['non2xx'] for r in runs)} | {sum(r['errors'] for r in runs)} | "
+              f"{fmt(median_or_none([r['cpu_us'] for r in runs]), '.1f')} | {busy} |")
+    return groups
 
-    by_round = {(r["name"], r["conc"], r["round"]): r for r in rows}
-    limit = groups.get(next((k for k in groups if k[0] == "limit"), None))
-    peers = list(dict.fromkeys(r["name"] for r in rows if r["name"].startswith("haproxy")))
-    builds = list(dict.fromkeys(r["name"] for r in rows if r["name"].startswith("rip-") and r["name"] != "rip-server"))
-    print()
-    print("| concurrency | rip-server against | req/s ratio | p99 ratio |")
-    print("|---:|---|---:|---:|")
-    for name, conc in groups:
-        if name != "rip-server":
-            continue
-        found = [p for p in peers if (p, conc) in groups]
-        columns = [(p, lambda rnd, p=p: by_round.get((p, conc, rnd))) for p in builds + found]
-        if len(found) > 1:
-            def best(rnd, found=found):
-                runs = [by_round[(p, conc, rnd)] for p in found if (p, conc, rnd) in by_round]
-                if not runs:
-                    return None
-                return {"rps": max(r["rps"] for r in runs), "p99": min(r["p99"] for r in runs)}
-            columns.append(("best HAProxy", best))
-        for label, peer_in in columns:
-            rps_ratios, p99_ratios = [], []
-            for rip in groups[(name, conc)]:
+
+def family(name):
+    for f in ("haproxy", "nginx"):
+        if name.startswith(f):
+            return f
+    return name
+
+
+FAMILY_LABEL = {"haproxy": "HAProxy", "nginx": "nginx"}
+
+
+def best_of(by_round, test, conc, members):
+    """In a round: the highest req/s and, separately, the lowest p50, p99 and
+    CPU per request of the members' rows."""
+    def best(rnd):
+        runs = [by_round[(test, p, conc, rnd)] for p in members if (test, p, conc, rnd) in by_round]
+        if not runs:
+            return None
+        cpus = [r["cpu_us"] for r in runs if r["cpu_us"] is not None]
+        return {"rps": max(r["rps"] for r in runs), "p50": min(r["p50"] for r in runs),
+                "p99": min(r["p99"] for r in runs), "cpu_us": min(cpus) if cpus else None}
+    return best
+
+
+def ratios_table(rows, with_test):
+    """rip-server against every peer, each ratio taken within a round (both
+    runs at most minutes apart), then the median and range over the rounds;
+    and against the best of each family (in each round: the highest req/s,
+    and separately the lowest p50, p99 and CPU per request, of its rows)."""
+    by_round = {(r["test"], r["name"], r["conc"], r["round"]): r for r in rows}
+    keys = list(dict.fromkeys((r["test"], r["conc"]) for r in rows if r["name"] == "rip-server"))
+    judged = {}  # (test, conc, family) -> median ratios against the bold comparison
+    lead = "| test " if with_test else "| concurrency "
+    print(f"{lead}| rip-server against | req/s ratio | rounds ahead | p50 ratio | p99 ratio | rounds p99 ≤ 1 | CPU/request ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for test, conc in keys:
+        peers = list(dict.fromkeys(r["name"] for r in rows
+                                   if (r["test"], r["conc"]) == (test, conc) and r["name"] not in ("rip-server", "limit")))
+        # (label, the peer's row in a round, in bold: the comparison a target is judged on)
+        columns = []
+        for fam in dict.fromkeys(family(p) for p in peers):
+            members = [p for p in peers if family(p) == fam]
+            for p in members:
+                single = fam in FAMILY_LABEL and len(members) == 1
+                columns.append((p, (lambda rnd, p=p: by_round.get((test, p, conc, rnd))), single))
+            if fam in FAMILY_LABEL and len(members) > 1:
+                columns.append((f"best {FAMILY_LABEL[fam]}", best_of(by_round, test, conc, members), True))
+        rips = [r for r in rows if (r["test"], r["name"], r["conc"]) == (test, "rip-server", conc)]
+        for label, peer_in, bold in columns:
+            rps, p50, p99, cpu = [], [], [], []
+            for rip in rips:
                 peer = peer_in(rip["round"])
-                if peer and peer["rps"] and peer["p99"]:
-                    rps_ratios.append(rip["rps"] / peer["rps"])
-                    p99_ratios.append(rip["p99"] / peer["p99"])
-            mark = "**" if label == "best HAProxy" or len(found) == 1 else ""
-            print(f"| {conc} | {label} | {mark}{spread(rps_ratios)}{mark} | {mark}{spread(p99_ratios)}{mark} |")
-        if limit:
-            limit_rps = median([r["rps"] for r in limit])
-            rip_rps = median([r["rps"] for r in groups[(name, conc)]])
-            print(f"| {conc} | limit ({limit[0]['conc']}) | {ratio(rip_rps, limit_rps)} | — |")
+                if not peer or not peer["rps"]:
+                    continue
+                rps.append(rip["rps"] / peer["rps"])
+                p50.append(rip["p50"] / peer["p50"] if peer["p50"] else None)
+                p99.append(rip["p99"] / peer["p99"] if peer["p99"] else None)
+                if rip["cpu_us"] is not None and peer.get("cpu_us"):
+                    cpu.append(rip["cpu_us"] / peer["cpu_us"])
+            p99_known = [v for v in p99 if v is not None]
+            if bold and rps:
+                judged[(test, conc, family(label.split()[-1].lower()))] = {
+                    "label": label, "rps": median(rps), "p99": median_or_none(p99_known)}
+            mark = "**" if bold else ""
+            cell = test if with_test else conc
+            print(f"| {cell} | {label} | {mark}{spread(rps)}{mark} | {sum(v >= 1 for v in rps)} of {len(rps)} | "
+                  f"{spread([v for v in p50 if v is not None])} | {mark}{spread(p99_known)}{mark} | "
+                  f"{sum(v <= 1 for v in p99_known)} of {len(p99_known)} | {spread(cpu)} |")
     print()
-    print("req/s ratio above 1: rip-server serves more; p99 ratio below 1: rip-server's tail is shorter.")
-    print("Each ratio: the median of the per-round ratios, (lowest–highest) when there are several rounds.")
-    print("(no p99 ratio against the limit: it runs one request per worker, with no queue).")
-    if len(peers) > 1:
-        print("best HAProxy: in each round, the highest req/s and, separately, the lowest p99 of the HAProxy rows.")
-    print()
-    print("| round | run | concurrency | requests/s | p50 ms | p99 ms | other CPU % |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print("req/s ratio above 1: rip-server serves more (\"rounds ahead\": rounds where it did); p50/p99 ratio")
+    print("below 1: rip-server's latency is shorter; CPU/request ratio below 1: rip-server's own process spends")
+    print("less CPU per answer than the peer's. Each ratio: the median of the per-round ratios, (lowest–highest).")
+    print("best X: in each round, the highest req/s and, separately, the lowest p50, p99 and CPU/request of X's rows.")
+    return judged
+
+
+def verdict(ok):
+    return "met" if ok else "**MISSED**"
+
+
+def rounds_table(rows, with_test):
+    print("| round | " + ("test | " if with_test else "") + "run | concurrency | requests/s | p50 ms | p99 ms | non-2xx | errors | CPU µs/request | other CPU % |")
+    print("|---:|" + ("---|" if with_test else "") + "---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: r["round"]):
-        print(f"| {r['round']} | {r['name']} | {r['conc']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['busy']} |")
+        cell = f" {r['test']} |" if with_test else ""
+        print(f"| {r['round']} |{cell} {r['name']} | {r['conc']} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+              f"{r['non2xx']} | {r['errors']} | {fmt(r['cpu_us'], '.1f')} | {r['busy']} |")
+
+
+def table(path):
+    """benches/load.sh's results."""
+    rows = read_results(path, with_test=False)
+    groups = medians_table(rows, with_test=False)
+    print()
+    judged = ratios_table(rows, with_test=False)
+    print()
+    for (test, conc, fam), j in judged.items():
+        if fam != "haproxy":
+            continue
+        p99 = j["p99"]
+        print(f"target, HTTP keep-alive at c={conc}: requests/s at least {j['label']}'s: {verdict(j['rps'] >= 1)} "
+              f"({j['rps']:.2f}); p99 no longer: {verdict(p99 is not None and p99 <= 1)} ({fmt(p99, '.2f')})")
+    limit = next((runs for (t, name, conc), runs in groups.items() if name == "limit"), None)
+    if limit:
+        limit_rps = median([r["rps"] for r in limit])
+        print()
+        for (t, name, conc), runs in groups.items():
+            if name == "rip-server":
+                print(f"rip-server at c={conc} against the limit ({limit[0]['conc']}, measured once): "
+                      f"{ratio(median([r['rps'] for r in runs]), limit_rps)} of its requests/s")
+        for (t, name, conc), runs in groups.items():
+            if name.startswith("haproxy"):
+                print(f"{name} at c={conc} against the limit: {ratio(median([r['rps'] for r in runs]), limit_rps)}")
+        print("(no p99 ratio against the limit: it runs one request per worker, with no queue)")
+    print()
+    rounds_table(rows, with_test=False)
 
 
 def spread(values):
@@ -177,98 +289,150 @@ def spread(values):
 
 
 def tlstable(path):
-    rows = []
+    """benches/tls.sh's results."""
+    rows = read_results(path, with_test=True)
+    medians_table(rows, with_test=True)
+    print()
+    judged = ratios_table(rows, with_test=True)
+    print()
+    for (test, conc, fam), j in judged.items():
+        if fam == "haproxy" and (test.startswith("h1") or test == "h2"):
+            print(f"target, HTTPS keep-alive ({test}): requests/s at least {j['label']}'s: "
+                  f"{verdict(j['rps'] >= 1)} ({j['rps']:.2f})")
+        if fam == "nginx" and test == "hs-full":
+            print(f"target, new TLS handshakes (hs-full): rate at least {j['label']}'s: "
+                  f"{verdict(j['rps'] >= 1)} ({j['rps']:.2f})")
+    print("requests/s counts 2xx answers only; a p99 ratio against a peer that answered non-2xx compares")
+    print("different work (an error is fast).")
+    print()
+    rounds_table(rows, with_test=True)
+
+
+def read_tsv(path):
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rows.append(line.rstrip("\n").split("\t"))
-    print("| test | run | connections | requests/s | p50 ms | p99 ms | non-2xx | errors | other CPU % |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for test, name, conc, rps, p50, p99, non2xx, errors, *busy in rows:
-        busy = busy[0] if busy else "?"
-        print(f"| {test} | {name} | {conc} | {float(rps):,.0f} | {float(p50):.2f} | {float(p99):.2f} | {non2xx} | {errors} | {busy} |")
-    print()
-    print("| test | rip-server against | req/s ratio | p99 ratio |")
-    print("|---|---|---:|---:|")
-    tests = list(dict.fromkeys(r[0] for r in rows))
-    for test in tests:
-        group = [r for r in rows if r[0] == test]
-        rip = next((r for r in group if r[1] == "rip-server"), None)
-        if not rip:
-            continue
-        rps, p99 = float(rip[3]), float(rip[5])
-        for family in ("haproxy", "nginx"):
-            peers = [r for r in group if r[1].startswith(family)]
-            for peer in peers:
-                print(f"| {test} | {peer[1]} | {ratio(rps, float(peer[3]))} | {ratio(p99, float(peer[5]))} |")
-            if len(peers) > 1:
-                best_rps = max(float(p[3]) for p in peers)
-                best_p99 = min(float(p[5]) for p in peers)
-                print(f"| {test} | best {family} | **{ratio(rps, best_rps)}** | **{ratio(p99, best_p99)}** |")
-    print()
-    print("requests/s counts 2xx answers only. req/s ratio above 1: rip-server serves more; p99 ratio below 1:")
-    print("rip-server's tail is shorter. best X: the highest req/s and, separately, the lowest p99 of X's rows.")
-    print("A p99 ratio against a peer that answered non-2xx compares different work (an error is fast).")
+        lines = [line.split("\t") for line in f.read().splitlines() if line.strip()]
+    return lines[0], lines[1:]
 
 
-def rolls(steady_path, rolls_path, saves_path, before_path, after_path, timeline_path):
-    steady, during = load(steady_path), load(rolls_path)
-    print("| phase | requests/s | p50 ms | p99 ms | non-2xx | errors |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, r in (("steady", steady), ("during rolls", during)):
-        non2xx = sum(v for k, v in r["statuses"].items() if not 200 <= k < 300)
-        errors = sum(r["errors"].values())
-        print(f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {non2xx} | {errors} |")
+def rolls(d, rounds):
+    """benches/rolls.sh: each round's phases and saves, then the medians over
+    the rounds and the targets."""
+    per = []
+    for n in range(1, int(rounds) + 1):
+        r = f"{d}/r{n}"
+        steady, during = load(f"{r}/steady.json"), load(f"{r}/rolls.json")
+        _, saves = read_tsv(f"{r}/saves.tsv")
+        with open(f"{r}/status-before.json", encoding="utf-8") as f:
+            before = json.load(f)
+        with open(f"{r}/status-after.json", encoding="utf-8") as f:
+            after = json.load(f)
+        _, cpu = read_tsv(f"{r}/cpu.tsv")
+        rb, ra = before.get("rolls") or {}, after.get("rolls") or {}
+        per.append({
+            "round": n, "steady": steady, "during": during, "saves": saves, "cpu": [int(x) for x in cpu[0]],
+            "delta": {k: (ra.get(k) or 0) - (rb.get(k) or 0) for k in ("started", "succeeded", "failed")},
+            "generations": (before.get("generation"), after.get("generation")),
+            "restarts": (before.get("restarts"), after.get("restarts")),
+            "timeline": f"{r}/timeline.tsv",
+        })
+
+    def failed(r):
+        return (sum(v for k, v in r["statuses"].items() if not 200 <= k < 300), sum(r["errors"].values()))
+
+    def took(p):
+        return sorted(float(s[3]) for s in p["saves"] if s[3] != "timeout")
+
+    def roll_ms(p):
+        return sorted(float(s[4]) for s in p["saves"] if s[4].replace(".", "", 1).isdigit())
+
+    print("Per round (phase A steady, then phase B with the saves; requests/s, p99 ms in brackets):")
     print()
-    print(f"p99 during rolls / p99 steady: **{ratio(during['p99_ms'], steady['p99_ms'])}** (target: at most 2)")
-    print(f"p50 during rolls / p50 steady: {ratio(during['p50_ms'], steady['p50_ms'])}")
-    print(f"requests/s during rolls / steady: {ratio(during['rps'], steady['rps'])}")
-    for name, r in (("steady", steady), ("during rolls", during)):
-        if any(not 200 <= k < 300 for k in r["statuses"]) or r["errors"]:
-            print(f"{name}: status codes {json.dumps(r['statuses'])}, errors {json.dumps(r['errors'])}")
-    with open(saves_path, encoding="utf-8") as f:
-        saves = [line.split("\t") for line in f.read().splitlines()[1:] if line.strip()]
-    done = sorted(float(s[3]) for s in saves if s[3] != "timeout")
+    print("| round | steady req/s (p99 ms) | rolls req/s (p99 ms) | p99 ratio | p50 ratio | req/s ratio | "
+          "save → new version: median (min–max) ms | roll ms, median | rolls ok / failed | non-2xx, errors | "
+          "CPU steady: rip-server, workers (% of one CPU) | CPU during rolls | other CPU %: steady, rolls |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for p in per:
+        st, du = p["steady"], p["during"]
+        t, rm = took(p), roll_ms(p)
+        timeouts = len(p["saves"]) - len(t)
+        saves = f"{median(t):.0f} ({t[0]:.0f}–{t[-1]:.0f})" if t else "none"
+        if timeouts:
+            saves += f", {timeouts} timed out"
+        bad = [a + b for a, b in zip(failed(st), failed(du))]
+        c = p["cpu"]
+        print(f"| {p['round']} | {st['rps']:,.0f} ({st['p99_ms']:.2f}) | {du['rps']:,.0f} ({du['p99_ms']:.2f}) | "
+              f"{ratio(du['p99_ms'], st['p99_ms'])} | {ratio(du['p50_ms'], st['p50_ms'])} | {ratio(du['rps'], st['rps'])} | "
+              f"{saves} | {fmt(median_or_none(rm), '.0f')} | {p['delta']['succeeded']} / {p['delta']['failed']} | "
+              f"{bad[0]}, {bad[1]} | {c[0]} %, {c[1]} % | {c[2]} %, {c[3]} % | {c[4]}, {c[5]} |")
+    p99s = [p["during"]["p99_ms"] / p["steady"]["p99_ms"] for p in per if p["steady"]["p99_ms"]]
+    p50s = [p["during"]["p50_ms"] / p["steady"]["p50_ms"] for p in per if p["steady"]["p50_ms"]]
+    rpss = [p["during"]["rps"] / p["steady"]["rps"] for p in per if p["steady"]["rps"]]
+    all_took = sorted(x for p in per for x in took(p))
+    all_rolls = sorted(x for p in per for x in roll_ms(p))
+    n_saves = sum(len(p["saves"]) for p in per)
+    ok = sum(p["delta"]["succeeded"] for p in per)
+    bad_rolls = sum(p["delta"]["failed"] for p in per)
+    failures = sum(sum(failed(p["steady"])) + sum(failed(p["during"])) for p in per)
     print()
-    print(f"save to new version answering, {len(saves)} saves ({len(saves) - len(done)} timed out):")
-    if done:
-        print(f"median **{median(done):.0f} ms**, min {done[0]:.0f} ms, max {done[-1]:.0f} ms (target: under 1000 ms)")
-    rolls_ms = sorted(float(s[4]) for s in saves if s[4].replace(".", "", 1).isdigit())
-    if rolls_ms:
-        print(f"rip-server's own roll duration (last_roll.duration_ms after each save): median {median(rolls_ms):.0f} ms, "
-              f"min {rolls_ms[0]:.0f}, max {rolls_ms[-1]:.0f}")
-    with open(before_path, encoding="utf-8") as f:
-        before = json.load(f)
-    with open(after_path, encoding="utf-8") as f:
-        after = json.load(f)
-    rb, ra = before.get("rolls") or {}, after.get("rolls") or {}
-    delta = {k: (ra.get(k) or 0) - (rb.get(k) or 0) for k in ("started", "succeeded", "failed")}
-    last = after.get("last_roll") or {}
-    print(
-        f"rolls during phase B (/status): started {delta['started']}, succeeded {delta['succeeded']}, "
-        f"failed {delta['failed']}; generation {before.get('generation')} -> {after.get('generation')}; "
-        f"last_roll ok {last.get('ok')}; restarts {before.get('restarts')} -> {after.get('restarts')}"
-    )
-    timeline(timeline_path, [float(s[1]) for s in saves])
+    print(f"Over the {len(per)} rounds:")
+    print()
+    print(f"- p99 during rolls / p99 steady: median **{spread(p99s)}**")
+    print(f"- p50 during rolls / p50 steady: median {spread(p50s)}")
+    print(f"- requests/s during rolls / steady: median {spread(rpss)}")
+    if all_took:
+        print(f"- save to new version answering, all {n_saves} saves ({n_saves - len(all_took)} timed out): "
+              f"median **{median(all_took):.0f} ms**, min {all_took[0]:.0f} ms, max {all_took[-1]:.0f} ms")
+    if all_rolls:
+        print(f"- rip-server's own roll (last_roll.duration_ms after each save): median {median(all_rolls):.0f} ms, "
+              f"min {all_rolls[0]:.0f}, max {all_rolls[-1]:.0f}")
+    print(f"- rolls during phase B (/status): {ok} succeeded, {bad_rolls} failed; non-2xx and errors in all phases: {failures}; "
+          f"generation {per[0]['generations'][0]} -> {per[-1]['generations'][1]}; "
+          f"worker restarts {per[0]['restarts'][0]} -> {per[-1]['restarts'][1]}")
+    steady_cpu = [p["cpu"][0] for p in per], [p["cpu"][1] for p in per]
+    rolls_cpu = [p["cpu"][2] for p in per], [p["cpu"][3] for p in per]
+    print(f"- CPU (% of one CPU), median over the rounds: steady rip-server {median(steady_cpu[0]):.0f} %, workers "
+          f"{median(steady_cpu[1]):.0f} %; during rolls rip-server {median(rolls_cpu[0]):.0f} %, workers {median(rolls_cpu[1]):.0f} %")
+    print()
+    if p99s:
+        print(f"target, p99 during continuous rolls within 2x of steady state: {verdict(median(p99s) <= 2)} "
+              f"(median {median(p99s):.2f}, {sum(v <= 2 for v in p99s)} of {len(p99s)} rounds within)")
+    if all_took:
+        print(f"target, save to new version under 1 s: {verdict(median(all_took) < 1000)} (median {median(all_took):.0f} ms; "
+              f"{sum(v < 1000 for v in all_took)} of {n_saves} saves under 1 s)")
+    print(f"target, no failed request during rolls: {verdict(failures == 0 and bad_rolls == 0 and len(all_took) == n_saves)} "
+          f"({failures} non-2xx or errors, {bad_rolls} failed rolls, {n_saves - len(all_took)} saves that never answered)")
+    timeline([p["timeline"] for p in per], [[float(s[1]) for s in p["saves"]] for p in per])
+    print()
+    print("Each save, by round: ms from the save to the new version answering (rip-server's roll ms in brackets):")
+    print()
+    for p in per:
+        print(f"- round {p['round']}: " + ", ".join(f"{s[3]} ({s[4]})" for s in p["saves"]))
 
 
-def timeline(path, save_at):
+def timeline(paths, saves_at):
     """Responses per second from rip-server's /metrics (sampled every 100 ms),
-    by time since the last save; and busy retries and queue depth."""
-    with open(path, encoding="utf-8") as f:
-        rows = [[float(x) for x in line.split("\t")] for line in f.read().splitlines()[1:] if line.strip()]
-    if len(rows) < 2 or not save_at:
-        return
+    by time since the last save, over every round; and busy retries and the
+    largest queue depth."""
     width = 0.25
     bins = {}
-    for (t0, n0, *_), (t1, n1, *_) in zip(rows, rows[1:]):
-        mid = (t0 + t1) / 2
-        before = [a for a in save_at if a <= mid]
-        key = "before the first save" if not before else int((mid - before[-1]) / width)
-        spent, done = bins.get(key, (0.0, 0.0))
-        bins[key] = (spent + t1 - t0, done + n1 - n0)
+    retries, depth = 0.0, 0.0
+    for path, save_at in zip(paths, saves_at):
+        with open(path, encoding="utf-8") as f:
+            rows = [[float(x) for x in line.split("\t")] for line in f.read().splitlines()[1:] if line.strip()]
+        if len(rows) < 2 or not save_at:
+            continue
+        for (t0, n0, *_), (t1, n1, *_) in zip(rows, rows[1:]):
+            mid = (t0 + t1) / 2
+            before = [a for a in save_at if a <= mid]
+            key = "before the first save" if not before else int((mid - before[-1]) / width)
+            spent, done = bins.get(key, (0.0, 0.0))
+            bins[key] = (spent + t1 - t0, done + n1 - n0)
+        retries += rows[-1][2] - rows[0][2]
+        depth = max(depth, max(r[3] for r in rows))
+    if not bins:
+        return
     print()
-    print("responses/s from rip-server's /metrics (every 100 ms), by time since the last save:")
+    print("responses/s from rip-server's /metrics (every 100 ms), by time since the last save, all rounds:")
     print()
     print("| since the last save | responses/s | sampled s |")
     print("|---|---:|---:|")
@@ -277,9 +441,8 @@ def timeline(path, save_at):
             spent, done = bins[key]
             label = key if isinstance(key, str) else f"{key * width:.2f}-{(key + 1) * width:.2f} s"
             print(f"| {label} | {done / spent:,.0f} | {spent:.1f} |")
-    retries = rows[-1][2] - rows[0][2]
     print()
-    print(f"busy retries during the timeline: {retries:.0f}; largest queue depth sampled: {max(r[3] for r in rows):.0f}")
+    print(f"busy retries during the timelines: {retries:.0f}; largest queue depth sampled: {depth:.0f}")
 
 
 def median(values):
@@ -301,8 +464,8 @@ def main(argv):
         table(argv[2])
     elif len(argv) == 3 and argv[1] == "tlstable":
         tlstable(argv[2])
-    elif len(argv) == 8 and argv[1] == "rolls":
-        rolls(*argv[2:])
+    elif len(argv) == 4 and argv[1] == "rolls":
+        rolls(argv[2], argv[3])
     else:
         sys.exit(__doc__)
 

@@ -1204,12 +1204,26 @@ mod tests {
             /// Request numbers in the order they were granted a worker.
             granted: Vec<usize>,
             releases: HashMap<usize, oneshot::Sender<()>>,
+            /// Invariants broken inside a request's task. Checked by the
+            /// test itself after every step: a panic in a spawned task would
+            /// only end that task, and a later Cancel could hide it.
+            violations: Vec<String>,
         }
 
         async fn settle() {
             for _ in 0..16 {
                 tokio::task::yield_now().await;
             }
+        }
+
+        /// Ends the test with the first violation recorded so far.
+        fn check(world: &RefCell<World>, step: usize, op: &Op) {
+            let w = world.borrow();
+            assert!(
+                w.violations.is_empty(),
+                "after step {step} ({op:?}): {}",
+                w.violations.join("; ")
+            );
         }
 
         proptest! {
@@ -1227,7 +1241,7 @@ mod tests {
                     // One worker up front so the pool never answers NoWorkers.
                     pool.admit(next_worker, 0, None, ()).unwrap_or(());
                     next_worker += 1;
-                    for op in ops {
+                    for (step, op) in ops.into_iter().enumerate() {
                         match op {
                             Op::Admit => {
                                 pool.admit(next_worker, 0, None, ()).unwrap_or(());
@@ -1238,13 +1252,30 @@ mod tests {
                                 next_request += 1;
                                 let (pool, world) = (pool.clone(), world.clone());
                                 let task = tokio::task::spawn_local(async move {
-                                    let lease = pool.checkout().await.expect("no timeouts or overflow here");
+                                    let lease = match pool.checkout().await {
+                                        Ok(lease) => lease,
+                                        Err(e) => {
+                                            world.borrow_mut().violations.push(format!(
+                                                "request {request} refused ({e:?}) with no timeout or bound in reach"
+                                            ));
+                                            return;
+                                        }
+                                    };
                                     let (tx, rx) = oneshot::channel();
                                     {
                                         let mut w = world.borrow_mut();
                                         let id = lease.worker_id();
-                                        assert!(!w.held.values().any(|&h| h == id), "worker {id} leased twice");
-                                        assert!(!w.retired.contains(&id), "retired worker {id} leased again");
+                                        if let Some((other, _)) = w.held.iter().find(|(_, &h)| h == id) {
+                                            let violation = format!(
+                                                "worker {id} leased twice (requests {other} and {request})"
+                                            );
+                                            w.violations.push(violation);
+                                        }
+                                        if w.retired.contains(&id) {
+                                            w.violations.push(format!(
+                                                "retired worker {id} leased again (request {request})"
+                                            ));
+                                        }
                                         w.held.insert(request, id);
                                         w.granted.push(request);
                                         w.releases.insert(request, tx);
@@ -1293,6 +1324,7 @@ mod tests {
                             }
                         }
                         settle().await;
+                        check(&world, step, &op);
                     }
                     // Release everything: every waiter not cancelled must get a worker.
                     loop {
@@ -1305,15 +1337,29 @@ mod tests {
                         }
                         settle().await;
                     }
-                    let w = world.borrow();
-                    let expected: Vec<usize> = (0..next_request).filter(|r| !cancelled.contains(r) || w.granted.contains(r)).collect();
-                    let mut granted_sorted = w.granted.clone();
-                    granted_sorted.sort();
-                    assert_eq!(granted_sorted, expected, "a waiter was lost");
-                    // FIFO: requests are granted in the order they asked.
-                    assert!(w.granted.windows(2).all(|p| p[0] < p[1]), "not FIFO: {:?}", w.granted);
+                    {
+                        let w = world.borrow();
+                        assert!(w.violations.is_empty(), "{}", w.violations.join("; "));
+                        let expected: Vec<usize> = (0..next_request).filter(|r| !cancelled.contains(r) || w.granted.contains(r)).collect();
+                        let mut granted_sorted = w.granted.clone();
+                        granted_sorted.sort();
+                        assert_eq!(granted_sorted, expected, "a waiter was lost");
+                        // FIFO: requests are granted in the order they asked.
+                        assert!(w.granted.windows(2).all(|p| p[0] < p[1]), "not FIFO: {:?}", w.granted);
+                    }
                     assert_eq!(pool.stats().queued, 0);
                     assert_eq!(pool.stats().busy, 0);
+                    // Every task has ended: joined here, so a panic in one
+                    // (anything but the cancellation asked for) fails the test.
+                    for (request, task) in waiting {
+                        assert!(task.is_finished(), "request {request}'s task never ended");
+                        match task.await {
+                            Ok(()) => {}
+                            Err(e) if e.is_cancelled() && cancelled.contains(&request) => {}
+                            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                            Err(e) => panic!("request {request}'s task: {e}"),
+                        }
+                    }
                 });
             }
         }

@@ -1,7 +1,9 @@
 //! Automatic certificates for `--auto-tls` (the default without
 //! `--cert`/`--key`): `mkcert` when it is installed (its local CA is trusted
 //! by browsers once installed), otherwise a self-signed certificate made with
-//! rcgen. Either is cached in the state directory (`$STATE_DIRECTORY`, else
+//! rcgen. `RIP_MKCERT` overrides the lookup: `off` never uses mkcert, a path
+//! uses that program (an error if it cannot run), unset or empty looks for
+//! `mkcert` on `PATH`. Either certificate is cached in the state directory (`$STATE_DIRECTORY`, else
 //! `~/.rip`, under `certs/`, key mode 0600) and reused while it is valid for
 //! at least another day and covers every name needed; otherwise it is made
 //! anew.
@@ -53,7 +55,8 @@ pub fn ensure(state_dir: &Path, names: &[String]) -> Result<AutoCert, TlsError> 
             path: dir.clone(),
             message: format!("cannot create it: {e}"),
         })?;
-    let issuer = if mkcert_available() {
+    let mkcert = mkcert_program(std::env::var_os(MKCERT_VAR))?;
+    let issuer = if mkcert.is_some() {
         Issuer::Mkcert
     } else {
         Issuer::SelfSigned
@@ -79,9 +82,9 @@ pub fn ensure(state_dir: &Path, names: &[String]) -> Result<AutoCert, TlsError> 
             "cached certificate expired or does not cover every name; making a new one"
         );
     }
-    match issuer {
-        Issuer::Mkcert => run_mkcert(&cert_path, &key_path, names)?,
-        Issuer::SelfSigned => self_signed(&cert_path, &key_path, names)?,
+    match &mkcert {
+        Some(program) => run_mkcert(program, &cert_path, &key_path, names)?,
+        None => self_signed(&cert_path, &key_path, names)?,
     }
     let material = material::load(&cert_path, &key_path)?;
     Ok(AutoCert {
@@ -92,13 +95,37 @@ pub fn ensure(state_dir: &Path, names: &[String]) -> Result<AutoCert, TlsError> 
     })
 }
 
-fn mkcert_available() -> bool {
-    Command::new("mkcert").arg("-help").output().is_ok()
+/// The environment variable that overrides the mkcert lookup.
+pub const MKCERT_VAR: &str = "RIP_MKCERT";
+
+/// The mkcert program to use, if any, given `RIP_MKCERT`: `off` means none;
+/// a path means that program, which must run; unset or empty means `mkcert`
+/// on `PATH` when it is installed.
+fn mkcert_program(setting: Option<std::ffi::OsString>) -> Result<Option<PathBuf>, TlsError> {
+    let setting = setting.filter(|s| !s.is_empty());
+    match setting {
+        Some(value) if value == "off" => Ok(None),
+        Some(path) => {
+            let program = PathBuf::from(path);
+            match Command::new(&program).arg("-help").output() {
+                Ok(_) => Ok(Some(program)),
+                Err(e) => Err(TlsError::Generate(format!(
+                    "{MKCERT_VAR}={}: cannot run it: {e} (use {MKCERT_VAR}=off for a self-signed certificate)",
+                    program.display()
+                ))),
+            }
+        }
+        None => {
+            let program = PathBuf::from("mkcert");
+            let installed = Command::new(&program).arg("-help").output().is_ok();
+            Ok(installed.then_some(program))
+        }
+    }
 }
 
-fn run_mkcert(cert: &Path, key: &Path, names: &[String]) -> Result<(), TlsError> {
+fn run_mkcert(program: &Path, cert: &Path, key: &Path, names: &[String]) -> Result<(), TlsError> {
     // Installs the local CA into the system and browser trust stores if needed.
-    let install = Command::new("mkcert").arg("-install").output();
+    let install = Command::new(program).arg("-install").output();
     if let Ok(out) = &install {
         if !out.status.success() {
             tracing::warn!(
@@ -107,7 +134,7 @@ fn run_mkcert(cert: &Path, key: &Path, names: &[String]) -> Result<(), TlsError>
             );
         }
     }
-    let out = Command::new("mkcert")
+    let out = Command::new(program)
         .arg("-cert-file")
         .arg(cert)
         .arg("-key-file")
@@ -158,4 +185,27 @@ fn restrict(path: &Path) -> Result<(), TlsError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| TlsError::Generate(format!("cannot make '{}' private: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rip_mkcert_turns_the_lookup_off_or_names_the_program() {
+        assert_eq!(mkcert_program(Some("off".into())).unwrap(), None);
+        let err = mkcert_program(Some("/nonexistent/mkcert".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("RIP_MKCERT=/nonexistent/mkcert: cannot run it"),
+            "{err}"
+        );
+        // `true` runs (and ignores -help): a path that runs is used as given.
+        let runs = PathBuf::from("/bin/true");
+        assert_eq!(
+            mkcert_program(Some(runs.clone().into_os_string())).unwrap(),
+            Some(runs)
+        );
+    }
 }

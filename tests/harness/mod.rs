@@ -6,6 +6,8 @@
 //! socket directory) and an environment without `RIP_*`, `PORT` or
 //! `RUNTIME_DIRECTORY`, listens on a kernel-chosen port (`http:0`), and is
 //! stopped on drop. When a test fails, the server's captured log is printed.
+//! Automatic certificates never come from an `mkcert` that happens to be
+//! installed: `RIP_MKCERT=off` unless a test sets its own.
 
 #![allow(dead_code)]
 
@@ -21,6 +23,25 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rip-server");
+
+/// How long a test waits for a state before it fails. Long, because a
+/// loaded machine (builds and VMs beside the suite, disk writes stalling for
+/// seconds) can hold up a process that long; a passing test never waits it
+/// out, it goes on as soon as the state is reached.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A temporary directory in memory (`/dev/shm`) when there is one: a test
+/// that times its own file writes (a burst of saves) must not wait on a
+/// busy disk.
+pub fn memory_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
 pub const EXAMPLE_WORKER: &str = env!("CARGO_BIN_EXE_rip-example-worker");
 
 /// The bundled Node example app.
@@ -75,6 +96,29 @@ impl Builder {
         let mut builder = Builder::app("", name);
         builder.args.retain(|a| !a.is_empty());
         builder
+    }
+
+    /// A server whose app comes from the config file `file` (no APP
+    /// argument, which would win over the file).
+    pub fn config(file: &Path, name: &str) -> Self {
+        Builder {
+            args: vec![
+                "http:0".to_string(),
+                format!("--name={name}"),
+                format!("--config={}", file.display()),
+            ],
+            env: Vec::new(),
+            name: name.to_string(),
+            runtime: None,
+            home: None,
+        }
+    }
+
+    /// `tests/fixtures/gate-app`: requests to `/hold?file=PATH` end when
+    /// the test opens a [`Gate`].
+    pub fn gate() -> Self {
+        let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gate-app");
+        Builder::app(app.to_str().unwrap(), "gate").arg("--reload=none")
     }
 
     pub fn app(path: &str, name: &str) -> Self {
@@ -137,13 +181,13 @@ impl Builder {
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         capture(child.stdout.take().unwrap(), log.clone(), Some(port_tx));
         capture(child.stderr.take().unwrap(), log.clone(), None);
-        let (port, redirect_port) = match port_rx.recv_timeout(Duration::from_secs(20)) {
+        let (port, redirect_port) = match port_rx.recv_timeout(PATIENCE) {
             Ok(ports) => ports,
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "rip-server printed no URL within 20 s; log:\n{}",
+                    "rip-server printed no URL within {PATIENCE:?}; log:\n{}",
                     log.lock().unwrap()
                 );
             }
@@ -160,7 +204,11 @@ impl Builder {
     }
 }
 
-/// A command for the rip-server binary with a clean environment.
+/// A command for the rip-server binary with a clean environment: no
+/// inherited `RIP_*` (so no inherited `RIP_MKCERT` either), `PORT`,
+/// `RUNTIME_DIRECTORY` or `NOTIFY_SOCKET`; `RIP_MKCERT=off`, so what is
+/// installed on the machine cannot change a test (`.env("RIP_MKCERT", …)`
+/// after this call overrides it).
 pub fn clean_command(bin: &str, runtime: &Path) -> Command {
     let mut command = Command::new(bin);
     for (key, _) in std::env::vars() {
@@ -176,6 +224,7 @@ pub fn clean_command(bin: &str, runtime: &Path) -> Command {
     command
         .env("XDG_RUNTIME_DIR", runtime)
         .env("RIP_LOG", "info")
+        .env("RIP_MKCERT", "off")
         .stdin(Stdio::null());
     command
 }
@@ -218,6 +267,30 @@ fn capture(
             }
         }
     });
+}
+
+/// Holds the gate app's `/hold` requests until [`Gate::open`].
+pub struct Gate {
+    dir: tempfile::TempDir,
+}
+
+impl Gate {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Gate {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The path and query of a request that waits for this gate.
+    pub fn hold(&self) -> String {
+        format!("/hold?file={}", self.dir.path().join("open").display())
+    }
+
+    /// Lets every held request (and every later one) answer.
+    pub fn open(&self) {
+        std::fs::write(self.dir.path().join("open"), "").unwrap();
+    }
 }
 
 /// A response, fully read.
@@ -300,7 +373,7 @@ impl Server {
         what: &str,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + PATIENCE;
         loop {
             let status = self.status().await;
             if check(&status) {
@@ -327,7 +400,7 @@ impl Server {
 
     /// Waits until the log contains `needle`.
     pub async fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + PATIENCE;
         while !self.log().contains(needle) {
             if Instant::now() > deadline {
                 panic!(
