@@ -123,16 +123,24 @@ fn mkcert_program(setting: Option<std::ffi::OsString>) -> Result<Option<PathBuf>
     }
 }
 
+/// Whether to let mkcert install its local CA into the trust stores.
+///
+/// A developer running the server as themselves wants browsers to trust the
+/// certificate at once, so the CA is installed for them. Run as root (a
+/// service, a container), `mkcert -install` would change the whole machine's
+/// trust store behind the operator's back: that is theirs to do, by hand.
+fn installs_ca(euid_is_root: bool) -> bool {
+    !euid_is_root
+}
+
 fn run_mkcert(program: &Path, cert: &Path, key: &Path, names: &[String]) -> Result<(), TlsError> {
-    // Installs the local CA into the system and browser trust stores if needed.
-    let install = Command::new(program).arg("-install").output();
-    if let Ok(out) = &install {
-        if !out.status.success() {
-            tracing::warn!(
-                output = %String::from_utf8_lossy(&out.stderr).trim(),
-                "mkcert -install failed; the certificate will work once its CA is trusted"
-            );
-        }
+    if installs_ca(nix::unistd::geteuid().is_root()) {
+        install_ca(program);
+    } else {
+        tracing::info!(
+            "running as root: mkcert's CA was not installed into the system trust store; \
+             run `mkcert -install` yourself if clients on this machine should trust it"
+        );
     }
     let out = Command::new(program)
         .arg("-cert-file")
@@ -149,6 +157,19 @@ fn run_mkcert(program: &Path, cert: &Path, key: &Path, names: &[String]) -> Resu
         )));
     }
     restrict(key)
+}
+
+/// Installs mkcert's local CA into the user's trust stores if needed.
+fn install_ca(program: &Path) {
+    let install = Command::new(program).arg("-install").output();
+    if let Ok(out) = &install {
+        if !out.status.success() {
+            tracing::warn!(
+                output = %String::from_utf8_lossy(&out.stderr).trim(),
+                "mkcert -install failed; the certificate will work once its CA is trusted"
+            );
+        }
+    }
 }
 
 fn self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<(), TlsError> {
@@ -190,6 +211,12 @@ fn restrict(path: &Path) -> Result<(), TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mkcert_installs_its_ca_only_for_an_unprivileged_user() {
+        assert!(installs_ca(false));
+        assert!(!installs_ca(true));
+    }
 
     #[test]
     fn rip_mkcert_turns_the_lookup_off_or_names_the_program() {
