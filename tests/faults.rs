@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::harness::{serving_workers, Builder, Server};
+use crate::harness::{serving_workers, worker_pids, Builder, Server};
 
 fn faulty() -> Builder {
     let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faulty");
@@ -356,4 +356,82 @@ async fn a_sighup_whose_roll_fails_changes_nothing() {
         good.canonicalize().unwrap().to_str(),
         "{status:#}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_during_a_roll_is_started_again_and_the_deploy_lands() {
+    let server = faulty()
+        .arg("w:2")
+        .env("FAULTY_BOOT_DELAY_MS", "1500")
+        .start();
+    let before = server.wait_ready().await;
+    let old_generation = before["generation"].as_u64().unwrap();
+    let mut reload = server
+        .cli_command(&["reload", "--name", "faulty"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A worker of the new generation, still booting: the OOM killer's victim.
+    let status = server
+        .wait_status("a worker of the new generation booting", |s| {
+            new_generation_pid(s, old_generation).is_some()
+        })
+        .await;
+    let victim = new_generation_pid(&status, old_generation).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = wait_output(&mut reload, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "the roll failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = server.status().await;
+    assert_eq!(after["generation"].as_u64(), Some(old_generation + 1));
+    assert_eq!(after["last_roll"]["ok"], true, "{after:#}");
+    assert!(!worker_pids(&after).contains(&victim), "{after:#}");
+    server
+        .wait_log("a worker of the new generation died during the roll")
+        .await;
+    assert_eq!(server.get("/ping").await.body, "pong");
+}
+
+/// The pid of a worker newer than `generation`, if one is running.
+fn new_generation_pid(status: &serde_json::Value, generation: u64) -> Option<u32> {
+    status["workers"]
+        .as_array()?
+        .iter()
+        .find(|w| w["generation"].as_u64().is_some_and(|g| g > generation))
+        .and_then(|w| w["pid"].as_u64())
+        .map(|p| p as u32)
+}
+
+/// Waits (bounded) for a child and collects its output.
+fn wait_output(child: &mut std::process::Child, limit: Duration) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the command did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = std::process::Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    use std::io::Read;
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_end(&mut out.stdout);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_end(&mut out.stderr);
+    }
+    out
 }

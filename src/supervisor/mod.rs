@@ -527,9 +527,7 @@ impl Supervisor {
                 .as_ref()
                 .is_some_and(|r| r.generation == worker.generation)
             {
-                self.abandon_roll(format!(
-                    "worker {id} exited while starting ({status}); its output is above"
-                ));
+                self.on_roll_worker_died(id, worker.slot, &status);
             }
             return;
         }

@@ -8,7 +8,11 @@
 //!
 //! If any worker of the new generation fails to boot, the roll is abandoned:
 //! its workers are killed, the old generation keeps serving, and the failure
-//! is logged and kept for `/status` until the next roll. A trigger that
+//! is logged and kept for `/status` until the next roll. A new worker that
+//! *dies* mid-roll is first started again in its slot, up to
+//! [`ROLL_ATTEMPTS`] times: one worker lost to the OOM killer or a stray
+//! SIGKILL does not fail a deploy, while a version that crashes at boot
+//! still fails it after a few fast attempts. A trigger that
 //! arrives mid-roll abandons the roll in progress and starts again from the
 //! newest files, so two rolls never run at once and the last trigger wins.
 
@@ -20,6 +24,10 @@ use tokio::time::Instant;
 use super::{Settings, Slot, Spawner, Supervisor, WorkerState};
 use crate::server::metrics::Metrics;
 use crate::server::pool::{Generation, WorkerId};
+
+/// Starts of one slot of a rolling generation before a worker that keeps
+/// dying fails the roll.
+pub const ROLL_ATTEMPTS: u32 = 3;
 
 /// What asked for a roll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -51,6 +59,8 @@ pub(super) struct Roll {
     pub generation: Generation,
     pub trigger: Trigger,
     pub workers: usize,
+    /// Starts so far of each slot of the new generation.
+    pub attempts: Vec<u32>,
     pub started: Instant,
     pub waiters: Vec<oneshot::Sender<RollOutcome>>,
     /// A re-read configuration this generation runs with; it becomes the
@@ -104,6 +114,7 @@ impl Supervisor {
             generation,
             trigger,
             workers,
+            attempts: vec![1; workers],
             started: Instant::now(),
             waiters,
             config,
@@ -161,6 +172,37 @@ impl Supervisor {
         );
         Metrics::incr(&self.metrics.rolls_succeeded);
         self.finish_roll(roll, duration, None);
+    }
+
+    /// Called when a worker of the rolling generation died: starts its slot
+    /// again if attempts remain, else abandons the roll.
+    pub(super) fn on_roll_worker_died(&mut self, id: WorkerId, slot: usize, status: &str) {
+        let Some(roll) = self.roll.as_mut() else {
+            return;
+        };
+        let generation = roll.generation;
+        let Some(attempts) = roll.attempts.get_mut(slot) else {
+            return;
+        };
+        if *attempts >= ROLL_ATTEMPTS {
+            let tried = *attempts;
+            self.abandon_roll(format!(
+                "worker {id} exited while starting ({status}), the last of {tried} attempts in \
+                 slot {slot}; its output is above"
+            ));
+            return;
+        }
+        *attempts += 1;
+        tracing::warn!(
+            worker = id,
+            generation,
+            slot,
+            %status,
+            attempt = *attempts,
+            of = ROLL_ATTEMPTS,
+            "a worker of the new generation died during the roll; starting its slot again"
+        );
+        self.spawn(slot, generation, None);
     }
 
     /// Called when a worker of the rolling generation failed to boot:

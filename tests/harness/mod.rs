@@ -449,11 +449,15 @@ impl Server {
     /// Runs `rip-server ARGS` against this instance's runtime directory and
     /// state directory (its HOME: the host registry is `.rip/hosts.toml`).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        clean_command(BIN, self.runtime.path())
-            .env("HOME", &self.home)
-            .args(args)
-            .output()
-            .unwrap()
+        self.cli_command(args).output().unwrap()
+    }
+
+    /// The command [`Server::cli`] runs, for a test that starts it and goes
+    /// on while it runs.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = clean_command(BIN, self.runtime.path());
+        command.env("HOME", &self.home).args(args);
+        command
     }
 }
 
