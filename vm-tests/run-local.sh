@@ -19,8 +19,9 @@
 #                         scenario (default CFG: base) instead of evaluating the module;
 #                         repeatable (e.g. --eval-json base=a.json --eval-json v2=b.json)
 #   --module FILE         the NixOS module to evaluate (default nixos-module/default.nix)
-#   --eval-module FILE    eval-module.sh (default $RIP_EVAL_MODULE, else
-#                         ../shared/nix/nixcheck/eval-module.sh beside the checkout)
+#   --eval-module FILE    eval-module.sh (default $RIP_EVAL_MODULE, else $NIXCHECK_DIR's,
+#                         else ../shared/nix/nixcheck/eval-module.sh beside the checkout,
+#                         else /work/shared/nix/nixcheck/eval-module.sh)
 #   --cache DIR           kernel and root image cache
 #                         (default $RIP_VM_CACHE or ${XDG_CACHE_HOME:-~/.cache}/rip-server-vm)
 #   --refresh-image       fetch the kernel and rebuild the root image even if cached
@@ -188,10 +189,17 @@ probe_accel() {
 find_eval_module() {
   [ -n "$EVAL_MODULE" ] && { echo "$EVAL_MODULE"; return; }
   local c
-  for c in "$PROJECT/../shared/nix/nixcheck/eval-module.sh" "$PROJECT/../../shared/nix/nixcheck/eval-module.sh"; do
-    [ -x "$c" ] && { realpath "$c"; return; }
+  # The same places nix/check-module.sh looks: beside the checkout, or this
+  # machine's shared folder (a CI clone can live anywhere).
+  local c candidates=("${NIXCHECK_DIR:+$NIXCHECK_DIR/eval-module.sh}"
+    "$PROJECT/../shared/nix/nixcheck/eval-module.sh"
+    "$PROJECT/../../shared/nix/nixcheck/eval-module.sh"
+    /work/shared/nix/nixcheck/eval-module.sh)
+  for c in "${candidates[@]}"; do
+    [ -n "$c" ] && [ -x "$c" ] && { realpath "$c"; return; }
   done
-  die "eval-module.sh not found: pass --eval-module or set RIP_EVAL_MODULE (or pass --eval-json)"
+  die "eval-module.sh not found beside the checkout or in /work/shared/nix/nixcheck:" \
+    "pass --eval-module, or set RIP_EVAL_MODULE or NIXCHECK_DIR (or pass --eval-json)"
 }
 
 # evaluate CFG OUT: the scenario's configuration CFG as eval-module.sh JSON in OUT.
