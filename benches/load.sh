@@ -5,6 +5,12 @@
 #   3. haproxy    the same example worker binary behind HAProxy (one `server`
 #                 line per worker socket, maxconn 1, queueing), at each CONCURRENCY,
 #                 with nbthread = the CPU count and = rip-server's threads (and 1)
+#   4. rip-defaults  (DEFAULTS=1) a second rip-server with its default policy
+#                 (r:10000,3600s,10r, --reload=process) instead of RIP_ARGS: what
+#                 the defaults cost
+#   5. self-rip / self-nginx  (SELF=1) GET /server, rip-server's own answer, against
+#                 nginx's `return 200` (nginx with worker_processes = THREADS): the
+#                 cost of rip-server's front end with no worker behind it
 # in ROUNDS rounds (2 and 3 alternate, each round starting with the next row,
 # so a slow drift of a shared machine touches every row alike), then the
 # medians, the ratios (taken within each round: requests/s, p50, p99 and the
@@ -28,6 +34,8 @@
 #                        beside this one, with the same workers binary and arguments, as row
 #                        "rip-base" in every round, so a change is measured side by side
 #                        against the build before it (BASELINE_COMMIT names it in the header)
+#   DEFAULTS=1           measure row 4 (0: skip it)
+#   SELF=1               measure rows 5 (0: skip them; needs nginx)
 #   BIN_DIR=target/release  where rip-server and rip-example-worker are; built
 #                        (CARGO_TARGET_DIR=BIN_DIR/..) if missing or if BUILD=1
 #   LOADGEN=oha|wrk      load generator (default: oha if found, else wrk)
@@ -62,6 +70,8 @@ WAIT_QUIET=${WAIT_QUIET:-60}
 QUIET_PCT=${QUIET_PCT:-10}
 KEEP=${KEEP:-0}
 URL_PATH=/ping
+DEFAULTS=${DEFAULTS:-1}
+SELF=${SELF:-1}
 
 prog=load.sh
 source "$here/lib.sh"
@@ -87,6 +97,8 @@ done
 # drop repeats ("1 1" when THREADS=1), keep the order
 mapfile -t haproxy_nbthreads < <(printf '%s\n' "${haproxy_nbthreads[@]}" | awk '!seen[$0]++')
 
+[[ $DEFAULTS =~ ^[01]$ && $SELF =~ ^[01]$ ]] || die "DEFAULTS and SELF must be 0 or 1"
+((SELF == 0)) || command -v nginx >/dev/null || die "nginx is needed for SELF=1 (apt install nginx), or set SELF=0"
 for tool in haproxy python3 curl ss; do
   command -v "$tool" >/dev/null || die "$tool is needed and not on PATH"
 done
@@ -160,6 +172,9 @@ finish_load() { # PID OUT
 # the CPU seconds the proxy's own processes, proxy_pids[NAME], used meanwhile)
 measure() {
   local name=$1 conns=$2 target=$3 out="$scratch/$1-c$2-r$round.json" sampler='' snap0 cpu0
+  # the self-* rows ask for GET /server (start_load reads URL_PATH)
+  local URL_PATH=$URL_PATH
+  if [[ $name == self-* ]]; then URL_PATH=/server; fi
   settle
   if [[ $name == rip-server ]]; then # its memory, during warm-up and run
     sample_rss "$rip_pid" "$scratch/rss-c$conns.samples" &
@@ -262,7 +277,7 @@ PY
 # ------------------------------------------------------------- run
 
 bench_header "rip-server load benchmark: GET $URL_PATH, keep-alive, $LOADGEN" \
-  "$(settings BIN_DIR W ROUNDS DURATION WARMUP CONCURRENCY THREADS HAPROXY_NBTHREADS HAPROXY_BALANCE RIP_ARGS LOADGEN WAIT_QUIET QUIET_PCT) benches/load.sh"
+  "$(settings BIN_DIR W ROUNDS DURATION WARMUP CONCURRENCY THREADS HAPROXY_NBTHREADS HAPROXY_BALANCE RIP_ARGS DEFAULTS SELF LOADGEN WAIT_QUIET QUIET_PCT) benches/load.sh"
 if [[ -n $BASELINE_BIN_DIR ]]; then note "rip-base: $BASELINE_BIN_DIR/rip-server (${BASELINE_COMMIT:-?})"; fi
 note "haproxy: $(haproxy -v | head -n 1)"
 if [[ $LOADGEN == oha ]]; then note "load: $("$OHA" --version)"; else note "load: wrk (oha not found; no limit row: wrk cannot use Unix sockets)"; fi
@@ -312,6 +327,36 @@ if [[ -n $BASELINE_BIN_DIR ]]; then
   note "rip-base pid $rip_pid on 127.0.0.1:$base_port"
   rip=${main[0]} rip_pid=${main[1]} rip_port=${main[2]} rip_ctl=${main[3]} rip_status=${main[4]}
 fi
+if ((DEFAULTS)); then
+  # The same build with its default recycling and reload policy.
+  main=("$rip_pid" "$rip_port" "$rip_ctl" "$rip_status")
+  start_rip defaults http "$W" "$scratch/rip-defaults.log" "$worker" "w:$W" http:0 --no-access-log
+  wait_until "$rip_pid" "$scratch/rip-defaults.log" 5 "rip-defaults on port $rip_port" ping_tcp "$rip_port"
+  defaults_port=$rip_port
+  proxy_pids[rip-defaults]=$rip_pid
+  note "rip-defaults pid $rip_pid on 127.0.0.1:$defaults_port (no RIP_ARGS: r:10000,3600s,10r, --reload=process)"
+  rip_pid=${main[0]} rip_port=${main[1]} rip_ctl=${main[2]} rip_status=${main[3]}
+fi
+if ((SELF)); then
+  # nginx answering GET /server itself: the peer for rip-server's own /server.
+  nginx_dir="$scratch/nginx-self"
+  mkdir -p "$nginx_dir/tmp"
+  nginx_port=$(free_port)
+  nginx_user=$( ((EUID == 0)) && echo "user root;" || true)
+  sed -e "s|@USER@|$nginx_user|" -e "s|@WORKERS@|$THREADS|" -e "s|@DIR@|$nginx_dir|g" \
+    -e "s|@PORT@|$nginx_port|" "$here/nginx-self.conf.in" >"$nginx_dir/nginx.conf"
+  nginx -t -q -p "$nginx_dir" -c "$nginx_dir/nginx.conf" -e "$nginx_dir/error.log" ||
+    die "nginx rejected $nginx_dir/nginx.conf: $(tail -n 3 "$nginx_dir/error.log")"
+  nginx -p "$nginx_dir" -c "$nginx_dir/nginx.conf" -e "$nginx_dir/error.log" </dev/null >"$nginx_dir/stdout.log" 2>&1 &
+  nginx_master=$!
+  pids+=("$nginx_master")
+  ping_self() { [[ $(curl -sf --max-time 1 "http://127.0.0.1:$1/server") == ok ]]; }
+  wait_until "$nginx_master" "$nginx_dir/error.log" 10 "nginx on port $nginx_port" ping_self "$nginx_port"
+  proxy_pids[self-nginx]="$nginx_master $(ps -o pid= --ppid "$nginx_master" | xargs)"
+  for p in ${proxy_pids[self-nginx]}; do [[ $p == "$nginx_master" ]] || adopt "$p" "$(readlink "/proc/$p/exe")"; done
+  proxy_pids[self-rip]=$rip_pid
+  note "nginx (return 200, worker_processes $THREADS) pid $nginx_master on 127.0.0.1:$nginx_port"
+fi
 for t in "${haproxy_nbthreads[@]}"; do note "haproxy nbthread $t on 127.0.0.1:${haproxy_port[$t]}"; done
 
 round=1
@@ -322,6 +367,8 @@ fi
 declare -A port_of=([rip-server]=$rip_port)
 rows=(rip-server)
 if [[ -n $BASELINE_BIN_DIR ]]; then rows+=(rip-base); port_of[rip-base]=$base_port; fi
+if ((DEFAULTS)); then rows+=(rip-defaults); port_of[rip-defaults]=$defaults_port; fi
+if ((SELF)); then rows+=(self-rip self-nginx); port_of[self-rip]=$rip_port port_of[self-nginx]=$nginx_port; fi
 for t in "${haproxy_nbthreads[@]}"; do rows+=("haproxy-${t}t"); port_of[haproxy-${t}t]=${haproxy_port[$t]}; done
 for ((round = 1; round <= ROUNDS; round++)); do
   # each round starts with the next row: none is always measured first
@@ -349,11 +396,13 @@ echo "rip-server entry process (pid $rip_pid): VmRSS idle $(mib "$rss_idle"), pe
 if ((rss_peak < 20 * 1024 && rss_hwm < 20 * 1024)); then memory=met; else memory="**MISSED**"; fi
 echo "target, entry process under 20 MiB: $memory (peak $(mib "$rss_peak"), VmHWM $(mib "$rss_hwm"))"
 echo "rip-server worker restarts during the run: $restarts"
-warnings=$(grep -cE 'WARN|ERROR' "$scratch/rip-server.log" || true)
+# (The warning that workers run as root, when the benchmark does, is expected.)
+log_warnings() { grep -E 'WARN|ERROR' "$scratch/rip-server.log" | grep -v 'rip_server::privileges: running as root' || true; }
+warnings=$(log_warnings | grep -c . || true)
 echo "rip-server log lines at WARN or ERROR: $warnings"
 if ((warnings > 0)); then
   anomaly=1
-  grep -E 'WARN|ERROR' "$scratch/rip-server.log" | head -n 20 | sed 's/^/  /'
+  log_warnings | head -n 20 | sed 's/^/  /'
 fi
 if ((anomaly)); then
   echo "rip-server answered non-2xx, failed requests or logged warnings: see above and $scratch"

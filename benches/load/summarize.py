@@ -199,7 +199,8 @@ def ratios_table(rows, with_test):
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for test, conc in keys:
         peers = list(dict.fromkeys(r["name"] for r in rows
-                                   if (r["test"], r["conc"]) == (test, conc) and r["name"] not in ("rip-server", "limit")))
+                                   if (r["test"], r["conc"]) == (test, conc)
+                                   and r["name"] not in ("rip-server", "limit") and not r["name"].startswith("self-")))
         # (label, the peer's row in a round, in bold: the comparison a target is judged on)
         columns = []
         for fam in dict.fromkeys(family(p) for p in peers):
@@ -264,6 +265,7 @@ def table(path):
         p99 = j["p99"]
         print(f"target, HTTP keep-alive at c={conc}: requests/s at least {j['label']}'s: {verdict(j['rps'] >= 1)} "
               f"({j['rps']:.2f}); p99 no longer: {verdict(p99 is not None and p99 <= 1)} ({fmt(p99, '.2f')})")
+    paired_targets(rows)
     limit = next((runs for (t, name, conc), runs in groups.items() if name == "limit"), None)
     if limit:
         limit_rps = median([r["rps"] for r in limit])
@@ -278,6 +280,37 @@ def table(path):
         print("(no p99 ratio against the limit: it runs one request per worker, with no queue)")
     print()
     rounds_table(rows, with_test=False)
+
+
+def paired(rows, name, peer):
+    """Per concurrency: the per-round ratios of NAME's req/s to PEER's."""
+    by_round = {(r["name"], r["conc"], r["round"]): r for r in rows}
+    out = {}
+    for r in rows:
+        if r["name"] != name:
+            continue
+        other = by_round.get((peer, r["conc"], r["round"]))
+        if other and other["rps"]:
+            out.setdefault(r["conc"], []).append(r["rps"] / other["rps"])
+    return out
+
+
+def paired_targets(rows):
+    """The targets judged between two rows of the same round: the defaults
+    against the tuned policy, rip-server's /server against nginx's return 200,
+    and this build against a baseline build."""
+    lines = [
+        ("rip-defaults", "rip-server", "the defaults (r:10000,3600s,10r --reload=process) within 3% of RIP_ARGS",
+         lambda v: v >= 0.97),
+        ("self-rip", "self-nginx", "GET /server: rip-server's own answer at least nginx's return 200",
+         lambda v: v >= 1),
+        ("rip-server", "rip-base", "this build against the baseline build: no measurable cost (at least 0.97)",
+         lambda v: v >= 0.97),
+    ]
+    for name, peer, claim, ok in lines:
+        for conc, ratios in paired(rows, name, peer).items():
+            print(f"target, {claim}, c={conc}: {verdict(ok(median(ratios)))} "
+                  f"({name}/{peer} req/s {spread(ratios)} over {len(ratios)} rounds)")
 
 
 def spread(values):
