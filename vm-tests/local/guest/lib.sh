@@ -110,6 +110,7 @@ load_start() {
   rm -f "$RUNDIR/load-$name.drain"
   wrk -t"$conns" -c"$conns" -d"$((secs + ${LOAD_DRAIN_S:-10}))s" --timeout "${LOAD_TIMEOUT_S:-60}s" \
     -s "$RIPVM/wrk-count.lua" "$@" "$url" -- "${LOAD_DELAY_MS:-0}" "$RUNDIR/load-$name.drain" \
+    "$(((${LOAD_DRAIN_S:-10} + 1) * 1000))" \
     >"$RUNDIR/load-$name.out" 2>&1 &
   echo "$!" >"$RUNDIR/load-$name.pid"
   echo "$secs" >"$RUNDIR/load-$name.secs"

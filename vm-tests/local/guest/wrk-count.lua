@@ -7,7 +7,13 @@
 --      so that 16 connections need not saturate two workers on a slow (TCG) guest;
 --   2. a drain file: once it exists, no connection sends another request, so the requests in
 --      flight finish before wrk is stopped and "sent but never answered" is exact, with no
---      allowance for requests in flight at the end.
+--      allowance for requests in flight at the end;
+--   3. how long (ms) a connection's thread holds still after its last answer once draining
+--      (lib.sh passes the drain time + 1 s, so wrk is stopped meanwhile). Holding, rather than
+--      only returning an empty request, matters over TLS: wrk writes an empty request as an
+--      empty SSL_write, which OpenSSL reports as an error, so every draining connection would
+--      reconnect in a tight loop of full handshakes (on a TCG guest, a storm that starves the
+--      server of CPU until the requests still in flight miss the drain).
 -- The pause is a blocking sleep in response(), so lib.sh runs one thread per connection. It is
 -- not wrk's delay(): after a connection closes during a delay() pause wrk arms a second timer
 -- and from then on keeps two requests in flight on that connection (HTTP pipelining), which
@@ -30,7 +36,9 @@ function init(args)
   sent = 0
   pause_ms = tonumber(args[1] or "0") or 0
   drain_file = args[2]
+  hold_ms = tonumber(args[3] or "0") or 0
   draining = false
+  held = false
 end
 
 local function drained()
@@ -57,7 +65,12 @@ function response(status, headers, body)
   if status < 200 or status > 299 then
     non2xx = non2xx + 1
   end
-  if pause_ms > 0 and not drained() then
+  if drained() then
+    if not held and hold_ms > 0 then
+      held = true
+      ffi.C.poll(nil, 0, hold_ms)
+    end
+  elseif pause_ms > 0 then
     ffi.C.poll(nil, 0, pause_ms)
   end
 end
