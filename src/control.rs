@@ -181,7 +181,15 @@ fn metrics(state: &ControlState) -> Response<Full<Bytes>> {
             pool: app.pool.stats(),
         })
         .collect();
-    let mut response = text(StatusCode::OK, metrics::render(&samples));
+    let mut response = text(
+        StatusCode::OK,
+        metrics::render(
+            &samples,
+            metrics::ServerSample {
+                log_lines_dropped: crate::logging::dropped_lines(),
+            },
+        ),
+    );
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(metrics::CONTENT_TYPE),

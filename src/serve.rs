@@ -32,6 +32,7 @@ const MAX_SOCKET_PATH: usize = 107;
 /// reaped and every socket removed.
 pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Error> {
     let _log_guard = logging::init(config.logging);
+    let drop_reports = tokio::spawn(logging::report_dropped_lines());
     let tls = load_tls(&config)?;
     prepare_runtime_dir(&config.runtime_dir)?;
     if let Some(run_as) = config.run_as.as_ref().filter(|r| r.switches()) {
@@ -140,6 +141,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
     let _ = control_task.await;
     supervisor::remove_stale(&control_path);
     supervisor::remove_stale(&loader_path(&config));
+    drop_reports.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! gets one task that owns its `Child`: it reaps the child and reports the
 //! exit, and it delivers signals only while the child is unreaped, so a
 //! signal can never reach a recycled pid. stdout and stderr are forwarded to
-//! the server's log line by line, prefixed with the app and worker id.
+//! the server's log line by line, prefixed with the app and worker id, by a
+//! task of their own that always reads on: the log writer drops rather than
+//! waits (`logging.rs`), so a stalled stdout never blocks a worker's writes.
 //!
 //! [`boot`] polls the worker's `/ready` probe (woken early by a `join`) until
 //! it answers 200 or the boot deadline passes; the probe's connection becomes

@@ -60,6 +60,8 @@ pub struct Server {
     pub name: String,
     pub runtime: tempfile::TempDir,
     log: Arc<Mutex<String>>,
+    /// Dropped to let a stdout held by [`Builder::hold_stdout`] be read again.
+    stdout_hold: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Builds a server command line.
@@ -69,6 +71,7 @@ pub struct Builder {
     name: String,
     runtime: Option<tempfile::TempDir>,
     home: Option<PathBuf>,
+    hold_stdout: bool,
 }
 
 impl Builder {
@@ -111,6 +114,7 @@ impl Builder {
             name: name.to_string(),
             runtime: None,
             home: None,
+            hold_stdout: false,
         }
     }
 
@@ -119,6 +123,12 @@ impl Builder {
     pub fn gate() -> Self {
         let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gate-app");
         Builder::app(app.to_str().unwrap(), "gate").arg("--reload=none")
+    }
+
+    /// `tests/fixtures/probe-app`: floods its stdout on request (`/print`).
+    pub fn probe() -> Self {
+        let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/probe-app");
+        Builder::app(app.to_str().unwrap(), "probe").arg("--reload=none")
     }
 
     pub fn app(path: &str, name: &str) -> Self {
@@ -132,6 +142,7 @@ impl Builder {
             name: name.to_string(),
             runtime: None,
             home: None,
+            hold_stdout: false,
         }
     }
 
@@ -159,6 +170,14 @@ impl Builder {
         self
     }
 
+    /// Stops reading the server's stdout once it has printed its URLs, and
+    /// holds the pipe open unread (a stalled terminal or log shipper) until
+    /// [`Server::resume_stdout`] or the end of the test.
+    pub fn hold_stdout(mut self) -> Self {
+        self.hold_stdout = true;
+        self
+    }
+
     /// Reuses a runtime directory (to test stale-socket cleanup).
     pub fn runtime(mut self, dir: tempfile::TempDir) -> Self {
         self.runtime = Some(dir);
@@ -179,8 +198,20 @@ impl Builder {
         let mut child = command.spawn().expect("start rip-server");
         let log = Arc::new(Mutex::new(String::new()));
         let (port_tx, port_rx) = std::sync::mpsc::channel();
-        capture(child.stdout.take().unwrap(), log.clone(), Some(port_tx));
-        capture(child.stderr.take().unwrap(), log.clone(), None);
+        let (stdout_hold, hold) = match self.hold_stdout {
+            true => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        capture(
+            child.stdout.take().unwrap(),
+            log.clone(),
+            Some(port_tx),
+            hold,
+        );
+        capture(child.stderr.take().unwrap(), log.clone(), None, None);
         let (port, redirect_port) = match port_rx.recv_timeout(PATIENCE) {
             Ok(ports) => ports,
             Err(_) => {
@@ -200,6 +231,7 @@ impl Builder {
             name: self.name,
             runtime,
             log,
+            stdout_hold,
         }
     }
 }
@@ -236,10 +268,13 @@ pub fn closed_pipe() -> Stdio {
     Stdio::from(writer)
 }
 
+/// Reads `pipe` into `log` line by line. With `hold`, reading stops after
+/// the control socket line until `hold` gets a message or is dropped.
 fn capture(
     pipe: impl std::io::Read + Send + 'static,
     log: Arc<Mutex<String>>,
     port_tx: Option<std::sync::mpsc::Sender<(u16, Option<u16>)>>,
+    mut hold: Option<std::sync::mpsc::Receiver<()>>,
 ) {
     std::thread::spawn(move || {
         let mut port = None;
@@ -264,6 +299,9 @@ fn capture(
             if let (Some(tx), Some(p), true) = (&port_tx, port, line.starts_with("control socket "))
             {
                 let _ = tx.send((p, redirect));
+                if let Some(hold) = hold.take() {
+                    let _ = hold.recv();
+                }
             }
         }
     });
@@ -304,6 +342,11 @@ pub struct Reply {
 impl Server {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Reads the stdout held by [`Builder::hold_stdout`] again.
+    pub fn resume_stdout(&mut self) {
+        self.stdout_hold = None;
     }
 
     pub fn log(&self) -> String {
@@ -414,16 +457,21 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status (bounded).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.terminate_within(Duration::from_secs(30))
+    }
+
+    /// Sends SIGTERM and fails the test unless the server exits within `limit`.
+    pub fn terminate_within(&mut self, limit: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("server running");
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        wait_child(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
+        wait_child(&mut child, limit).unwrap_or_else(|| {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "rip-server did not exit within 30 s of SIGTERM; log:\n{}",
+                "rip-server did not exit within {limit:?} of SIGTERM; log:\n{}",
                 self.log()
             )
         })
@@ -472,6 +520,7 @@ fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitSt
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.resume_stdout();
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
