@@ -30,7 +30,8 @@ ARGS (any order):
 COMMANDS (talk to a running instance over its control socket):
   rip-server status [--name NAME]        print the instance's status as JSON
   rip-server reload [HOST] [--name NAME] rolling restart of the app serving HOST, or of every app
-  rip-server stop   [--name NAME]        graceful stop
+  rip-server stop   [--name NAME]        graceful stop (as SIGTERM or SIGINT; a second signal
+                                         kills the workers and exits at once, status 143/130)
 
 HOST REGISTRY (many apps in one server, chosen by Host and TLS SNI):
   rip-server add HOST APP [w:N] [r:...] [--reload=MODE] [--cert=PEM --key=PEM]

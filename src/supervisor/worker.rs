@@ -17,14 +17,15 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use crate::cli::ReloadMode;
@@ -81,6 +82,43 @@ pub struct Spawner {
     pub control_socket: PathBuf,
     /// Run workers as this user and group (`--user`/`--group`).
     pub run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+}
+
+/// Set once, by [`kill_all`]: every worker is killed now.
+static KILL_ALL: LazyLock<watch::Sender<bool>> = LazyLock::new(|| watch::Sender::new(false));
+
+/// Workers started and not yet reaped, across every app.
+static UNREAPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Kills every worker of every app, and any started from now on, with
+/// `SIGKILL` to its process group (a stop that must not wait: a second
+/// SIGTERM or SIGINT). Each worker's own task delivers it, so it never
+/// reaches a recycled pid.
+pub fn kill_all() {
+    KILL_ALL.send_replace(true);
+}
+
+/// Waits until every worker started so far has been reaped, at most
+/// `limit`; says whether they all were.
+pub async fn all_reaped(limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while UNREAPED.load(Ordering::Acquire) > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// Returns once [`kill_all`] was called.
+async fn killed_all(kill: &mut watch::Receiver<bool>) {
+    // The guard it answers is not `Send`: drop it here, not in a select.
+    let gone = kill.wait_for(|kill| *kill).await.is_err();
+    if gone {
+        // The switch lives as long as the process; this is never reached.
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The supervisor's grip on a running child.
@@ -161,6 +199,7 @@ impl Spawner {
                 format!("cannot start {}: {e}", Path::new(&self.program).display()),
             )
         })?;
+        UNREAPED.fetch_add(1, Ordering::AcqRel);
         let pid = child.id().unwrap_or(0);
         let label = format!("{} w{id}", self.app_name);
         if let Some(out) = child.stdout.take() {
@@ -170,18 +209,26 @@ impl Spawner {
             tokio::spawn(forward_lines(err, label, Stream::Stderr));
         }
         let (signals, mut inbox) = mpsc::channel::<Signal>(8);
+        let mut kill = KILL_ALL.subscribe();
         tokio::spawn(async move {
+            // `id()` is None once reaped: never signal a recycled pid.
+            let signal_group = |child: &tokio::process::Child, signal| {
+                if let Some(pid) = child.id() {
+                    let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), signal);
+                }
+            };
+            let mut killed = false;
             loop {
                 tokio::select! {
                     status = child.wait() => {
+                        UNREAPED.fetch_sub(1, Ordering::AcqRel);
                         let _ = events.send(Event::Exited { id, status }).await;
                         break;
                     }
-                    Some(signal) = inbox.recv() => {
-                        // `id()` is None once reaped: never signal a recycled pid.
-                        if let Some(pid) = child.id() {
-                            let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), signal);
-                        }
+                    Some(signal) = inbox.recv() => signal_group(&child, signal),
+                    () = killed_all(&mut kill), if !killed => {
+                        killed = true;
+                        signal_group(&child, Signal::SIGKILL);
                     }
                 }
             }

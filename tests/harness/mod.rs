@@ -477,6 +477,25 @@ impl Server {
         })
     }
 
+    /// Sends `signal` to the server (which keeps running, for the test to wait on).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal rip-server");
+    }
+
+    /// Waits for the server to exit, failing the test past `limit`.
+    pub fn wait_exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        wait_child(&mut child, limit).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "rip-server did not exit within {limit:?}; log:\n{}",
+                self.log()
+            )
+        })
+    }
+
     /// Kills the server with SIGKILL (no cleanup) and reaps it.
     pub fn kill_hard(&mut self) {
         let mut child = self.child.take().expect("server running");
@@ -486,12 +505,7 @@ impl Server {
 
     /// Waits for the server to exit on its own (after `rip-server stop`).
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("server running");
-        wait_child(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("rip-server did not exit within 30 s; log:\n{}", self.log())
-        })
+        self.wait_exit_within(Duration::from_secs(30))
     }
 
     /// Runs `rip-server ARGS` against this instance's runtime directory and
