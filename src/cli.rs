@@ -241,6 +241,10 @@ pub struct Cli {
     #[arg(long)]
     pub no_access_log: bool,
 
+    /// Keep query strings in the access log (left out by default: tokens ride in them).
+    #[arg(long)]
+    pub log_query: bool,
+
     /// Read settings from this TOML file (every flag has a key of the same name, with '_' for '-').
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -4,7 +4,9 @@
 //! (target `access`) share one subscriber, written by a background thread so
 //! a slow terminal or pipe never stalls the request path. `RIP_LOG` takes a
 //! `tracing` filter (default `info`); `--no-access-log` turns the `access`
-//! target off entirely.
+//! target off entirely. Request values in a human line are quoted and
+//! escaped ([`Field`]); query strings stay out of the access log unless
+//! `--log-query`.
 //!
 //! The writer is lossy: when stdout is not being read (a stopped pager, a
 //! pipe nobody drains, a stuck log shipper) and [`BUFFERED_LINES`] are
@@ -13,6 +15,7 @@
 //! `rip_log_lines_dropped_total` metric) and [`report_dropped_lines`] says
 //! how many once the writer keeps up again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -30,6 +33,49 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// The writer's count of dropped lines, once [`init`] ran.
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Human lines (not JSON): [`Field`] quotes and escapes what it writes.
+static HUMAN: AtomicBool = AtomicBool::new(true);
+
+/// `--log-query`: the access log keeps query strings (tokens and other
+/// secrets ride in them, so by default it does not).
+static LOG_QUERY: AtomicBool = AtomicBool::new(false);
+
+/// Whether the access log keeps query strings (`--log-query`).
+pub fn log_query() -> bool {
+    LOG_QUERY.load(Ordering::Relaxed)
+}
+
+/// A value from a request (a path, a `Host`) written as a log field. In
+/// human lines, where fields are `key=value` separated by spaces, a value
+/// that is not plain visible ASCII is quoted, with `"`, `\`, control and
+/// non-ASCII characters escaped: a client cannot forge a field or a line.
+/// JSON lines escape by themselves, so there it is written as it is.
+pub struct Field<'a>(pub &'a str);
+
+impl std::fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain = |c: char| c.is_ascii_graphic() && c != '"' && c != '\\';
+        if !HUMAN.load(Ordering::Relaxed) || (!self.0.is_empty() && self.0.chars().all(plain)) {
+            return f.write_str(self.0);
+        }
+        f.write_str("\"")?;
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\t' => f.write_str("\\t")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                ' ' => f.write_str(" ")?,
+                c if plain(c) => write!(f, "{c}")?,
+                c if c.is_ascii() => write!(f, "\\x{:02x}", c as u32)?,
+                c => write!(f, "\\u{{{:x}}}", c as u32)?,
+            }
+        }
+        f.write_str("\"")
+    }
+}
 
 /// Log lines dropped so far because stdout was not keeping up.
 pub fn dropped_lines() -> u64 {
@@ -76,6 +122,8 @@ pub fn init(logging: Logging) -> LogGuard {
         .buffered_lines_limit(BUFFERED_LINES)
         .finish(std::io::stdout());
     let _ = DROPPED.set(writer.error_counter());
+    HUMAN.store(!logging.json, Ordering::Relaxed);
+    LOG_QUERY.store(logging.query, Ordering::Relaxed);
     let mut filter = EnvFilter::try_from_env("RIP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if !logging.access_log {
         if let Ok(directive) = "access=off".parse() {
@@ -120,5 +168,20 @@ pub async fn report_dropped_lines() {
             );
             reported = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_field_cannot_forge_a_field_or_a_line() {
+        assert_eq!(Field("/ping").to_string(), "/ping");
+        assert_eq!(Field("").to_string(), "\"\"");
+        assert_eq!(
+            Field("a b=\"c\"\\\t\n\u{1}\u{7f}\u{202e}").to_string(),
+            "\"a b=\\\"c\\\"\\\\\\t\\n\\x01\\x7f\\u{202e}\""
+        );
     }
 }
