@@ -2,7 +2,10 @@
 //!
 //! [`Spawner::spawn`] starts the app's entry with the worker protocol's
 //! environment (docs/worker-protocol.md) in its own process group, with a
-//! parent-death signal so a `SIGKILL`ed server leaves no orphans. Each child
+//! parent-death signal so a `SIGKILL`ed server leaves no orphans. What is
+//! the server's alone stays with it: systemd's variables (its notify
+//! socket, its listening sockets, its journal stream) are scrubbed from
+//! the worker's environment, and no descriptor above stderr survives exec. Each child
 //! gets one task that owns its `Child`: it reaps the child and reports the
 //! exit, and it delivers signals only while the child is unreaped, so a
 //! signal can never reach a recycled pid. stdout and stderr are forwarded to
@@ -21,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use nix::libc;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -170,13 +174,17 @@ impl Spawner {
             // Its own group: signals reach the worker and its children, and a
             // Ctrl-C in the terminal reaches only the server, which drains.
             .process_group(0);
+        for var in SERVER_ONLY_VARS {
+            command.env_remove(var);
+        }
         let parent = std::process::id();
         let run_as = self.run_as;
         // SAFETY: the closure runs between fork and exec and calls only
-        // async-signal-safe functions (umask, setgroups, setgid, setuid,
-        // prctl, getppid, kill).
+        // async-signal-safe functions (close_range, getrlimit, fcntl, umask,
+        // setgroups, setgid, setuid, prctl, getppid, kill).
         unsafe {
             command.pre_exec(move || {
+                cloexec_above_stderr();
                 if let Some((uid, gid)) = run_as {
                     // Sockets group-writable: the server reaches them through the group.
                     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
@@ -238,6 +246,49 @@ impl Spawner {
             socket,
             signals,
         })
+    }
+}
+
+/// Variables that describe the server's own setup and mean something else,
+/// or nothing, in a worker: systemd's (a worker that notified systemd or
+/// took its sockets would confuse it) and `JOURNAL_STREAM` (the worker's
+/// stderr is a pipe to the server, not the journal).
+const SERVER_ONLY_VARS: [&str; 7] = [
+    crate::systemd::SYSTEMD_VARS[0],
+    crate::systemd::SYSTEMD_VARS[1],
+    crate::systemd::SYSTEMD_VARS[2],
+    crate::systemd::SYSTEMD_VARS[3],
+    crate::systemd::SYSTEMD_VARS[4],
+    crate::systemd::SYSTEMD_VARS[5],
+    "JOURNAL_STREAM",
+];
+
+/// Marks every descriptor above stderr close-on-exec, so a worker starts
+/// with stdin, stdout and stderr only: not the listening sockets, the
+/// control socket, client connections or anything the server inherited
+/// without `FD_CLOEXEC`. (Closing them here instead would also close the
+/// pipe through which a failed exec is reported.) Runs between fork and
+/// exec: async-signal-safe calls only.
+fn cloexec_above_stderr() {
+    // SAFETY: a system call on integers; it touches no memory.
+    let marked = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if marked {
+        return;
+    }
+    // Before Linux 5.11: one fcntl per descriptor the limit allows.
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft)
+        .min(libc::c_int::MAX as u64) as libc::c_int;
+    for fd in 3..limit {
+        // SAFETY: as above; an fd that is not open answers EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
 }
 

@@ -72,6 +72,7 @@ pub struct Builder {
     runtime: Option<tempfile::TempDir>,
     home: Option<PathBuf>,
     hold_stdout: bool,
+    inherit: Option<(std::fs::File, i32)>,
 }
 
 impl Builder {
@@ -115,6 +116,7 @@ impl Builder {
             runtime: None,
             home: None,
             hold_stdout: false,
+            inherit: None,
         }
     }
 
@@ -143,6 +145,7 @@ impl Builder {
             runtime: None,
             home: None,
             hold_stdout: false,
+            inherit: None,
         }
     }
 
@@ -178,6 +181,13 @@ impl Builder {
         self
     }
 
+    /// Passes `file` to the server as descriptor `fd`, without close-on-exec
+    /// (as a careless parent process would).
+    pub fn inherit_fd(mut self, file: std::fs::File, fd: i32) -> Self {
+        self.inherit = Some((file, fd));
+        self
+    }
+
     /// Reuses a runtime directory (to test stale-socket cleanup).
     pub fn runtime(mut self, dir: tempfile::TempDir) -> Self {
         self.runtime = Some(dir);
@@ -195,7 +205,21 @@ impl Builder {
             command.env(k, v);
         }
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some((file, target)) = &self.inherit {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let (source, target) = (file.as_raw_fd(), *target);
+            // SAFETY: dup2 is async-signal-safe; the new descriptor has no
+            // close-on-exec flag.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::unistd::dup2(source, target)?;
+                    Ok(())
+                });
+            }
+        }
         let mut child = command.spawn().expect("start rip-server");
+        drop(self.inherit);
         let log = Arc::new(Mutex::new(String::new()));
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let (stdout_hold, hold) = match self.hold_stdout {
