@@ -30,6 +30,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, watch};
 
 use crate::apps::{AppHandle, AppsHandle};
+use crate::server::accept::AcceptBackoff;
 use crate::server::metrics::{self, AppSample};
 use crate::supervisor::{Command, RollOutcome};
 
@@ -81,18 +82,19 @@ pub async fn serve(
     state: Arc<ControlState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut backoff = AcceptBackoff::new("control socket", Duration::from_millis(100));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "control socket accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(backoff.failed(&e)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
         };
+        backoff.succeeded();
         let state = state.clone();
         // Who is on the other end, from the kernel (SO_PEERCRED): a worker's
         // join or quit is believed only from that worker's own process.

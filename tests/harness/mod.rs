@@ -73,6 +73,7 @@ pub struct Builder {
     home: Option<PathBuf>,
     hold_stdout: bool,
     inherit: Option<(std::fs::File, i32)>,
+    open_files: Option<u64>,
 }
 
 impl Builder {
@@ -117,6 +118,7 @@ impl Builder {
             home: None,
             hold_stdout: false,
             inherit: None,
+            open_files: None,
         }
     }
 
@@ -146,6 +148,7 @@ impl Builder {
             home: None,
             hold_stdout: false,
             inherit: None,
+            open_files: None,
         }
     }
 
@@ -188,6 +191,13 @@ impl Builder {
         self
     }
 
+    /// Starts the server with this open-file limit, soft and hard (so it
+    /// cannot raise it).
+    pub fn open_file_limit(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
+        self
+    }
+
     /// Reuses a runtime directory (to test stale-socket cleanup).
     pub fn runtime(mut self, dir: tempfile::TempDir) -> Self {
         self.runtime = Some(dir);
@@ -214,6 +224,17 @@ impl Builder {
             unsafe {
                 command.pre_exec(move || {
                     nix::unistd::dup2(source, target)?;
+                    Ok(())
+                });
+            }
+        }
+        if let Some(limit) = self.open_files {
+            use nix::sys::resource::{setrlimit, Resource};
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    setrlimit(Resource::RLIMIT_NOFILE, limit, limit)?;
                     Ok(())
                 });
             }
