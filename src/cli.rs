@@ -27,10 +27,12 @@ ARGS (any order):
   http[:PORT]    plain HTTP only, no TLS and no redirect (port: $PORT, else 80 if free, else
                  the first free port from 5000 up); port 0 lets the kernel pick a free port
 
-COMMANDS (talk to a running instance over its control socket):
+COMMANDS (talk to a running instance over its control socket; each answer is waited for
+10 s, reload 310 s, or --timeout-ms=MS):
   rip-server status [--name NAME]        print the instance's status as JSON
   rip-server reload [HOST] [--name NAME] rolling restart of the app serving HOST, or of every app
-  rip-server stop   [--name NAME]        graceful stop
+  rip-server stop   [--name NAME]        graceful stop (as SIGTERM or SIGINT; a second signal
+                                         kills the workers and exits at once, status 143/130)
 
 HOST REGISTRY (many apps in one server, chosen by Host and TLS SNI):
   rip-server add HOST APP [w:N] [r:...] [--reload=MODE] [--cert=PEM --key=PEM]
@@ -240,6 +242,10 @@ pub struct Cli {
     #[arg(long)]
     pub no_access_log: bool,
 
+    /// Keep query strings in the access log (left out by default: tokens ride in them).
+    #[arg(long)]
+    pub log_query: bool,
+
     /// Read settings from this TOML file (every flag has a key of the same name, with '_' for '-').
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -247,6 +253,12 @@ pub struct Cli {
     /// Print `list` (and `status`) as JSON.
     #[arg(long)]
     pub json: bool,
+
+    /// How long a command (status, reload, stop, add, remove, list) waits for each answer from
+    /// a running instance's control socket before giving up (default: 10000; reload: the
+    /// 300000 its rolls may take, plus 10000).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: Option<u64>,
 
     /// Instance name, used for the control socket and logs (default: the app directory's name).
     #[arg(long, value_name = "NAME")]

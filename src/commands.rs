@@ -21,6 +21,15 @@ use crate::{control, tls, Error};
 /// How long `add` and `remove` wait for a running server to apply them.
 const APPLY_WAIT: Duration = Duration::from_secs(20);
 
+/// How long a command waits for one answer from the control socket,
+/// unless `--timeout-ms`: a live instance answers in milliseconds.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// The wait for one answer: `--timeout-ms`, else `default`.
+fn answer_wait(cli: &Cli, default: Duration) -> Duration {
+    cli.timeout_ms.map_or(default, Duration::from_millis)
+}
+
 /// Runs one command.
 pub async fn run(cli: &Cli, command: Command) -> Result<(), Error> {
     match command {
@@ -39,9 +48,11 @@ fn instance_socket(cli: &Cli) -> Result<PathBuf, Error> {
     Ok(control::find_socket(&runtime_dir, cli.name.as_deref())?)
 }
 
-/// One call to the instance; a refusal is an error that says why.
-async fn call(socket: &Path, method: Method, path: &str) -> Result<String, Error> {
-    let (status, body) = control::call(socket, method, path, Bytes::new()).await?;
+/// One call to the instance, bounded by [`answer_wait`]; a refusal is an
+/// error that says why.
+async fn call(cli: &Cli, socket: &Path, method: Method, path: &str) -> Result<String, Error> {
+    let limit = answer_wait(cli, ANSWER_WAIT);
+    let (status, body) = control::call_within(socket, method, path, Bytes::new(), limit).await?;
     if !status.is_success() && status != StatusCode::CONFLICT {
         return Err(Error::Refused {
             status,
@@ -52,7 +63,7 @@ async fn call(socket: &Path, method: Method, path: &str) -> Result<String, Error
 }
 
 async fn status(cli: &Cli) -> Result<(), Error> {
-    let body = call(&instance_socket(cli)?, Method::GET, "/status").await?;
+    let body = call(cli, &instance_socket(cli)?, Method::GET, "/status").await?;
     match serde_json::from_str::<serde_json::Value>(&body) {
         Ok(value) => say!("{}", serde_json::to_string_pretty(&value).unwrap_or(body)),
         Err(_) => say!("{body}"),
@@ -62,7 +73,7 @@ async fn status(cli: &Cli) -> Result<(), Error> {
 
 async fn stop(cli: &Cli) -> Result<(), Error> {
     let socket = instance_socket(cli)?;
-    call(&socket, Method::POST, "/stop").await?;
+    call(cli, &socket, Method::POST, "/stop").await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while socket.exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -85,7 +96,10 @@ async fn reload(cli: &Cli, host: Option<String>) -> Result<(), Error> {
         None => "/reload".to_string(),
     };
     let socket = instance_socket(cli)?;
-    let (status, body) = control::call(&socket, Method::POST, &path, Bytes::new()).await?;
+    // The instance answers when its rolls end (or at control::ROLL_WAIT).
+    let limit = answer_wait(cli, control::ROLL_WAIT + ANSWER_WAIT);
+    let (status, body) =
+        control::call_within(&socket, Method::POST, &path, Bytes::new(), limit).await?;
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST {
         return Err(Error::Refused {
@@ -171,7 +185,7 @@ fn config_declares_hosts(path: &Path) -> Result<bool, Error> {
 /// The running instance's `/status`, if there is exactly one to ask.
 async fn running_status(cli: &Cli) -> Option<serde_json::Value> {
     let socket = instance_socket(cli).ok()?;
-    let body = call(&socket, Method::GET, "/status").await.ok()?;
+    let body = call(cli, &socket, Method::GET, "/status").await.ok()?;
     serde_json::from_str(&body).ok()
 }
 
@@ -252,7 +266,7 @@ async fn announce(cli: &Cli, host: &str, served: bool) {
     };
     let deadline = Instant::now() + APPLY_WAIT;
     loop {
-        let status = call(&socket, Method::GET, "/status")
+        let status = call(cli, &socket, Method::GET, "/status")
             .await
             .ok()
             .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok());

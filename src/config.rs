@@ -168,6 +168,8 @@ pub struct Timeouts {
 pub struct Logging {
     pub json: bool,
     pub access_log: bool,
+    /// Keep query strings in the access log (`--log-query`).
+    pub query: bool,
 }
 
 /// The defaults, kept from the seed (DESIGN §6).
@@ -274,6 +276,7 @@ struct FileConfig {
     threads: Option<usize>,
     json_logging: Option<bool>,
     no_access_log: Option<bool>,
+    log_query: Option<bool>,
     name: Option<String>,
     https_port: Option<u16>,
     cert: Option<OneOrMany>,
@@ -466,6 +469,7 @@ impl Config {
             logging: Logging {
                 json: cli.json_logging || file.json_logging.unwrap_or(false),
                 access_log: !(cli.no_access_log || file.no_access_log.unwrap_or(false)),
+                query: cli.log_query || file.log_query.unwrap_or(false),
             },
             js_runtime: cli.runtime.or(file.runtime).unwrap_or(JsRuntime::Node),
             threads: layers.threads()?,

@@ -18,7 +18,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -30,6 +30,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, watch};
 
 use crate::apps::{AppHandle, AppsHandle};
+use crate::server::accept::AcceptBackoff;
 use crate::server::metrics::{self, AppSample};
 use crate::supervisor::{Command, RollOutcome};
 
@@ -81,18 +82,19 @@ pub async fn serve(
     state: Arc<ControlState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut backoff = AcceptBackoff::new("control socket", Duration::from_millis(100));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "control socket accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(backoff.failed(&e)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
         };
+        backoff.succeeded();
         let state = state.clone();
         // Who is on the other end, from the kernel (SO_PEERCRED): a worker's
         // join or quit is believed only from that worker's own process.
@@ -181,7 +183,15 @@ fn metrics(state: &ControlState) -> Response<Full<Bytes>> {
             pool: app.pool.stats(),
         })
         .collect();
-    let mut response = text(StatusCode::OK, metrics::render(&samples));
+    let mut response = text(
+        StatusCode::OK,
+        metrics::render(
+            &samples,
+            metrics::ServerSample {
+                log_lines_dropped: crate::logging::dropped_lines(),
+            },
+        ),
+    );
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(metrics::CONTENT_TYPE),
@@ -262,7 +272,7 @@ pub async fn status(state: &ControlState) -> serde_json::Value {
 }
 
 /// Longest a `POST /reload` waits for its rolls to end before answering 202.
-const ROLL_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+pub const ROLL_WAIT: Duration = Duration::from_secs(300);
 
 async fn reload(state: &ControlState, host: Option<String>) -> Response<Full<Bytes>> {
     if let Some(tls) = &state.tls {
@@ -407,6 +417,14 @@ pub enum CallError {
     Ambiguous(String),
     #[error("talking to {path}: {message}")]
     Io { path: PathBuf, message: String },
+    #[error(
+        "no answer from the control socket {} within {} ms: the instance is hung or \
+         overloaded. Look at its log (its terminal, or journalctl -u rip-server); if it stays \
+         stuck, stop it with SIGTERM (a second one stops it at once). --timeout-ms=N waits longer",
+        path.display(),
+        after.as_millis()
+    )]
+    Timeout { path: PathBuf, after: Duration },
 }
 
 /// Finds the control socket of the instance to talk to: `--name`, or the
@@ -429,6 +447,25 @@ pub fn find_socket(runtime_dir: &Path, name: Option<&str>) -> Result<PathBuf, Ca
         [one] => Ok(socket_path(runtime_dir, one)),
         many => Err(CallError::Ambiguous(many.join(", "))),
     }
+}
+
+/// [`call`], given up after `limit` (connecting, sending and reading the
+/// answer all count): a hung instance must not hang the command too.
+pub async fn call_within(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    limit: Duration,
+) -> Result<(StatusCode, String), CallError> {
+    tokio::time::timeout(limit, call(socket, method, path, body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(CallError::Timeout {
+                path: socket.to_path_buf(),
+                after: limit,
+            })
+        })
 }
 
 /// Sends one request to a control socket; returns the status and body.

@@ -110,6 +110,9 @@ pub enum Error {
     AddCertPair,
     #[error("{0}")]
     Startup(String),
+    /// A second SIGTERM or SIGINT cut a stop short (workers killed).
+    #[error("stopped at once by a second {0}: workers killed, requests in flight cut")]
+    StoppedAtOnce(serve::StopSignal),
     #[error("the instance answered {status}: {body}")]
     Refused {
         status: http::StatusCode,

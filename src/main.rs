@@ -26,6 +26,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Logged already; stderr may be as stalled as stdout.
+        Err(rip_server::Error::StoppedAtOnce(signal)) => ExitCode::from(signal.exit_code()),
         Err(e) => {
             // A closed stderr must not turn exit status 2 into a panic's 101.
             let _ = writeln!(std::io::stderr().lock(), "rip-server: {e}");

@@ -7,7 +7,9 @@
 //! boot meanwhile; requests wait in their queues), then the accept loops.
 //! Stop order: `/server` answers 503 (load balancers take the node out),
 //! the listeners close and connections finish (`--grace-ms`), every app
-//! drains and its workers are reaped, the sockets are removed.
+//! drains and its workers are reaped, the sockets are removed. A second
+//! SIGTERM or SIGINT meanwhile kills every worker and exits at once
+//! (status 143 or 130).
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -32,6 +34,7 @@ const MAX_SOCKET_PATH: usize = 107;
 /// reaped and every socket removed.
 pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Error> {
     let _log_guard = logging::init(config.logging);
+    let drop_reports = tokio::spawn(logging::report_dropped_lines());
     let tls = load_tls(&config)?;
     prepare_runtime_dir(&config.runtime_dir)?;
     if let Some(run_as) = config.run_as.as_ref().filter(|r| r.switches()) {
@@ -128,20 +131,36 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
         apps: apps.clone(),
         tls,
     };
-    run_until_stopped(&mut stop_rx, &reconfigure).await?;
+    let mut signals = Signals::new()?;
+    run_until_stopped(&mut signals, &mut stop_rx, &reconfigure).await?;
     heartbeat.abort();
-    drain(&router, config.shutdown_delay).await;
-    tracing::info!("stopping: no new connections; finishing requests in flight");
-    let _ = stop_tx.send(true);
-    let _ = listener_task.await;
-    apps.stop().await;
-    let _ = apps_task.await;
-    let _ = control_stop_tx.send(true);
-    let _ = control_task.await;
+    let graceful = async {
+        drain(&router, config.shutdown_delay).await;
+        tracing::info!("stopping: no new connections; finishing requests in flight");
+        let _ = stop_tx.send(true);
+        let _ = listener_task.await;
+        apps.stop().await;
+        let _ = apps_task.await;
+        let _ = control_stop_tx.send(true);
+        let _ = control_task.await;
+    };
+    let forced = tokio::select! {
+        () = graceful => None,
+        signal = signals.second() => Some(signal),
+    };
+    if let Some(signal) = forced {
+        stop_at_once(signal).await;
+    }
     supervisor::remove_stale(&control_path);
     supervisor::remove_stale(&loader_path(&config));
-    tracing::info!("stopped");
-    Ok(())
+    drop_reports.abort();
+    match forced {
+        Some(signal) => Err(Error::StoppedAtOnce(signal)),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
 }
 
 /// What the server serves, for the person who started it.
@@ -191,27 +210,98 @@ fn total_workers(config: &Config) -> usize {
     config.workers.saturating_mul(hosts + 1)
 }
 
+/// The signals a running server handles.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> io::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT, once a stop is under way.
+    async fn second(&mut self) -> StopSignal {
+        tokio::select! {
+            _ = self.term.recv() => StopSignal::Term,
+            _ = self.int.recv() => StopSignal::Int,
+        }
+    }
+}
+
+/// The signal that ended a stop early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    Term,
+    Int,
+}
+
+impl StopSignal {
+    /// The exit status a shell shows for a process killed by this signal
+    /// (128 + its number): 143 for SIGTERM, 130 for SIGINT.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            StopSignal::Term => 143,
+            StopSignal::Int => 130,
+        }
+    }
+}
+
+impl std::fmt::Display for StopSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopSignal::Term => "SIGTERM",
+            StopSignal::Int => "SIGINT",
+        })
+    }
+}
+
+/// How long a stop at once waits for the killed workers to be reaped.
+const REAP_LIMIT: Duration = Duration::from_secs(5);
+
+/// A second SIGTERM or SIGINT during a stop: the operator will not wait for
+/// requests in flight. Every worker is killed (its whole process group) and
+/// reaped; the caller exits with [`StopSignal::exit_code`].
+async fn stop_at_once(signal: StopSignal) {
+    tracing::warn!(
+        "second {signal} during the stop: killing every worker now, without finishing the \
+         requests in flight; exiting with status {}",
+        signal.exit_code()
+    );
+    supervisor::kill_all();
+    if !supervisor::all_reaped(REAP_LIMIT).await {
+        tracing::error!(
+            "some killed workers were not reaped within {REAP_LIMIT:?}; they die with this \
+             process (parent-death signal)"
+        );
+    }
+}
+
 /// Handles signals until SIGTERM or SIGINT arrives or a stop is requested:
 /// SIGHUP re-reads the configuration and rolls every app.
 async fn run_until_stopped(
+    signals: &mut Signals,
     stop: &mut watch::Receiver<bool>,
     reconfigure: &Reconfigure,
 ) -> io::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM received");
+            _ = signals.term.recv() => {
+                tracing::info!("SIGTERM received; a second one stops at once");
                 return Ok(());
             }
-            _ = int.recv() => {
-                tracing::info!("SIGINT received");
+            _ = signals.int.recv() => {
+                tracing::info!("SIGINT received; a second one stops at once");
                 return Ok(());
             }
             _ = stop.wait_for(|stop| *stop) => return Ok(()),
-            _ = hup.recv() => {
+            _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP received: re-reading the configuration and rolling the workers");
                 systemd::reloading("reloading: re-reading the configuration and rolling the workers");
                 let rolls = reconfigure.apply().await;

@@ -41,7 +41,7 @@ const LISTEN_FDS_START: RawFd = 3;
 const MAX_LISTEN_FDS: usize = 16;
 
 /// Every variable systemd sets for us, removed once read.
-const SYSTEMD_VARS: [&str; 6] = [
+pub(crate) const SYSTEMD_VARS: [&str; 6] = [
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",

@@ -1,6 +1,9 @@
 //! Bad command lines and config files: exit 2 with a message that names the
 //! bad token and what was expected; nothing starts.
 
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
 use crate::harness::{clean_command, closed_pipe, node_app, BIN};
 
 fn run(args: &[&str]) -> (i32, String) {
@@ -163,4 +166,84 @@ fn help_documents_every_form() {
     ] {
         assert!(help.contains(form), "--help lacks {form}");
     }
+}
+
+/// A control socket that takes connections and never answers: a hung
+/// instance. Accepted connections are held open until the test ends.
+struct HungInstance {
+    runtime: tempfile::TempDir,
+    socket: std::path::PathBuf,
+}
+
+impl HungInstance {
+    fn start(name: &str) -> Self {
+        use std::os::unix::fs::DirBuilderExt;
+        let runtime = tempfile::tempdir().unwrap();
+        let dir = runtime.path().join("rip-server");
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        let socket = dir.join(format!("{name}.ctl.sock"));
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                held.extend(stream.ok());
+            }
+        });
+        HungInstance { runtime, socket }
+    }
+
+    /// Runs `rip-server ARGS` against it; fails the test if the command is
+    /// still running after `limit`. Returns the exit code and stderr.
+    fn run(&self, args: &[&str], limit: Duration) -> (Option<i32>, String) {
+        let mut child = clean_command(BIN, self.runtime.path())
+            .env("HOME", self.runtime.path())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("rip-server {args:?} still waiting on a hung instance after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status.code(), stderr)
+    }
+}
+
+#[test]
+fn commands_give_up_on_a_hung_instance_naming_its_socket() {
+    let hung = HungInstance::start("stuck");
+    let socket = hung.socket.display().to_string();
+    for command in [
+        &["status", "--name", "stuck", "--timeout-ms=300"][..],
+        &["reload", "--name", "stuck", "--timeout-ms=300"],
+        &["stop", "--name", "stuck", "--timeout-ms=300"],
+    ] {
+        let (code, stderr) = hung.run(command, Duration::from_secs(10));
+        assert_eq!(code, Some(2), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "no answer from the control socket {socket} within 300 ms"
+            )),
+            "{command:?}: {stderr}"
+        );
+        assert!(stderr.contains("--timeout-ms"), "{stderr}");
+    }
+    // Without the flag: 10 s, well before any test patience runs out.
+    let (code, stderr) = hung.run(&["status", "--name", "stuck"], Duration::from_secs(30));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("within 10000 ms"), "{stderr}");
+    // `list` still lists the registry, without the hung instance's view.
+    let (code, stderr) = hung.run(&["list", "--timeout-ms=300"], Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -435,3 +435,48 @@ fn wait_output(child: &mut std::process::Child, limit: Duration) -> std::process
     }
     out
 }
+
+/// Out of file descriptors, the control socket cannot accept; the pending
+/// connection keeps it ready, so a naive loop spins and logs each failure
+/// (it logged one every 50 ms). It backs off and reports at most once
+/// every 10 s, then says when it accepts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_descriptors_the_control_socket_backs_off_and_reports_rarely() {
+    const FAILED: &str = "control socket: accept failed";
+    let server = Builder::rust().arg("w:1").open_file_limit(128).start();
+    server.wait_ready().await;
+    // Control connections, held open, until the server has no descriptor
+    // left to accept one more.
+    let mut held = Vec::new();
+    while !server.log().contains(FAILED) {
+        assert!(
+            held.len() < 1000,
+            "1000 control connections and no accept failed; log:\n{}",
+            server.log()
+        );
+        let connect = tokio::net::UnixStream::connect(server.control_socket());
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(5), connect).await {
+            held.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // An observation window, not a wait for a state: a spinning loop
+    // reports dozens of times in it, a backed-off one not at all.
+    let reports = |log: &str| log.matches(FAILED).count();
+    let before = reports(&server.log());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = reports(&server.log()) - before;
+    assert!(
+        during <= 1,
+        "{during} accept failure reports in 2 s; log:\n{}",
+        server.log()
+    );
+
+    // Descriptors free again: the next connection is accepted (within the
+    // backoff's second), and that is said.
+    drop(held);
+    assert_eq!(server.status().await["name"], "rust");
+    server
+        .wait_log("control socket: accepting again after")
+        .await;
+}

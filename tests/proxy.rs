@@ -341,6 +341,53 @@ async fn access_log_as_json_lines() {
     );
 }
 
+/// The access log line of the request whose path starts `path`.
+async fn access_line(server: &Server, path: &str) -> String {
+    server.wait_log(&format!("path={path}")).await;
+    let log = server.log();
+    log.lines()
+        .find(|l| l.contains(&format!("path={path}")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_leaves_query_strings_out_unless_log_query() {
+    let server = Builder::rust().arg("w:1").start();
+    assert_eq!(server.get("/ping?token=secret").await.status, 200);
+    let line = access_line(&server, "/ping").await;
+    assert!(line.contains("path=/ping "), "{line}");
+    assert!(!server.log().contains("secret"), "{}", server.log());
+
+    let server = Builder::rust().arg("w:1").arg("--log-query").start();
+    assert_eq!(server.get("/ping?token=secret").await.status, 200);
+    let line = access_line(&server, "/ping").await;
+    assert!(line.contains("path=/ping?token=secret "), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_paths_are_escaped_in_the_access_log() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Builder::rust().arg("w:1").arg("--log-query").start();
+    // What a request line lets through: a quote, a backslash, a
+    // right-to-left override (it would show the rest of the line reversed)
+    // and an encoded newline, which stays encoded.
+    let request = "GET /forge\"d\\\u{202e}x?q=%0a HTTP/1.1\r\n\
+                   Host: localhost\r\nConnection: close\r\n\r\n";
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply).await;
+    let line = access_line(&server, "\"/forge").await;
+    assert!(
+        line.contains(r#" path="/forge\"d\\\u{202e}x?q=%0a" status="#),
+        "{line}"
+    );
+    assert!(!server.log().contains('\u{202e}'), "{}", server.log());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_access_log_writes_none() {
     let server = Builder::rust().arg("w:1").arg("--no-access-log").start();

@@ -1,7 +1,8 @@
 //! Stopping: `rip-server stop`, SIGTERM and SIGINT finish requests in flight
 //! (for at most `--grace-ms`), stop
-//! every worker, remove every socket and exit 0; the runtime directory and
-//! sockets are private to the server's user.
+//! every worker, remove every socket and exit 0; a second SIGTERM or SIGINT
+//! during that stop kills every worker and exits at once (143 or 130); the
+//! runtime directory and sockets are private to the server's user.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -53,6 +54,64 @@ async fn get(port: u16, path: String) -> std::io::Result<(u16, String)> {
         .map_err(std::io::Error::other)?
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A worker that ignores SIGTERM holds a request: the first `signal`
+/// starts a stop that would wait out the grace period (a minute); a second
+/// one kills the workers and exits at once, with 128 + the signal's number.
+async fn a_second_stop_signal_exits_at_once(signal: nix::sys::signal::Signal, code: i32) {
+    let mut server = Builder::probe()
+        .arg("w:2")
+        .arg("--grace-ms=60000")
+        .arg("--read-timeout-ms=120000")
+        .start();
+    let workers = worker_pids(&server.wait_ready().await);
+    let held = tokio::spawn(get(server.port, "/deaf".to_string()));
+    server.wait_log("deaf to SIGTERM (child ").await;
+    let log = server.log();
+    let child: u32 = log
+        .split("deaf to SIGTERM (child ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no child pid in the log:\n{log}"));
+    server.signal(signal);
+    server.wait_log(&format!("{signal} received")).await;
+    server.signal(signal);
+    let status = server.wait_exit_within(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(code), "log:\n{}", server.log());
+    // Killed and reaped before the server exited, not left to init; the
+    // worker's own child too (its process group was killed).
+    let child_alive = process_alive(child);
+    if child_alive {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        !child_alive,
+        "the worker's child {child} outlived the server"
+    );
+    for pid in workers {
+        assert!(!process_alive(pid), "worker {pid} outlived the server");
+    }
+    // Cut: an error, or a 502 written as its worker died.
+    let held = held.await.unwrap();
+    assert!(
+        !matches!(held, Ok((200, _))),
+        "the held request was not cut: {held:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_exits_at_once() {
+    a_second_stop_signal_exits_at_once(nix::sys::signal::Signal::SIGTERM, 143).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigint_exits_at_once() {
+    a_second_stop_signal_exits_at_once(nix::sys::signal::Signal::SIGINT, 130).await;
 }
 
 /// Sends `signal` to a server with a request in flight: the request

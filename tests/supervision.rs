@@ -234,3 +234,55 @@ async fn killed_server_leaves_no_orphans_and_the_next_start_cleans_up() {
     );
     assert!(pids.iter().all(|pid| !process_alive(*pid)));
 }
+
+/// A worker gets what the worker protocol gives it, not what was the
+/// server's: neither the variables systemd set for the server nor a
+/// descriptor the server inherited without close-on-exec.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_inherit_neither_systemd_variables_nor_stray_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("the-servers-own-file");
+    let file = std::fs::File::create(&marker).unwrap();
+    let server = Builder::probe()
+        .arg("w:1")
+        .env(
+            "NOTIFY_SOCKET",
+            &dir.path().join("notify").display().to_string(),
+        )
+        .env("WATCHDOG_USEC", "30000000")
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDS", "1")
+        .env("JOURNAL_STREAM", "8:12345")
+        .inherit_fd(file, 7)
+        .start();
+    server.wait_ready().await;
+    // The test's setup took: the server holds the file as fd 7.
+    let held = std::fs::read_link(format!("/proc/{}/fd/7", server.pid())).unwrap();
+    assert_eq!(held, marker);
+
+    let reply = server.get("/inherited").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(seen["env"], serde_json::json!({}), "{seen:#}");
+    let fds = seen["fds"].as_object().unwrap();
+    assert!(
+        !fds.is_empty(),
+        "node's own descriptors are listed: {seen:#}"
+    );
+    // Sockets too: a descriptor shared with the server has the same
+    // target (socket:[inode]) on both sides.
+    let server_fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|target| target.starts_with("socket:"))
+        .collect();
+    for (fd, target) in fds {
+        let target = target.as_str().unwrap_or_default();
+        assert!(
+            target != marker.display().to_string() && !server_fds.iter().any(|s| s == target),
+            "the worker holds the server's fd {fd} -> {target}: {seen:#}"
+        );
+    }
+}

@@ -4,10 +4,16 @@
 //! left to the `tracing` subscriber (`logging.rs`), which writes it as a human
 //! line or, with `--json-logging`, as a JSON object with the same fields
 //! (the app, then host, method, path, status, bytes and timings).
-//! With `--no-access-log` no record is built at all.
+//! With `--no-access-log` no record is built at all. The path is logged
+//! without its query string (where tokens and other secrets ride) unless
+//! `--log-query`; in human lines the host and path are quoted and escaped
+//! when they hold anything but plain visible ASCII ([`Field`]), so a
+//! client cannot forge a field or a line.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::logging::Field;
 
 /// What the access log says about one request.
 #[derive(Debug, Clone)]
@@ -38,10 +44,10 @@ impl AccessRecord {
             app: app.clone(),
             host,
             method: parts.method.clone(),
-            path: parts.uri.path_and_query().map_or_else(
-                || parts.uri.path().to_string(),
-                |pq| pq.as_str().to_string(),
-            ),
+            path: match parts.uri.path_and_query() {
+                Some(pq) if crate::logging::log_query() => pq.as_str().to_string(),
+                _ => parts.uri.path().to_string(),
+            },
             status: 0,
             bytes: 0,
             started,
@@ -57,9 +63,9 @@ impl AccessRecord {
         tracing::info!(
             target: "access",
             app = %self.app,
-            host = %self.host,
+            host = %Field(&self.host),
             method = %self.method,
-            path = %self.path,
+            path = %Field(&self.path),
             status = self.status,
             bytes = self.bytes,
             total_ms = ms(self.started.elapsed()),

@@ -42,6 +42,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
+use super::accept::AcceptBackoff;
 use super::body::{BoxError, ResponseBody};
 use super::conn::{ClientConn, Ongoing};
 use super::proxy::{ClientInfo, Scheme};
@@ -162,7 +163,8 @@ pub async fn serve(
     let builder = Arc::new(connection_builder(&options));
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let port = listener.local_addr().map_or(0, |a| a.port());
-    let mut backoff = Duration::from_millis(5);
+    // Connections close often under load: try again soon.
+    let mut backoff = AcceptBackoff::new("listener", Duration::from_millis(5));
 
     loop {
         let permit = tokio::select! {
@@ -176,16 +178,13 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::error!(error = %e, "accept failed; backing off {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    tokio::time::sleep(backoff.failed(&e)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => break,
         };
-        backoff = Duration::from_millis(5);
+        backoff.succeeded();
         let _ = stream.set_nodelay(true);
         let connection = Connection {
             builder: builder.clone(),
@@ -599,18 +598,19 @@ pub async fn serve_redirect(
     https_port: u16,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut backoff = AcceptBackoff::new("redirect listener", Duration::from_millis(100));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "redirect listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(backoff.failed(&e)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
         };
+        backoff.succeeded();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| async move {
                 Ok::<_, Infallible>(redirect_response(&request, https_port))

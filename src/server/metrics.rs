@@ -124,14 +124,22 @@ pub struct AppSample<'a> {
     pub pool: PoolStats,
 }
 
-/// The Prometheus text of every app's metrics (OpenMetrics framing, as
-/// prometheus-client writes it: `# EOF` at the end).
-pub fn render(apps: &[AppSample<'_>]) -> String {
+/// What the server as a whole counts, beside its apps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerSample {
+    /// Log lines dropped because stdout was not being read.
+    pub log_lines_dropped: u64,
+}
+
+/// The Prometheus text of every app's metrics and the server's own
+/// (OpenMetrics framing, as prometheus-client writes it: `# EOF` at the end).
+pub fn render(apps: &[AppSample<'_>], server: ServerSample) -> String {
     let mut registry = Registry::default();
     let snapshot = Snapshot(
         apps.iter()
             .map(|a| Sampled::of(a.app, a.metrics, a.pool))
             .collect(),
+        server,
     );
     registry.register_collector(Box::new(snapshot));
     let mut out = String::new();
@@ -146,7 +154,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// Every app's values, read once when the scrape begins.
 #[derive(Debug)]
-struct Snapshot(Vec<Sampled>);
+struct Snapshot(Vec<Sampled>, ServerSample);
 
 #[derive(Debug)]
 struct Sampled {
@@ -318,6 +326,12 @@ impl Collector for Snapshot {
                 ConstGauge::new(value).encode(family.encode_family(&app.labels())?)?;
             }
         }
+        ConstCounter::new(self.1.log_lines_dropped).encode(encoder.encode_descriptor(
+            "rip_log_lines_dropped",
+            "Log lines dropped because stdout was not being read.",
+            None,
+            MetricType::Counter,
+        )?)?;
         Ok(())
     }
 }
@@ -335,18 +349,24 @@ mod tests {
         Metrics::incr(&b.rolls_started);
         a.queue_wait.record(Duration::from_millis(3));
         let pool = PoolStats::default();
-        let text = render(&[
-            AppSample {
-                app: "api",
-                metrics: &a,
-                pool,
-            },
-            AppSample {
-                app: "labs",
-                metrics: &b,
-                pool,
-            },
-        ]);
+        let server = ServerSample {
+            log_lines_dropped: 7,
+        };
+        let text = render(
+            &[
+                AppSample {
+                    app: "api",
+                    metrics: &a,
+                    pool,
+                },
+                AppSample {
+                    app: "labs",
+                    metrics: &b,
+                    pool,
+                },
+            ],
+            server,
+        );
         assert!(
             text.contains("rip_requests_total{app=\"api\",status=\"200\"} 2"),
             "{text}"
@@ -372,6 +392,7 @@ mod tests {
             1,
             "{text}"
         );
+        assert!(text.contains("\nrip_log_lines_dropped_total 7\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

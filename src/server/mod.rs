@@ -1,6 +1,7 @@
 //! The data path: from a client connection to a worker and back.
 //!
 //! - [`listen`]: bind, accept, serve each connection (HTTP/1.1 and HTTP/2), graceful stop.
+//! - [`accept`]: what every accept loop does when accept fails (out of descriptors).
 //! - [`edge`]: what is refused or settled before routing (method, framing, authority).
 //! - [`routes`]: the server's own `/server`, else the app's proxy.
 //! - [`proxy`]: header hygiene, worker selection, outcome → status.
@@ -10,6 +11,7 @@
 //! - [`body`]: request/response bodies with limits, timeouts and the worker lease.
 //! - [`access_log`], [`metrics`]: what happened, per request and in total.
 
+pub mod accept;
 pub mod access_log;
 pub mod body;
 pub mod conn;

@@ -28,7 +28,7 @@ mod worker;
 pub use rolling::{RollOutcome, RollStatus, Trigger};
 pub use slot::SlotStatus;
 pub use watch::is_relevant;
-pub use worker::{remove_stale, Event, Spawner};
+pub use worker::{all_reaped, kill_all, remove_stale, Event, Spawner};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

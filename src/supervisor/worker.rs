@@ -2,11 +2,16 @@
 //!
 //! [`Spawner::spawn`] starts the app's entry with the worker protocol's
 //! environment (docs/worker-protocol.md) in its own process group, with a
-//! parent-death signal so a `SIGKILL`ed server leaves no orphans. Each child
+//! parent-death signal so a `SIGKILL`ed server leaves no orphans. What is
+//! the server's alone stays with it: systemd's variables (its notify
+//! socket, its listening sockets, its journal stream) are scrubbed from
+//! the worker's environment, and no descriptor above stderr survives exec. Each child
 //! gets one task that owns its `Child`: it reaps the child and reports the
 //! exit, and it delivers signals only while the child is unreaped, so a
 //! signal can never reach a recycled pid. stdout and stderr are forwarded to
-//! the server's log line by line, prefixed with the app and worker id.
+//! the server's log line by line, prefixed with the app and worker id, by a
+//! task of their own that always reads on: the log writer drops rather than
+//! waits (`logging.rs`), so a stalled stdout never blocks a worker's writes.
 //!
 //! [`boot`] polls the worker's `/ready` probe (woken early by a `join`) until
 //! it answers 200 or the boot deadline passes; the probe's connection becomes
@@ -15,14 +20,16 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use nix::libc;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use crate::cli::ReloadMode;
@@ -81,6 +88,43 @@ pub struct Spawner {
     pub run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
 }
 
+/// Set once, by [`kill_all`]: every worker is killed now.
+static KILL_ALL: LazyLock<watch::Sender<bool>> = LazyLock::new(|| watch::Sender::new(false));
+
+/// Workers started and not yet reaped, across every app.
+static UNREAPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Kills every worker of every app, and any started from now on, with
+/// `SIGKILL` to its process group (a stop that must not wait: a second
+/// SIGTERM or SIGINT). Each worker's own task delivers it, so it never
+/// reaches a recycled pid.
+pub fn kill_all() {
+    KILL_ALL.send_replace(true);
+}
+
+/// Waits until every worker started so far has been reaped, at most
+/// `limit`; says whether they all were.
+pub async fn all_reaped(limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while UNREAPED.load(Ordering::Acquire) > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// Returns once [`kill_all`] was called.
+async fn killed_all(kill: &mut watch::Receiver<bool>) {
+    // The guard it answers is not `Send`: drop it here, not in a select.
+    let gone = kill.wait_for(|kill| *kill).await.is_err();
+    if gone {
+        // The switch lives as long as the process; this is never reached.
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The supervisor's grip on a running child.
 #[derive(Debug)]
 pub struct ProcessHandle {
@@ -130,13 +174,17 @@ impl Spawner {
             // Its own group: signals reach the worker and its children, and a
             // Ctrl-C in the terminal reaches only the server, which drains.
             .process_group(0);
+        for var in SERVER_ONLY_VARS {
+            command.env_remove(var);
+        }
         let parent = std::process::id();
         let run_as = self.run_as;
         // SAFETY: the closure runs between fork and exec and calls only
-        // async-signal-safe functions (umask, setgroups, setgid, setuid,
-        // prctl, getppid, kill).
+        // async-signal-safe functions (close_range, getrlimit, fcntl, umask,
+        // setgroups, setgid, setuid, prctl, getppid, kill).
         unsafe {
             command.pre_exec(move || {
+                cloexec_above_stderr();
                 if let Some((uid, gid)) = run_as {
                     // Sockets group-writable: the server reaches them through the group.
                     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
@@ -159,6 +207,7 @@ impl Spawner {
                 format!("cannot start {}: {e}", Path::new(&self.program).display()),
             )
         })?;
+        UNREAPED.fetch_add(1, Ordering::AcqRel);
         let pid = child.id().unwrap_or(0);
         let label = format!("{} w{id}", self.app_name);
         if let Some(out) = child.stdout.take() {
@@ -168,18 +217,26 @@ impl Spawner {
             tokio::spawn(forward_lines(err, label, Stream::Stderr));
         }
         let (signals, mut inbox) = mpsc::channel::<Signal>(8);
+        let mut kill = KILL_ALL.subscribe();
         tokio::spawn(async move {
+            // `id()` is None once reaped: never signal a recycled pid.
+            let signal_group = |child: &tokio::process::Child, signal| {
+                if let Some(pid) = child.id() {
+                    let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), signal);
+                }
+            };
+            let mut killed = false;
             loop {
                 tokio::select! {
                     status = child.wait() => {
+                        UNREAPED.fetch_sub(1, Ordering::AcqRel);
                         let _ = events.send(Event::Exited { id, status }).await;
                         break;
                     }
-                    Some(signal) = inbox.recv() => {
-                        // `id()` is None once reaped: never signal a recycled pid.
-                        if let Some(pid) = child.id() {
-                            let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), signal);
-                        }
+                    Some(signal) = inbox.recv() => signal_group(&child, signal),
+                    () = killed_all(&mut kill), if !killed => {
+                        killed = true;
+                        signal_group(&child, Signal::SIGKILL);
                     }
                 }
             }
@@ -189,6 +246,49 @@ impl Spawner {
             socket,
             signals,
         })
+    }
+}
+
+/// Variables that describe the server's own setup and mean something else,
+/// or nothing, in a worker: systemd's (a worker that notified systemd or
+/// took its sockets would confuse it) and `JOURNAL_STREAM` (the worker's
+/// stderr is a pipe to the server, not the journal).
+const SERVER_ONLY_VARS: [&str; 7] = [
+    crate::systemd::SYSTEMD_VARS[0],
+    crate::systemd::SYSTEMD_VARS[1],
+    crate::systemd::SYSTEMD_VARS[2],
+    crate::systemd::SYSTEMD_VARS[3],
+    crate::systemd::SYSTEMD_VARS[4],
+    crate::systemd::SYSTEMD_VARS[5],
+    "JOURNAL_STREAM",
+];
+
+/// Marks every descriptor above stderr close-on-exec, so a worker starts
+/// with stdin, stdout and stderr only: not the listening sockets, the
+/// control socket, client connections or anything the server inherited
+/// without `FD_CLOEXEC`. (Closing them here instead would also close the
+/// pipe through which a failed exec is reported.) Runs between fork and
+/// exec: async-signal-safe calls only.
+fn cloexec_above_stderr() {
+    // SAFETY: a system call on integers; it touches no memory.
+    let marked = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if marked {
+        return;
+    }
+    // Before Linux 5.11: one fcntl per descriptor the limit allows.
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft)
+        .min(libc::c_int::MAX as u64) as libc::c_int;
+    for fd in 3..limit {
+        // SAFETY: as above; an fd that is not open answers EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Server {
     pub name: String,
     pub runtime: tempfile::TempDir,
     log: Arc<Mutex<String>>,
+    /// Dropped to let a stdout held by [`Builder::hold_stdout`] be read again.
+    stdout_hold: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Builds a server command line.
@@ -69,6 +71,9 @@ pub struct Builder {
     name: String,
     runtime: Option<tempfile::TempDir>,
     home: Option<PathBuf>,
+    hold_stdout: bool,
+    inherit: Option<(std::fs::File, i32)>,
+    open_files: Option<u64>,
 }
 
 impl Builder {
@@ -111,6 +116,9 @@ impl Builder {
             name: name.to_string(),
             runtime: None,
             home: None,
+            hold_stdout: false,
+            inherit: None,
+            open_files: None,
         }
     }
 
@@ -119,6 +127,12 @@ impl Builder {
     pub fn gate() -> Self {
         let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gate-app");
         Builder::app(app.to_str().unwrap(), "gate").arg("--reload=none")
+    }
+
+    /// `tests/fixtures/probe-app`: floods its stdout on request (`/print`).
+    pub fn probe() -> Self {
+        let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/probe-app");
+        Builder::app(app.to_str().unwrap(), "probe").arg("--reload=none")
     }
 
     pub fn app(path: &str, name: &str) -> Self {
@@ -132,6 +146,9 @@ impl Builder {
             name: name.to_string(),
             runtime: None,
             home: None,
+            hold_stdout: false,
+            inherit: None,
+            open_files: None,
         }
     }
 
@@ -159,6 +176,28 @@ impl Builder {
         self
     }
 
+    /// Stops reading the server's stdout once it has printed its URLs, and
+    /// holds the pipe open unread (a stalled terminal or log shipper) until
+    /// [`Server::resume_stdout`] or the end of the test.
+    pub fn hold_stdout(mut self) -> Self {
+        self.hold_stdout = true;
+        self
+    }
+
+    /// Passes `file` to the server as descriptor `fd`, without close-on-exec
+    /// (as a careless parent process would).
+    pub fn inherit_fd(mut self, file: std::fs::File, fd: i32) -> Self {
+        self.inherit = Some((file, fd));
+        self
+    }
+
+    /// Starts the server with this open-file limit, soft and hard (so it
+    /// cannot raise it).
+    pub fn open_file_limit(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
+        self
+    }
+
     /// Reuses a runtime directory (to test stale-socket cleanup).
     pub fn runtime(mut self, dir: tempfile::TempDir) -> Self {
         self.runtime = Some(dir);
@@ -176,11 +215,48 @@ impl Builder {
             command.env(k, v);
         }
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some((file, target)) = &self.inherit {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let (source, target) = (file.as_raw_fd(), *target);
+            // SAFETY: dup2 is async-signal-safe; the new descriptor has no
+            // close-on-exec flag.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::unistd::dup2(source, target)?;
+                    Ok(())
+                });
+            }
+        }
+        if let Some(limit) = self.open_files {
+            use nix::sys::resource::{setrlimit, Resource};
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    setrlimit(Resource::RLIMIT_NOFILE, limit, limit)?;
+                    Ok(())
+                });
+            }
+        }
         let mut child = command.spawn().expect("start rip-server");
+        drop(self.inherit);
         let log = Arc::new(Mutex::new(String::new()));
         let (port_tx, port_rx) = std::sync::mpsc::channel();
-        capture(child.stdout.take().unwrap(), log.clone(), Some(port_tx));
-        capture(child.stderr.take().unwrap(), log.clone(), None);
+        let (stdout_hold, hold) = match self.hold_stdout {
+            true => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        capture(
+            child.stdout.take().unwrap(),
+            log.clone(),
+            Some(port_tx),
+            hold,
+        );
+        capture(child.stderr.take().unwrap(), log.clone(), None, None);
         let (port, redirect_port) = match port_rx.recv_timeout(PATIENCE) {
             Ok(ports) => ports,
             Err(_) => {
@@ -200,6 +276,7 @@ impl Builder {
             name: self.name,
             runtime,
             log,
+            stdout_hold,
         }
     }
 }
@@ -236,10 +313,13 @@ pub fn closed_pipe() -> Stdio {
     Stdio::from(writer)
 }
 
+/// Reads `pipe` into `log` line by line. With `hold`, reading stops after
+/// the control socket line until `hold` gets a message or is dropped.
 fn capture(
     pipe: impl std::io::Read + Send + 'static,
     log: Arc<Mutex<String>>,
     port_tx: Option<std::sync::mpsc::Sender<(u16, Option<u16>)>>,
+    mut hold: Option<std::sync::mpsc::Receiver<()>>,
 ) {
     std::thread::spawn(move || {
         let mut port = None;
@@ -264,6 +344,9 @@ fn capture(
             if let (Some(tx), Some(p), true) = (&port_tx, port, line.starts_with("control socket "))
             {
                 let _ = tx.send((p, redirect));
+                if let Some(hold) = hold.take() {
+                    let _ = hold.recv();
+                }
             }
         }
     });
@@ -304,6 +387,11 @@ pub struct Reply {
 impl Server {
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Reads the stdout held by [`Builder::hold_stdout`] again.
+    pub fn resume_stdout(&mut self) {
+        self.stdout_hold = None;
     }
 
     pub fn log(&self) -> String {
@@ -414,16 +502,40 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status (bounded).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.terminate_within(Duration::from_secs(30))
+    }
+
+    /// Sends SIGTERM and fails the test unless the server exits within `limit`.
+    pub fn terminate_within(&mut self, limit: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("server running");
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        wait_child(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
+        wait_child(&mut child, limit).unwrap_or_else(|| {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "rip-server did not exit within 30 s of SIGTERM; log:\n{}",
+                "rip-server did not exit within {limit:?} of SIGTERM; log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// Sends `signal` to the server (which keeps running, for the test to wait on).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal rip-server");
+    }
+
+    /// Waits for the server to exit, failing the test past `limit`.
+    pub fn wait_exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        wait_child(&mut child, limit).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "rip-server did not exit within {limit:?}; log:\n{}",
                 self.log()
             )
         })
@@ -438,12 +550,7 @@ impl Server {
 
     /// Waits for the server to exit on its own (after `rip-server stop`).
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("server running");
-        wait_child(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("rip-server did not exit within 30 s; log:\n{}", self.log())
-        })
+        self.wait_exit_within(Duration::from_secs(30))
     }
 
     /// Runs `rip-server ARGS` against this instance's runtime directory and
@@ -476,6 +583,7 @@ fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitSt
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.resume_stdout();
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
