@@ -78,6 +78,17 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "MODE")]
     pub reload: Option<ReloadMode>,
 
+    /// Only app files matching GLOB (.gitignore syntax, relative to the app; repeatable) start a
+    /// reload (default: every file not ignored; see --watch-ignore).
+    #[arg(long, value_name = "GLOB")]
+    pub watch: Vec<String>,
+
+    /// More app files whose changes never start a reload (.gitignore syntax; repeatable), after
+    /// the defaults (*.log, *.db, *.sqlite, *.sqlite3, *-journal, *-wal, *-shm, *.pid, log/,
+    /// logs/, tmp/, uploads/) and the app's .gitignore and .ripignore.
+    #[arg(long, value_name = "GLOB")]
+    pub watch_ignore: Vec<String>,
+
     /// Requests that may wait for a worker before new ones get 503 (default 8192).
     #[arg(long, value_name = "N")]
     pub max_queue: Option<usize>,

@@ -15,6 +15,7 @@
 //! restart = "5000,600s,10r"   # the r: token without its prefix
 //! listen = "http:5002"        # http, http:PORT, https, https:PORT or a bare port
 //! reload = "process"
+//! watch_ignore = ["data/"]    # .gitignore-style globs; also watch = ["*.mjs"]
 //! max_queue = 8192
 //! queue_timeout_ms = 2000
 //! json_logging = false
@@ -52,6 +53,8 @@ pub struct Config {
     pub workers: usize,
     pub restart: RestartPolicy,
     pub reload: ReloadMode,
+    /// Which of an app's files can start a reload.
+    pub watch: WatchRules,
     pub listen: Listen,
     pub limits: Limits,
     pub timeouts: Timeouts,
@@ -84,6 +87,45 @@ pub struct RestartPolicy {
     pub max_requests: Option<NonZeroU64>,
     pub max_age: Option<Duration>,
     pub max_reloads: Option<NonZeroU64>,
+}
+
+/// Which of an app's files can start a reload (`--watch`, `--watch-ignore`),
+/// in `.gitignore` syntax relative to the app directory. The watcher adds
+/// its own default ignores and the app's `.gitignore` and `.ripignore`
+/// (`supervisor/watch.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchRules {
+    /// Only paths matching one of these can; empty: every path not ignored.
+    pub watch: Vec<String>,
+    /// More paths to ignore, after the defaults and the app's ignore files.
+    pub ignore: Vec<String>,
+}
+
+impl WatchRules {
+    /// Checks every glob, so a typo stops the start (exit 2) instead of
+    /// silently watching too much or too little.
+    fn checked(watch: Vec<String>, ignore: Vec<String>) -> Result<WatchRules, ConfigError> {
+        for (setting, globs) in [("--watch", &watch), ("--watch-ignore", &ignore)] {
+            for glob in globs {
+                check_glob(glob).map_err(|message| ConfigError::Invalid { setting, message })?;
+            }
+        }
+        Ok(WatchRules { watch, ignore })
+    }
+}
+
+/// Whether `glob` is a valid `.gitignore` line.
+fn check_glob(glob: &str) -> Result<(), String> {
+    if glob.trim().is_empty() || glob.trim_start().starts_with('#') {
+        return Err(format!(
+            "'{glob}' is not a glob: expected a .gitignore-style pattern such as '*.mjs' or 'src/'"
+        ));
+    }
+    let mut builder = ignore::gitignore::GitignoreBuilder::new("/");
+    builder
+        .add_line(None, glob)
+        .map(|_| ())
+        .map_err(|e| format!("'{glob}' is not a glob: {e}"))
 }
 
 /// The public listener.
@@ -243,6 +285,8 @@ struct FileConfig {
     restart: Option<String>,
     listen: Option<FileListen>,
     reload: Option<ReloadMode>,
+    watch: Option<Vec<String>>,
+    watch_ignore: Option<Vec<String>>,
     max_queue: Option<usize>,
     queue_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
@@ -400,6 +444,7 @@ impl Config {
             workers: layers.workers()?,
             restart: layers.restart()?,
             reload: layers.reload()?,
+            watch: layers.watch()?,
             listen: layers.listen()?,
             limits: Limits {
                 max_queue: layers.number(
@@ -779,6 +824,21 @@ impl Layers<'_> {
             });
         }
         Ok(self.file.reload.unwrap_or(ReloadMode::Process))
+    }
+
+    /// `--watch`/`--watch-ignore`: the flags, if any is given, replace the file's list.
+    fn watch(&self) -> Result<WatchRules, ConfigError> {
+        let pick = |flag: &Vec<String>, file: &Option<Vec<String>>| {
+            if flag.is_empty() {
+                file.clone().unwrap_or_default()
+            } else {
+                flag.clone()
+            }
+        };
+        WatchRules::checked(
+            pick(&self.cli.watch, &self.file.watch),
+            pick(&self.cli.watch_ignore, &self.file.watch_ignore),
+        )
     }
 
     fn listen(&self) -> Result<Listen, ConfigError> {
@@ -1301,5 +1361,32 @@ mod tests {
         let c = build(&[&format!("--config={}", file.display())], &[]).unwrap();
         assert_eq!(c.app.unwrap().dir, app.canonicalize().unwrap());
         assert_eq!(c.workers, 3);
+    }
+
+    #[test]
+    fn watch_globs_come_from_flags_over_the_file_and_are_checked() {
+        let conf_dir = tempfile::tempdir().unwrap();
+        let app = conf_dir.path().join("shop");
+        std::fs::create_dir(&app).unwrap();
+        std::fs::write(app.join("index.mjs"), "export default {}").unwrap();
+        let file = conf_dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "app = \"shop\"\nlisten = \"http:0\"\nwatch = [\"*.mjs\"]\nwatch_ignore = [\"data/\"]\n",
+        )
+        .unwrap();
+        let config = format!("--config={}", file.display());
+        let c = build(&[&config], &[]).unwrap();
+        assert_eq!(c.watch.watch, ["*.mjs"]);
+        assert_eq!(c.watch.ignore, ["data/"]);
+        let c = build(&[&config, "--watch=src/", "--watch=*.ts"], &[]).unwrap();
+        assert_eq!(c.watch.watch, ["src/", "*.ts"]);
+        assert_eq!(c.watch.ignore, ["data/"]);
+        for bad in ["--watch=[z-a]", "--watch-ignore=", "--watch=# comment"] {
+            let err = build(&[&config, bad], &[]).unwrap_err().to_string();
+            let (flag, glob) = bad.split_once('=').unwrap();
+            assert!(err.starts_with(flag), "{bad}: {err}");
+            assert!(err.contains(&format!("'{glob}'")), "{bad}: {err}");
+        }
     }
 }
