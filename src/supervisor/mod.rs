@@ -20,6 +20,7 @@
 //! - Stop: drain every worker, `SIGKILL` after the grace period, reap all,
 //!   remove every socket file.
 
+mod forker;
 mod rolling;
 mod slot;
 mod watch;

@@ -2,10 +2,12 @@
 //!
 //! [`Spawner::spawn`] starts the app's entry with the worker protocol's
 //! environment (docs/worker-protocol.md) in its own process group, with a
-//! parent-death signal so a `SIGKILL`ed server leaves no orphans. Each child
+//! parent-death signal so a `SIGKILL`ed server leaves no orphan workers; it
+//! is forked on the server's one forking thread ([`forker`]). Each child
 //! gets one task that owns its `Child`: it reaps the child and reports the
 //! exit, and it delivers signals only while the child is unreaped, so a
-//! signal can never reach a recycled pid. stdout and stderr are forwarded to
+//! signal can never reach a recycled pid. When the child exits, what it
+//! left running in its process group is killed before it is reaped. stdout and stderr are forwarded to
 //! the server's log line by line, prefixed with the app and worker id.
 //!
 //! [`boot`] polls the worker's `/ready` probe (woken early by a `join`) until
@@ -25,6 +27,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use super::forker;
 use crate::cli::ReloadMode;
 use crate::server::pool::{Generation, WorkerId};
 use crate::server::upstream::{DialError, Upstream};
@@ -153,7 +156,7 @@ impl Spawner {
                 Ok(())
             });
         }
-        let mut child = command.spawn().map_err(|e| {
+        let mut child = forker::spawn(command).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot start {}: {e}", Path::new(&self.program).display()),
@@ -169,9 +172,17 @@ impl Spawner {
         }
         let (signals, mut inbox) = mpsc::channel::<Signal>(8);
         tokio::spawn(async move {
+            let mut exit = forker::ExitWatch::new(pid);
             loop {
                 tokio::select! {
-                    status = child.wait() => {
+                    exited = exit.exited(), if exit.is_armed() => {
+                        if exited {
+                            // Unreaped, so its pid still names its group.
+                            forker::end_group(pid);
+                        }
+                        exit = forker::ExitWatch::disarmed();
+                    }
+                    status = child.wait(), if !exit.is_armed() => {
                         let _ = events.send(Event::Exited { id, status }).await;
                         break;
                     }
