@@ -215,6 +215,11 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "RUNTIME")]
     pub runtime: Option<JsRuntime>,
 
+    /// Listen on this address only (repeatable: 127.0.0.1, ::1, [::1]); the port comes from the
+    /// listener tokens (default: every IPv4 and IPv6 interface).
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Vec<String>,
+
     /// HTTPS port (the same as a bare PORT; default 443, else the first free port from 5000).
     #[arg(long, value_name = "PORT")]
     pub https_port: Option<u16>,

@@ -56,6 +56,8 @@ pub struct Config {
     /// Which of an app's files can start a reload.
     pub watch: WatchRules,
     pub listen: Listen,
+    /// Addresses the listeners bind (`--bind`); empty: every interface.
+    pub bind: Vec<IpAddr>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     /// Peers whose forwarding headers are believed.
@@ -112,6 +114,29 @@ impl WatchRules {
         }
         Ok(WatchRules { watch, ignore })
     }
+}
+
+/// `--bind` values: IP addresses, IPv6 with or without brackets.
+fn parse_bind(values: &[String]) -> Result<Vec<IpAddr>, ConfigError> {
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for value in values {
+        let text = value.trim();
+        let bare = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text);
+        let address: IpAddr = bare.parse().map_err(|_| ConfigError::Invalid {
+            setting: "--bind",
+            message: format!(
+                "'{value}' is not an IP address: expected e.g. 127.0.0.1, ::1 or [::1] \
+                 (the port comes from http:PORT or PORT)"
+            ),
+        })?;
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    Ok(addresses)
 }
 
 /// Whether `glob` is a valid `.gitignore` line.
@@ -284,6 +309,7 @@ struct FileConfig {
     workers: Option<FileWorkers>,
     restart: Option<String>,
     listen: Option<FileListen>,
+    bind: Option<Vec<String>>,
     reload: Option<ReloadMode>,
     watch: Option<Vec<String>>,
     watch_ignore: Option<Vec<String>>,
@@ -446,6 +472,11 @@ impl Config {
             reload: layers.reload()?,
             watch: layers.watch()?,
             listen: layers.listen()?,
+            bind: parse_bind(if cli.bind.is_empty() {
+                file.bind.as_deref().unwrap_or_default()
+            } else {
+                &cli.bind
+            })?,
             limits: Limits {
                 max_queue: layers.number(
                     cli.max_queue,

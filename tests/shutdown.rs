@@ -159,16 +159,24 @@ async fn grace_ms_bounds_how_long_a_stop_waits_for_requests() {
 
 /// Whether process `pid` holds the server end of the loopback TCP
 /// connection from `client_port` to `server_port` (it has accepted it).
+/// The default listener is dual-stack, so an IPv4 client's connection is
+/// listed in `tcp6` (as `::ffff:127.0.0.1`).
 fn holds_connection(pid: u32, server_port: u16, client_port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
-    let inode = table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
-        let matches = port(fields.get(1)?)? == server_port && port(fields.get(2)?)? == client_port;
-        matches.then(|| fields.get(9).map(|inode| inode.to_string()))?
-    });
+    let table = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let inode = table
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("sl"))
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+            let matches =
+                port(fields.get(1)?)? == server_port && port(fields.get(2)?)? == client_port;
+            matches.then(|| fields.get(9).map(|inode| inode.to_string()))?
+        });
     let Some(inode) = inode else { return false };
     let wanted = format!("socket:[{inode}]");
     std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
