@@ -1,6 +1,6 @@
 //! Criterion micro-benchmarks of the pool's hot path: checkout and release
-//! of an idle worker (LIFO pop/push), and the hand-off of a released worker
-//! to a queued request.
+//! of an idle worker (LIFO pop/push), the hand-off of a released worker
+//! to a queued request, and a waiter leaving a long queue (its client gone).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +50,35 @@ fn hand_off(c: &mut Criterion) {
     });
 }
 
+/// Requests already waiting when a client joins the queue and leaves it.
+const QUEUED: usize = 4096;
+
+fn cancel_in_long_queue(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = pool_with(1);
+    let _held = runtime.block_on(pool.checkout()).unwrap();
+    let mut queued = Vec::with_capacity(QUEUED);
+    for _ in 0..QUEUED {
+        let mut waiter = Box::pin(pool.checkout());
+        assert!(runtime
+            .block_on(futures_poll_once(waiter.as_mut()))
+            .is_none());
+        queued.push(waiter);
+    }
+    c.bench_function("pool/join and leave a queue of 4096", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let waiter = pool.checkout();
+            tokio::pin!(waiter);
+            assert!(futures_poll_once(waiter.as_mut()).await.is_none());
+            // Dropped while queued: its client left.
+        })
+    });
+    drop(queued);
+}
+
 /// Polls a future once; `None` if it is still pending.
 async fn futures_poll_once<F: std::future::Future + Unpin>(future: F) -> Option<F::Output> {
     let mut future = future;
@@ -62,5 +91,5 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(future: F) -> Option<
     .await
 }
 
-criterion_group!(benches, checkout_release, hand_off);
+criterion_group!(benches, checkout_release, hand_off, cancel_in_long_queue);
 criterion_main!(benches);

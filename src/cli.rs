@@ -80,6 +80,17 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "MODE")]
     pub reload: Option<ReloadMode>,
 
+    /// Only app files matching GLOB (.gitignore syntax, relative to the app; repeatable) start a
+    /// reload (default: every file not ignored; see --watch-ignore).
+    #[arg(long, value_name = "GLOB")]
+    pub watch: Vec<String>,
+
+    /// More app files whose changes never start a reload (.gitignore syntax; repeatable), after
+    /// the defaults (*.log, *.db, *.sqlite, *.sqlite3, *-journal, *-wal, *-shm, *.pid, log/,
+    /// logs/, tmp/, uploads/) and the app's .gitignore and .ripignore.
+    #[arg(long, value_name = "GLOB")]
+    pub watch_ignore: Vec<String>,
+
     /// Requests that may wait for a worker before new ones get 503 (default 8192).
     #[arg(long, value_name = "N")]
     pub max_queue: Option<usize>,
@@ -205,6 +216,11 @@ pub struct Cli {
     /// JavaScript runtime for fetch-handler apps: node or bun (default node).
     #[arg(long, value_enum, value_name = "RUNTIME")]
     pub runtime: Option<JsRuntime>,
+
+    /// Listen on this address only (repeatable: 127.0.0.1, ::1, [::1]); the port comes from the
+    /// listener tokens (default: every IPv4 and IPv6 interface).
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Vec<String>,
 
     /// HTTPS port (the same as a bare PORT; default 443, else the first free port from 5000).
     #[arg(long, value_name = "PORT")]

@@ -15,6 +15,7 @@
 //! restart = "5000,600s,10r"   # the r: token without its prefix
 //! listen = "http:5002"        # http, http:PORT, https, https:PORT or a bare port
 //! reload = "process"
+//! watch_ignore = ["data/"]    # .gitignore-style globs; also watch = ["*.mjs"]
 //! max_queue = 8192
 //! queue_timeout_ms = 2000
 //! json_logging = false
@@ -52,7 +53,11 @@ pub struct Config {
     pub workers: usize,
     pub restart: RestartPolicy,
     pub reload: ReloadMode,
+    /// Which of an app's files can start a reload.
+    pub watch: WatchRules,
     pub listen: Listen,
+    /// Addresses the listeners bind (`--bind`); empty: every interface.
+    pub bind: Vec<IpAddr>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     /// Peers whose forwarding headers are believed.
@@ -84,6 +89,68 @@ pub struct RestartPolicy {
     pub max_requests: Option<NonZeroU64>,
     pub max_age: Option<Duration>,
     pub max_reloads: Option<NonZeroU64>,
+}
+
+/// Which of an app's files can start a reload (`--watch`, `--watch-ignore`),
+/// in `.gitignore` syntax relative to the app directory. The watcher adds
+/// its own default ignores and the app's `.gitignore` and `.ripignore`
+/// (`supervisor/watch.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchRules {
+    /// Only paths matching one of these can; empty: every path not ignored.
+    pub watch: Vec<String>,
+    /// More paths to ignore, after the defaults and the app's ignore files.
+    pub ignore: Vec<String>,
+}
+
+impl WatchRules {
+    /// Checks every glob, so a typo stops the start (exit 2) instead of
+    /// silently watching too much or too little.
+    fn checked(watch: Vec<String>, ignore: Vec<String>) -> Result<WatchRules, ConfigError> {
+        for (setting, globs) in [("--watch", &watch), ("--watch-ignore", &ignore)] {
+            for glob in globs {
+                check_glob(glob).map_err(|message| ConfigError::Invalid { setting, message })?;
+            }
+        }
+        Ok(WatchRules { watch, ignore })
+    }
+}
+
+/// `--bind` values: IP addresses, IPv6 with or without brackets.
+fn parse_bind(values: &[String]) -> Result<Vec<IpAddr>, ConfigError> {
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for value in values {
+        let text = value.trim();
+        let bare = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text);
+        let address: IpAddr = bare.parse().map_err(|_| ConfigError::Invalid {
+            setting: "--bind",
+            message: format!(
+                "'{value}' is not an IP address: expected e.g. 127.0.0.1, ::1 or [::1] \
+                 (the port comes from http:PORT or PORT)"
+            ),
+        })?;
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    Ok(addresses)
+}
+
+/// Whether `glob` is a valid `.gitignore` line.
+fn check_glob(glob: &str) -> Result<(), String> {
+    if glob.trim().is_empty() || glob.trim_start().starts_with('#') {
+        return Err(format!(
+            "'{glob}' is not a glob: expected a .gitignore-style pattern such as '*.mjs' or 'src/'"
+        ));
+    }
+    let mut builder = ignore::gitignore::GitignoreBuilder::new("/");
+    builder
+        .add_line(None, glob)
+        .map(|_| ())
+        .map_err(|e| format!("'{glob}' is not a glob: {e}"))
 }
 
 /// The public listener.
@@ -244,7 +311,10 @@ struct FileConfig {
     workers: Option<FileWorkers>,
     restart: Option<String>,
     listen: Option<FileListen>,
+    bind: Option<Vec<String>>,
     reload: Option<ReloadMode>,
+    watch: Option<Vec<String>>,
+    watch_ignore: Option<Vec<String>>,
     max_queue: Option<usize>,
     queue_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
@@ -403,7 +473,13 @@ impl Config {
             workers: layers.workers()?,
             restart: layers.restart()?,
             reload: layers.reload()?,
+            watch: layers.watch()?,
             listen: layers.listen()?,
+            bind: parse_bind(if cli.bind.is_empty() {
+                file.bind.as_deref().unwrap_or_default()
+            } else {
+                &cli.bind
+            })?,
             limits: Limits {
                 max_queue: layers.number(
                     cli.max_queue,
@@ -783,6 +859,21 @@ impl Layers<'_> {
             });
         }
         Ok(self.file.reload.unwrap_or(ReloadMode::Process))
+    }
+
+    /// `--watch`/`--watch-ignore`: the flags, if any is given, replace the file's list.
+    fn watch(&self) -> Result<WatchRules, ConfigError> {
+        let pick = |flag: &Vec<String>, file: &Option<Vec<String>>| {
+            if flag.is_empty() {
+                file.clone().unwrap_or_default()
+            } else {
+                flag.clone()
+            }
+        };
+        WatchRules::checked(
+            pick(&self.cli.watch, &self.file.watch),
+            pick(&self.cli.watch_ignore, &self.file.watch_ignore),
+        )
     }
 
     fn listen(&self) -> Result<Listen, ConfigError> {
@@ -1305,5 +1396,32 @@ mod tests {
         let c = build(&[&format!("--config={}", file.display())], &[]).unwrap();
         assert_eq!(c.app.unwrap().dir, app.canonicalize().unwrap());
         assert_eq!(c.workers, 3);
+    }
+
+    #[test]
+    fn watch_globs_come_from_flags_over_the_file_and_are_checked() {
+        let conf_dir = tempfile::tempdir().unwrap();
+        let app = conf_dir.path().join("shop");
+        std::fs::create_dir(&app).unwrap();
+        std::fs::write(app.join("index.mjs"), "export default {}").unwrap();
+        let file = conf_dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "app = \"shop\"\nlisten = \"http:0\"\nwatch = [\"*.mjs\"]\nwatch_ignore = [\"data/\"]\n",
+        )
+        .unwrap();
+        let config = format!("--config={}", file.display());
+        let c = build(&[&config], &[]).unwrap();
+        assert_eq!(c.watch.watch, ["*.mjs"]);
+        assert_eq!(c.watch.ignore, ["data/"]);
+        let c = build(&[&config, "--watch=src/", "--watch=*.ts"], &[]).unwrap();
+        assert_eq!(c.watch.watch, ["src/", "*.ts"]);
+        assert_eq!(c.watch.ignore, ["data/"]);
+        for bad in ["--watch=[z-a]", "--watch-ignore=", "--watch=# comment"] {
+            let err = build(&[&config, bad], &[]).unwrap_err().to_string();
+            let (flag, glob) = bad.split_once('=').unwrap();
+            assert!(err.starts_with(flag), "{bad}: {err}");
+            assert!(err.contains(&format!("'{glob}'")), "{bad}: {err}");
+        }
     }
 }

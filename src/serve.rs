@@ -101,12 +101,14 @@ pub async fn serve(cli: &Cli, args: &ServeArgs, config: Config) -> Result<(), Er
         options,
         stop_rx.clone(),
     ));
-    if let Some((redirect, _)) = listeners.redirect {
-        tokio::spawn(listen::serve_redirect(
-            redirect,
-            listeners.port,
-            stop_rx.clone(),
-        ));
+    if let Some((redirects, _)) = listeners.redirect {
+        for redirect in redirects {
+            tokio::spawn(listen::serve_redirect(
+                redirect,
+                listeners.port,
+                stop_rx.clone(),
+            ));
+        }
     }
 
     banner(&config);
@@ -333,7 +335,10 @@ impl Reconfigure {
                 return Err(e.to_string());
             }
         };
-        if config.listen != self.running.listen || config.name != self.running.name {
+        if config.listen != self.running.listen
+            || config.bind != self.running.bind
+            || config.name != self.running.name
+        {
             tracing::warn!(
                 "the listener and instance name change only on restart; keeping the running ones"
             );
@@ -423,11 +428,12 @@ fn load_tls(config: &Config) -> Result<Option<Arc<tls::Tls>>, Error> {
 
 /// The bound listeners.
 struct Listeners {
-    main: tokio::net::TcpListener,
+    /// One per `--bind` address (one dual-stack socket by default).
+    main: Vec<tokio::net::TcpListener>,
     port: u16,
     url: String,
     transport: listen::Transport,
-    redirect: Option<(tokio::net::TcpListener, u16)>,
+    redirect: Option<(Vec<tokio::net::TcpListener>, u16)>,
     redirect_url: Option<String>,
 }
 
@@ -465,13 +471,20 @@ async fn open_listeners(config: &Config, tls: Option<&Arc<tls::Tls>>) -> Result<
         .take()
         .map(systemd::into_tokio)
         .transpose()?;
+    if !config.bind.is_empty() && (passed_main.is_some() || passed_redirect.is_some()) {
+        say!(
+            "--bind applies only to listeners rip-server binds itself; systemd passed sockets, \
+             so their addresses (ListenStream=) decide"
+        );
+    }
+    let bind = config.bind.as_slice();
     match (&config.listen, tls) {
         (Listen::Https(https), Some(tls)) => {
             let main = match passed_main {
-                Some(listener) => listener,
-                None => listen::bind(https.port).await?,
+                Some(listener) => vec![listener],
+                None => listen::bind(https.port, bind).await?,
             };
-            let port = main.local_addr()?.port();
+            let port = first_port(&main)?;
             let url = match port {
                 443 => "https://localhost".to_string(),
                 port => format!("https://localhost:{port}"),
@@ -479,14 +492,14 @@ async fn open_listeners(config: &Config, tls: Option<&Arc<tls::Tls>>) -> Result<
             let redirect = match (https.redirect, passed_redirect) {
                 (_, Some(listener)) => {
                     let bound = listener.local_addr()?.port();
-                    Some((listener, bound))
+                    Some((vec![listener], bound))
                 }
                 (config::Redirect::Off, None) => None,
                 (config::Redirect::From(from), None) => {
-                    match listen::bind(config::PortChoice::Fixed(from)).await {
-                        Ok(listener) => {
-                            let bound = listener.local_addr()?.port();
-                            Some((listener, bound))
+                    match listen::bind(config::PortChoice::Fixed(from), bind).await {
+                        Ok(listeners) => {
+                            let bound = first_port(&listeners)?;
+                            Some((listeners, bound))
                         }
                         Err(e) => {
                             say!("no HTTP redirect: {e} (use --no-redirect-http to silence this)");
@@ -512,10 +525,10 @@ async fn open_listeners(config: &Config, tls: Option<&Arc<tls::Tls>>) -> Result<
         }
         (Listen::Http(choice), _) | (Listen::Https(config::Https { port: choice, .. }), None) => {
             let main = match passed_main {
-                Some(listener) => listener,
-                None => listen::bind(*choice).await?,
+                Some(listener) => vec![listener],
+                None => listen::bind(*choice, bind).await?,
             };
-            let port = main.local_addr()?.port();
+            let port = first_port(&main)?;
             Ok(Listeners {
                 main,
                 port,
@@ -525,6 +538,14 @@ async fn open_listeners(config: &Config, tls: Option<&Arc<tls::Tls>>) -> Result<
                 redirect_url: None,
             })
         }
+    }
+}
+
+/// The port a set of listeners shares (every one takes the same).
+fn first_port(listeners: &[tokio::net::TcpListener]) -> io::Result<u16> {
+    match listeners.first() {
+        Some(listener) => Ok(listener.local_addr()?.port()),
+        None => Err(io::Error::other("no listener was bound")),
     }
 }
 

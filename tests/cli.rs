@@ -63,6 +63,19 @@ fn two_listeners_are_an_error() {
 }
 
 #[test]
+fn a_bind_that_is_no_address_is_an_error() {
+    let app = node_app();
+    for bad in ["localhost", "127.0.0.1:80", "::1]"] {
+        let (code, stderr) = run(&[app.to_str().unwrap(), "http:0", &format!("--bind={bad}")]);
+        assert_eq!(code, 2, "{bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--bind: '{bad}' is not an IP address")),
+            "{bad}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn unknown_flag_is_an_error() {
     let (code, stderr) = run(&["--max-qeue=4"]);
     assert_eq!(code, 2);

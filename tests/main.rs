@@ -9,6 +9,7 @@ mod faults;
 mod hostile;
 mod hosts;
 mod limits;
+mod listen;
 mod logging;
 mod proxy;
 mod queue;

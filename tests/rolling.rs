@@ -788,3 +788,118 @@ async fn sighup_applies_a_new_app_restart_policy_and_timeouts() {
     assert!(metric(&server.metrics().await, "rip_worker_recycles_total") >= 1);
     server.wait_log("reason=Requests").await;
 }
+
+/// An app that writes into its own directory on every request, as real apps
+/// do (a log, a SQLite database and its journal, a state file): each
+/// request appends to every file named by an `f` query parameter.
+const WRITING_INDEX: &str = "import { appendFileSync, mkdirSync } from 'node:fs';\n\
+import { dirname } from 'node:path';\n\
+import { VERSION } from './version.mjs';\n\
+export default {\n\
+  async fetch(req) {\n\
+    const url = new URL(req.url);\n\
+    for (const file of url.searchParams.getAll('f')) {\n\
+      mkdirSync(dirname(file), { recursive: true });\n\
+      appendFileSync(file, `${process.pid} ${Date.now()} ${Math.random()}\\n`);\n\
+    }\n\
+    return new Response(VERSION);\n\
+  },\n\
+};\n";
+
+/// Serves 100 requests that each write `files` into the app's directory,
+/// then proves the watcher judged every write without rolling: a save that
+/// changes nothing comes after them, and the watcher handles events in
+/// order, so once it says it skipped that save, a write let through would
+/// already have rolled (or been in that burst, and rolled it).
+async fn writes_do_not_roll(server: &Server, dir: &Path, files: &[&str]) {
+    let before = server.status().await;
+    let pids: BTreeSet<u32> = worker_pids(&before).into_iter().collect();
+    let query: Vec<String> = files.iter().map(|f| format!("f={f}")).collect();
+    let path = format!("/v?{}", query.join("&"));
+    for i in 0..100 {
+        let reply = server.get(&path).await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, "v1"),
+            "request {i}"
+        );
+    }
+    for file in files {
+        assert!(dir.join(file).is_file(), "the app did not write {file}");
+    }
+    set_version(dir, "v1");
+    let skipped = "app files saved without changes; no reload";
+    let status = server
+        .wait_status("the watcher to skip the unchanged save (or roll)", |s| {
+            rolls(s, "started") > 0 || server.log().contains(skipped)
+        })
+        .await;
+    assert_eq!(
+        rolls(&status, "started"),
+        0,
+        "the app's own writes to {files:?} rolled it: {status:#}"
+    );
+    let after: BTreeSet<u32> = worker_pids(&status).into_iter().collect();
+    assert_eq!(after, pids, "workers were replaced: {status:#}");
+}
+
+/// A real source edit still rolls, exactly once: the filter is not just off.
+async fn a_source_edit_rolls_once(server: &Server, dir: &Path) {
+    set_version(dir, "v2");
+    let status = serves_after_rolls(server, "v2").await;
+    assert_eq!(rolls(&status, "started"), 1, "{status:#}");
+    assert_eq!(rolls(&status, "succeeded"), 1, "{status:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_writing_logs_and_databases_beside_its_code_does_not_roll_itself() {
+    let dir = memory_tempdir();
+    std::fs::write(dir.path().join("index.mjs"), WRITING_INDEX).unwrap();
+    set_version(dir.path(), "v1");
+    let server = Builder::app(dir.path().to_str().unwrap(), "writes")
+        .arg("w:2")
+        .env("RIP_LOG", "info,rip_server::supervisor::watch=debug")
+        .start();
+    server.wait_ready().await;
+    writes_do_not_roll(
+        &server,
+        dir.path(),
+        &[
+            "data/app.log",
+            "app.sqlite",
+            "app.sqlite-journal",
+            "app.db-wal",
+        ],
+    )
+    .await;
+    a_source_edit_rolls_once(&server, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ripignore_watch_ignore_and_watch_keep_written_files_from_rolling() {
+    let dir = memory_tempdir();
+    std::fs::write(dir.path().join("index.mjs"), WRITING_INDEX).unwrap();
+    set_version(dir.path(), "v1");
+    std::fs::write(
+        dir.path().join(".ripignore"),
+        "# the app's own state\nstate.json\n",
+    )
+    .unwrap();
+    let server = Builder::app(dir.path().to_str().unwrap(), "ripignore")
+        .arg("w:1")
+        .arg("--watch=*.mjs")
+        .arg("--watch=*.json")
+        .arg("--watch-ignore=cache/")
+        .env("RIP_LOG", "info,rip_server::supervisor::watch=debug")
+        .start();
+    server.wait_ready().await;
+    // state.json: .ripignore; cache/hits.json: --watch-ignore; notes.txt:
+    // matches no --watch glob.
+    writes_do_not_roll(
+        &server,
+        dir.path(),
+        &["state.json", "cache/hits.json", "notes.txt"],
+    )
+    .await;
+    a_source_edit_rolls_once(&server, dir.path()).await;
+}

@@ -10,8 +10,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    clean_command, closed_pipe, process_alive, send, sockets_in, wait_gone, worker_pids, Builder,
-    Gate, BIN, EXAMPLE_WORKER,
+    clean_command, closed_pipe, memory_tempdir, process_alive, send, sockets_in, wait_gone,
+    worker_pids, Builder, Gate, BIN, EXAMPLE_WORKER,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -218,16 +218,24 @@ async fn grace_ms_bounds_how_long_a_stop_waits_for_requests() {
 
 /// Whether process `pid` holds the server end of the loopback TCP
 /// connection from `client_port` to `server_port` (it has accepted it).
+/// The default listener is dual-stack, so an IPv4 client's connection is
+/// listed in `tcp6` (as `::ffff:127.0.0.1`).
 fn holds_connection(pid: u32, server_port: u16, client_port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
-    let inode = table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
-        let matches = port(fields.get(1)?)? == server_port && port(fields.get(2)?)? == client_port;
-        matches.then(|| fields.get(9).map(|inode| inode.to_string()))?
-    });
+    let table = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let inode = table
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("sl"))
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+            let matches =
+                port(fields.get(1)?)? == server_port && port(fields.get(2)?)? == client_port;
+            matches.then(|| fields.get(9).map(|inode| inode.to_string()))?
+        });
     let Some(inode) = inode else { return false };
     let wanted = format!("socket:[{inode}]");
     std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
@@ -471,4 +479,38 @@ async fn a_closed_stdout_stops_neither_the_server_nor_a_command() {
         "rip-server still running"
     );
     assert_eq!(server.child.wait().unwrap().code(), Some(0));
+}
+
+/// An app that starts a helper process which ignores SIGTERM (as some
+/// daemons and shells do) and does not wait for it; `GET /` answers the
+/// helper's pid.
+const APP_WITH_HELPER: &str = "import { spawn } from 'node:child_process';\n\
+const helper = spawn('sh', ['-c', 'trap \"\" TERM; exec sleep 1000'], { stdio: 'ignore' });\n\
+helper.unref();\n\
+export default { fetch() { return new Response(String(helper.pid)); } };\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_ends_the_processes_an_app_started() {
+    let dir = memory_tempdir();
+    std::fs::write(dir.path().join("index.mjs"), APP_WITH_HELPER).unwrap();
+    let mut server = Builder::app(dir.path().to_str().unwrap(), "helper")
+        .arg("w:1")
+        .start();
+    server.wait_ready().await;
+    let reply = server.get("/").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let helper: u32 = reply.body.parse().expect("the helper's pid");
+    assert!(process_alive(helper), "the helper is not running");
+    // SIGTERM drains the worker, which exits; its helper ignores SIGTERM.
+    assert_eq!(server.terminate().code(), Some(0));
+    if !wait_gone(helper, Duration::from_secs(10)).await {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(helper as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        panic!(
+            "the app's helper {helper} outlived the server; log:\n{}",
+            server.log()
+        );
+    }
 }

@@ -875,6 +875,37 @@ async fn passed_sockets_are_served_and_never_reach_workers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn bind_gives_way_to_passed_sockets_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(dir.path(), "v1", 0);
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let mut notify = Notify::new();
+    let server = Launch::new(dir.path(), "passedbind")
+        .arg("http:0")
+        .arg("w:1")
+        .arg("--bind=::1")
+        .socket(&socket)
+        .names("http")
+        .notify(&notify)
+        .start();
+    notify
+        .wait_for("READY=1", |m| field(m, "READY").is_some())
+        .await;
+    assert_eq!(server.port(), port, "{}", server.log());
+    // The passed 127.0.0.1 socket serves, whatever --bind said.
+    let reply = get(port, "/v").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "v1"));
+    assert!(
+        server
+            .log()
+            .contains("--bind applies only to listeners rip-server binds itself"),
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn passed_https_and_redirect_sockets_are_told_apart_by_name() {
     let dir = tempfile::tempdir().unwrap();
     write_app(dir.path(), "v1", 0);

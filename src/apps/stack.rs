@@ -213,6 +213,7 @@ fn settings(spec: &AppSpec, config: &Config) -> Settings {
         restart: spec.restart,
         timeouts: config.timeouts,
         reload: spec.reload,
+        watch: config.watch.clone(),
         max_rss: config.limits.max_rss,
     }
 }

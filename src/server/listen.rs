@@ -22,7 +22,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
@@ -55,23 +55,29 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How far past the fallback start to look for a free port.
 const FALLBACK_PORTS: u16 = 1_000;
 
-/// Binds the HTTP listener on all IPv4 interfaces.
-pub async fn bind(choice: PortChoice) -> io::Result<TcpListener> {
-    let bind_port = |port: u16| TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)));
+/// Pending connections the kernel may hold for each listener (capped by
+/// `net.core.somaxconn`; the NixOS module's socket unit asks the same).
+const BACKLOG: u32 = 4096;
+/// Tries at a port every address can share when the kernel picks it (port 0).
+const PICK_TRIES: usize = 16;
+
+/// Binds a listener on `port` at each of `addresses`, or, with none given,
+/// on every IPv4 and IPv6 interface (one dual-stack socket; IPv4 alone on a
+/// host without IPv6). `choice` picks one port that every address takes.
+pub async fn bind(choice: PortChoice, addresses: &[IpAddr]) -> io::Result<Vec<TcpListener>> {
     match choice {
-        PortChoice::Fixed(port) => bind_port(port)
-            .await
+        PortChoice::Fixed(port) => bind_port(addresses, port)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on port {port}: {e}"))),
         PortChoice::FirstFree {
             preferred,
             fallback_from,
         } => {
-            if let Ok(listener) = bind_port(preferred).await {
-                return Ok(listener);
+            if let Ok(listeners) = bind_port(addresses, preferred) {
+                return Ok(listeners);
             }
             for port in fallback_from..fallback_from.saturating_add(FALLBACK_PORTS) {
-                if let Ok(listener) = bind_port(port).await {
-                    return Ok(listener);
+                if let Ok(listeners) = bind_port(addresses, port) {
+                    return Ok(listeners);
                 }
             }
             Err(io::Error::new(
@@ -83,6 +89,76 @@ pub async fn bind(choice: PortChoice) -> io::Result<TcpListener> {
             ))
         }
     }
+}
+
+/// One listener per address on `port`; port 0: the kernel picks it for the
+/// first address, and the others take the same (tried again if one of them
+/// has it taken).
+fn bind_port(addresses: &[IpAddr], port: u16) -> io::Result<Vec<TcpListener>> {
+    let Some((&first, rest)) = addresses.split_first() else {
+        return bind_every_interface(port).map(|listener| vec![listener]);
+    };
+    let tries = if port == 0 { PICK_TRIES } else { 1 };
+    let mut last_error = io::Error::from(io::ErrorKind::AddrInUse);
+    for _ in 0..tries {
+        let first = bind_one(SocketAddr::new(first, port), true)?;
+        let picked = first.local_addr()?.port();
+        let mut listeners = vec![first];
+        let others: io::Result<Vec<TcpListener>> = rest
+            .iter()
+            .map(|&address| bind_one(SocketAddr::new(address, picked), true))
+            .collect();
+        match others {
+            Ok(others) => {
+                listeners.extend(others);
+                return Ok(listeners);
+            }
+            Err(e) => last_error = e,
+        }
+    }
+    Err(last_error)
+}
+
+/// `[::]` accepting IPv4 too; `0.0.0.0` where the host has no IPv6.
+fn bind_every_interface(port: u16) -> io::Result<TcpListener> {
+    match bind_one(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), false) {
+        Ok(listener) => Ok(listener),
+        Err(e) if ipv6_unavailable(&e) => {
+            tracing::info!(error = %e, "IPv6 is not available on this host; listening on IPv4 only");
+            bind_one(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn ipv6_unavailable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(nix::errno::Errno::from_raw),
+        Some(
+            nix::errno::Errno::EAFNOSUPPORT
+                | nix::errno::Errno::EADDRNOTAVAIL
+                | nix::errno::Errno::EPROTONOSUPPORT
+        )
+    )
+}
+
+/// A listening socket at `address`; an IPv6 one takes IPv4 connections too
+/// unless `v6_only` (so an explicit `::` can sit beside `0.0.0.0`).
+fn bind_one(address: SocketAddr, v6_only: bool) -> io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => {
+            let socket = TcpSocket::new_v6()?;
+            nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6V6Only, &v6_only)
+                .map_err(io::Error::from)?;
+            socket
+        }
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(address)
+        .map_err(|e| io::Error::new(e.kind(), format!("{address}: {e}")))?;
+    socket.listen(BACKLOG)
 }
 
 /// File descriptors kept free for everything that is not a client
@@ -152,54 +228,33 @@ pub enum Transport {
 /// The HSTS policy rip-server sends with `--hsts`.
 pub const HSTS_VALUE: &str = "max-age=31536000; includeSubDomains";
 
-/// Accepts and serves connections until `shutdown` fires, then lets open
-/// connections finish their requests for up to `timeouts.grace`.
+/// Accepts and serves connections on every listener until `shutdown`
+/// fires, then lets open connections finish their requests for up to
+/// `timeouts.grace`.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     router: Arc<Router>,
     options: ServeOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(connection_builder(&options));
-    let permits = Arc::new(Semaphore::new(options.max_connections));
-    let port = listener.local_addr().map_or(0, |a| a.port());
-    // Connections close often under load: try again soon.
-    let mut backoff = AcceptBackoff::new("listener", Duration::from_millis(5));
-
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break,
-            },
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tokio::time::sleep(backoff.failed(&e)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        backoff.succeeded();
-        let _ = stream.set_nodelay(true);
-        let connection = Connection {
-            builder: builder.clone(),
-            router: router.clone(),
-            options: options.clone(),
-            shutdown: shutdown.clone(),
-            _permit: permit,
-        };
-        let trusted = options.trusted_proxies.contains(peer.ip());
-        tokio::spawn(connection.run(stream, peer, port, trusted));
+    let accepting = Accepting {
+        builder: Arc::new(connection_builder(&options)),
+        // Shared: the connection cap is for the server, not per address.
+        permits: Arc::new(Semaphore::new(options.max_connections)),
+        router,
+        options,
+    };
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| tokio::spawn(accepting.clone().run(listener, shutdown.clone())))
+        .collect();
+    for accept_loop in loops {
+        let _ = accept_loop.await;
     }
-    drop(listener);
+    let options = &accepting.options;
     // Every connection task holds a permit: all of them back means all done.
     let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(options.timeouts.grace, permits.acquire_many(all))
+    if tokio::time::timeout(options.timeouts.grace, accepting.permits.acquire_many(all))
         .await
         .is_err()
     {
@@ -207,6 +262,57 @@ pub async fn serve(
             grace_ms = options.timeouts.grace.as_millis() as u64,
             "client connections still open after the grace period; stopping without them"
         );
+    }
+}
+
+/// What every accept loop shares.
+#[derive(Clone)]
+struct Accepting {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    permits: Arc<Semaphore>,
+    router: Arc<Router>,
+    options: ServeOptions,
+}
+
+impl Accepting {
+    /// Accepts on `listener` until `shutdown` fires.
+    async fn run(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let port = listener.local_addr().map_or(0, |a| a.port());
+        // Connections close often under load: try again soon.
+        let mut backoff = AcceptBackoff::new("listener", Duration::from_millis(5));
+        loop {
+            let permit = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_closed) => break,
+                },
+                _ = shutdown.changed() => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tokio::time::sleep(backoff.failed(&e)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            };
+            backoff.succeeded();
+            let _ = stream.set_nodelay(true);
+            // The dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d;
+            // logs, forwarding headers and --trusted-proxies want a.b.c.d.
+            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+            let connection = Connection {
+                builder: self.builder.clone(),
+                router: self.router.clone(),
+                options: self.options.clone(),
+                shutdown: shutdown.clone(),
+                _permit: permit,
+            };
+            let trusted = self.options.trusted_proxies.contains(peer.ip());
+            tokio::spawn(connection.run(stream, peer, port, trusted));
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! - [`edge`]: what is refused or settled before routing (method, framing, authority).
 //! - [`routes`]: the server's own `/server`, else the app's proxy.
 //! - [`proxy`]: header hygiene, worker selection, outcome → status.
-//! - [`pool`]: LIFO idle stack and bounded FIFO queue, per app.
+//! - [`pool`]: LIFO idle stack and bounded FIFO queue, per app ([`wait_queue`]: the queue).
 //! - [`upstream`]: one persistent HTTP/1.1 connection per worker socket.
 //! - [`wire`]: the HTTP/1.1 bytes on that connection: heads, framing, header policy.
 //! - [`body`]: request/response bodies with limits, timeouts and the worker lease.
@@ -23,4 +23,5 @@ pub mod proxy;
 pub mod relay;
 pub mod routes;
 pub mod upstream;
+pub mod wait_queue;
 pub mod wire;

@@ -27,13 +27,15 @@
 //! unreachable one, one that reached its request limit) through
 //! [`Pool::take_reports`], woken by a coalescing [`Notify`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
+
+use super::wait_queue::{Key, WaitQueue};
 
 /// A worker's identity, unique for the life of the server.
 pub type WorkerId = u64;
@@ -192,7 +194,6 @@ enum Handed<C> {
 }
 
 struct Waiter<C: Conn> {
-    ticket: u64,
     tx: oneshot::Sender<Handed<C>>,
     head: Option<C::Head>,
     /// When it stops waiting: `--queue-timeout-ms` after it queued.
@@ -222,7 +223,8 @@ struct State<C: Conn> {
     /// LIFO: the top (end) is the most recently released worker.
     idle: Vec<Checkout<C>>,
     standby: Vec<Checkout<C>>,
-    waiters: VecDeque<Waiter<C>>,
+    /// FIFO; a waiter whose client leaves is removed in O(1) by its key.
+    waiters: WaitQueue<Waiter<C>>,
     deadline_order: DeadlineOrder,
     clock: QueueClock,
     members: HashMap<WorkerId, Member>,
@@ -251,7 +253,7 @@ impl<C: Conn> Pool<C> {
                 admitting: 0,
                 idle: Vec::new(),
                 standby: Vec::new(),
-                waiters: VecDeque::new(),
+                waiters: WaitQueue::default(),
                 deadline_order: DeadlineOrder::Ascending,
                 clock: QueueClock::Stopped,
                 members: HashMap::new(),
@@ -286,7 +288,7 @@ impl<C: Conn> Pool<C> {
         self: &Arc<Self>,
         head: Option<&C::Head>,
     ) -> Result<Lease<C>, Unavailable> {
-        let (ticket, rx, start_clock) = {
+        let (key, rx, start_clock) = {
             let mut state = self.lock();
             if state.closed {
                 return Err(Unavailable::ShuttingDown);
@@ -312,12 +314,14 @@ impl<C: Conn> Pool<C> {
                 }
                 Some(_) => {}
             }
-            state.waiters.push_back(Waiter {
+            let key = state.waiters.push_back(
                 ticket,
-                tx,
-                head: head.cloned(),
-                deadline,
-            });
+                Waiter {
+                    tx,
+                    head: head.cloned(),
+                    deadline,
+                },
+            );
             let start_clock = match state.clock {
                 QueueClock::Stopped => {
                     state.clock = QueueClock::WakesAt(deadline);
@@ -330,12 +334,12 @@ impl<C: Conn> Pool<C> {
                     false
                 }
             };
-            (ticket, rx, start_clock)
+            (key, rx, start_clock)
         };
         if start_clock {
             tokio::spawn(Self::expire_waiters(self.clone()));
         }
-        self.wait(ticket, rx).await
+        self.wait(key, rx).await
     }
 
     fn queue_timeout(&self) -> Duration {
@@ -346,12 +350,12 @@ impl<C: Conn> Pool<C> {
     /// clock expired it, or the pool closed).
     async fn wait(
         self: &Arc<Self>,
-        ticket: u64,
+        key: Key,
         rx: oneshot::Receiver<Handed<C>>,
     ) -> Result<Lease<C>, Unavailable> {
         let mut guard = QueueGuard {
             pool: self,
-            ticket,
+            key,
             rx: Some(rx),
         };
         // Internal invariant: the receiver is taken only here or by `reclaim` on drop.
@@ -646,11 +650,7 @@ impl<C: Conn> State<C> {
                 self.waiters.front().map(|w| w.deadline)
             }
             DeadlineOrder::Mixed => {
-                let (expired, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiters)
-                    .into_iter()
-                    .partition(|w| w.deadline <= now);
-                self.waiters = kept;
-                for waiter in expired {
+                for waiter in self.waiters.remove_where(|w| w.deadline <= now) {
                     waiter.refuse(Unavailable::QueueTimeout);
                 }
                 let in_order = self
@@ -740,7 +740,7 @@ impl<C: Conn> Drop for ClockRunning<C> {
 /// instant to the pool, so no worker is ever lost in a dropped channel.
 struct QueueGuard<'a, C: Conn> {
     pool: &'a Arc<Pool<C>>,
-    ticket: u64,
+    key: Key,
     rx: Option<oneshot::Receiver<Handed<C>>>,
 }
 
@@ -748,8 +748,8 @@ impl<C: Conn> QueueGuard<'_, C> {
     /// Leaves the queue; returns the worker if one was already handed over.
     fn reclaim(&mut self) -> Option<Checkout<C>> {
         let mut rx = self.rx.take()?;
-        let ticket = self.ticket;
-        self.pool.lock().waiters.retain(|w| w.ticket != ticket);
+        // O(1): no scan of the queue under the lock.
+        self.pool.lock().waiters.remove(self.key);
         // Hand-offs happen under the lock, so after the removal above the
         // channel holds either nothing or the one answer we were given.
         match rx.try_recv() {
@@ -981,6 +981,41 @@ mod tests {
             (lease.conn_ref().finished, lease.conn_ref().abandoned),
             (1, 0)
         );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_leaving_mid_queue_frees_its_place_and_keeps_the_order() {
+        let p = Pool::new(3, Duration::from_secs(5));
+        p.admit(1, 0, None, 1u32).unwrap();
+        let held = p.checkout().await.unwrap();
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let waiter = |label: &'static str| {
+            let (p, served) = (p.clone(), served.clone());
+            tokio::spawn(async move {
+                let lease = p.checkout().await;
+                served.lock().unwrap().push(label);
+                lease.map(|lease| lease.worker_id())
+            })
+        };
+        let first = waiter("first");
+        queued_until(&p, 1).await;
+        let middle = waiter("middle");
+        queued_until(&p, 2).await;
+        let third = waiter("third");
+        queued_until(&p, 3).await;
+        middle.abort();
+        assert!(middle.await.unwrap_err().is_cancelled());
+        assert_eq!(p.stats().queued, 2, "the leaver is no longer counted");
+        // Its place is free: the queue (bound 3) takes one more.
+        let fourth = waiter("fourth");
+        queued_until(&p, 3).await;
+        drop(held);
+        for w in [first, third, fourth] {
+            assert_eq!(w.await.unwrap(), Ok(1));
+        }
+        assert_eq!(*served.lock().unwrap(), ["first", "third", "fourth"]);
+        assert_eq!(p.stats().queued, 0);
+        assert_eq!(p.stats().idle, 1);
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@
 //! - Stop: drain every worker, `SIGKILL` after the grace period, reap all,
 //!   remove every socket file.
 
+mod forker;
 mod rolling;
 mod slot;
 mod watch;
@@ -27,7 +28,6 @@ mod worker;
 
 pub use rolling::{RollOutcome, RollStatus, Trigger};
 pub use slot::SlotStatus;
-pub use watch::is_relevant;
 pub use worker::{all_reaped, kill_all, remove_stale, Event, Spawner};
 
 use std::collections::BTreeMap;
@@ -42,7 +42,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::cli::ReloadMode;
-use crate::config::{RestartPolicy, Timeouts};
+use crate::config::{RestartPolicy, Timeouts, WatchRules};
 use crate::server::metrics::Metrics;
 use crate::server::pool::{ConnFault, Generation, Pool, Report, Retire, WorkerId};
 use crate::server::upstream::Upstream;
@@ -190,6 +190,8 @@ pub struct Settings {
     pub restart: RestartPolicy,
     pub timeouts: Timeouts,
     pub reload: ReloadMode,
+    /// Which app files can start a reload.
+    pub watch: WatchRules,
     /// Recycle a worker whose resident memory passes this many bytes.
     pub max_rss: Option<u64>,
 }
@@ -851,8 +853,10 @@ impl Supervisor {
     /// Makes a successful roll's new configuration the current one.
     fn commit_config(&mut self, config: (Settings, Spawner)) {
         let (settings, spawner) = config;
-        let rewatch =
-            spawner.app_dir != self.spawner.app_dir || settings.reload != self.settings.reload;
+        let rewatch = spawner.app_dir != self.spawner.app_dir
+            || spawner.entry != self.spawner.entry
+            || settings.reload != self.settings.reload
+            || settings.watch != self.settings.watch;
         self.settings = settings;
         self.spawner = spawner;
         if rewatch {
@@ -866,7 +870,12 @@ impl Supervisor {
         if self.settings.reload == ReloadMode::None {
             return;
         }
-        match watch::watch(&self.spawner.app_dir, self.changes_tx.clone()) {
+        let target = watch::Target {
+            dir: self.spawner.app_dir.clone(),
+            entry: self.spawner.entry.clone(),
+            rules: self.settings.watch.clone(),
+        };
+        match watch::watch(target, self.changes_tx.clone()) {
             Ok(watcher) => self.watcher = Some(watcher),
             Err(e) => tracing::error!(
                 app = %self.spawner.app_dir.display(),

@@ -2,16 +2,19 @@
 //!
 //! [`Spawner::spawn`] starts the app's entry with the worker protocol's
 //! environment (docs/worker-protocol.md) in its own process group, with a
-//! parent-death signal so a `SIGKILL`ed server leaves no orphans. What is
-//! the server's alone stays with it: systemd's variables (its notify
-//! socket, its listening sockets, its journal stream) are scrubbed from
-//! the worker's environment, and no descriptor above stderr survives exec. Each child
+//! parent-death signal so a `SIGKILL`ed server leaves no orphan workers; it
+//! is forked on the server's one forking thread ([`forker`]). What is the
+//! server's alone stays with it: systemd's variables (its notify socket, its
+//! listening sockets, its journal stream) are scrubbed from the worker's
+//! environment, and no descriptor above stderr survives exec. Each child
 //! gets one task that owns its `Child`: it reaps the child and reports the
 //! exit, and it delivers signals only while the child is unreaped, so a
-//! signal can never reach a recycled pid. stdout and stderr are forwarded to
-//! the server's log line by line, prefixed with the app and worker id, by a
-//! task of their own that always reads on: the log writer drops rather than
-//! waits (`logging.rs`), so a stalled stdout never blocks a worker's writes.
+//! signal can never reach a recycled pid. When the child exits, what it
+//! left running in its process group is killed before it is reaped. stdout
+//! and stderr are forwarded to the server's log line by line, prefixed with
+//! the app and worker id, by a task of their own that always reads on: the
+//! log writer drops rather than waits (`logging.rs`), so a stalled stdout
+//! never blocks a worker's writes.
 //!
 //! [`boot`] polls the worker's `/ready` probe (woken early by a `join`) until
 //! it answers 200 or the boot deadline passes; the probe's connection becomes
@@ -32,6 +35,7 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
+use super::forker;
 use crate::cli::ReloadMode;
 use crate::server::pool::{Generation, WorkerId};
 use crate::server::upstream::{DialError, Upstream};
@@ -201,7 +205,7 @@ impl Spawner {
                 Ok(())
             });
         }
-        let mut child = command.spawn().map_err(|e| {
+        let mut child = forker::spawn(command).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("cannot start {}: {e}", Path::new(&self.program).display()),
@@ -226,9 +230,17 @@ impl Spawner {
                 }
             };
             let mut killed = false;
+            let mut exit = forker::ExitWatch::new(pid);
             loop {
                 tokio::select! {
-                    status = child.wait() => {
+                    exited = exit.exited(), if exit.is_armed() => {
+                        if exited {
+                            // Unreaped, so its pid still names its group.
+                            forker::end_group(pid);
+                        }
+                        exit = forker::ExitWatch::disarmed();
+                    }
+                    status = child.wait(), if !exit.is_armed() => {
                         UNREAPED.fetch_sub(1, Ordering::AcqRel);
                         let _ = events.send(Event::Exited { id, status }).await;
                         break;
