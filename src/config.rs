@@ -33,7 +33,9 @@ use crate::privileges::{PrivilegeError, RunAs};
 use crate::registry::{self, RawEntry, RawRegistry, RegistryError, RegistrySpec};
 
 use crate::app::{App, ResolveError};
-use crate::cli::{ArgsError, JsRuntime, ListenSpec, ReloadMode, RestartSpec, ServeArgs, Token};
+use crate::cli::{
+    ArgsError, JsRuntime, ListenSpec, ReloadMode, RestartSpec, RuntimeChoice, ServeArgs, Token,
+};
 use crate::cli::{Cli, WorkerCount};
 use crate::tls::{CertPair, TlsSource};
 
@@ -270,7 +272,7 @@ struct FileConfig {
     no_public_status: Option<bool>,
     /// The declarative host registry (`[hosts."name"]`).
     hosts: Option<BTreeMap<String, RawEntry>>,
-    runtime: Option<JsRuntime>,
+    runtime: Option<RuntimeChoice>,
     threads: Option<usize>,
     json_logging: Option<bool>,
     no_access_log: Option<bool>,
@@ -467,7 +469,11 @@ impl Config {
                 json: cli.json_logging || file.json_logging.unwrap_or(false),
                 access_log: !(cli.no_access_log || file.no_access_log.unwrap_or(false)),
             },
-            js_runtime: cli.runtime.or(file.runtime).unwrap_or(JsRuntime::Node),
+            js_runtime: cli
+                .runtime
+                .or(file.runtime)
+                .unwrap_or(RuntimeChoice::Auto)
+                .resolve(env.var("PATH").as_deref().map(std::ffi::OsStr::new)),
             threads: layers.threads()?,
             runtime_dir: runtime_dir(env),
             config_file: cli.config.clone(),
