@@ -9,6 +9,7 @@ mod faults;
 mod hostile;
 mod hosts;
 mod limits;
+mod loader;
 mod proxy;
 mod queue;
 mod rolling;
