@@ -841,9 +841,9 @@ function onConnection(socket) {
 
 // Under Bun the loader serves with Bun.serve({ unix }): on this socket it answers several
 // times faster than Bun's node:http, or the parser above running on Bun's node:net
-// (benches/js.sh). Bun keeps the framing honest itself: a body in memory goes out with its
-// real length, a streamed one chunked (an app's Content-Length on a stream is dropped rather
-// than trusted), and HEAD, 204 and 304 answers carry no body.
+// (benches/js.sh). Bun keeps the framing honest itself (a body in memory goes out with its
+// real length, a streamed one chunked, HEAD and 304 answers carry no body); an answer whose
+// app set a Content-Length is held to the same rules as under Node (see bunLength).
 const BUN = typeof Bun !== 'undefined' && typeof Bun.serve === 'function';
 
 const plainResponse = (status, text, extra) =>
@@ -894,12 +894,85 @@ async function bunFetch(req, srv) {
       logErr(`error in ${ENTRY} handling ${req.method} ${bunPath(req.url)}: ${errText(e)}`);
       return plainResponse(500, 'Internal Server Error');
     }
+    if (response.headers.has('content-length')) response = await bunLength(req, response);
     return withWorkerId(response);
   } finally {
     inflight = false;
     if (draining) finishDrain();
     else maybeReloadWhenIdle();
   }
+}
+
+// An answer whose app declared a length, under the rules sendResponse applies under Node: a
+// 204 has neither a length nor a body; a body in memory goes out with its real length; a
+// streamed body is held to the declared length (bytes beyond it dropped, a body that ends
+// short cut off). Bun would send a stream chunked, whole, whatever it was declared as. One
+// difference remains: Bun sends a stream's head at once, so a body that ends short is cut
+// off after a 200 went out (under Node the server sees the cut before and answers 502).
+async function bunLength(req, response) {
+  const status = response.status;
+  const declared = validLength(response.headers.get('content-length') ?? undefined);
+  const headers = new Headers(response.headers);
+  if (declared === null && status !== 204) return response; // not a length: Bun ignores it
+  if (status === 204) {
+    headers.delete('content-length');
+    if (response.body) response.body.cancel().catch(() => {});
+    return new Response(null, { status, statusText: response.statusText, headers });
+  }
+  if (req.method === 'HEAD' || status === 304 || !response.body) return response;
+  headers.delete('content-length');
+  const init = { status, statusText: response.statusText, headers };
+  const reader = response.body.getReader();
+  const target = { method: req.method, target: bunPath(req.url) };
+  const firstRead = reader.read();
+  const first = await readSoon(firstRead);
+  if (first === PENDING) return new Response(limited(target, reader, declared, [firstRead]), init);
+  if (first.done) {
+    if (declared !== 0) lengthMismatch(target, declared, 0);
+    return new Response(new Uint8Array(0), init);
+  }
+  const nextRead = reader.read();
+  const next = await readSoon(nextRead);
+  if (next !== PENDING && next.done) { // in memory: its real length
+    if (declared !== first.value.byteLength) lengthMismatch(target, declared, first.value.byteLength);
+    return new Response(first.value, init);
+  }
+  return new Response(limited(target, reader, declared, [first, nextRead]), init);
+}
+
+// The rest of a streamed body, held to `declared` bytes. `held` are reads already taken from
+// `reader` (results, or promises of them), in order.
+function limited(target, reader, declared, held) {
+  let sent = 0;
+  return new ReadableStream({
+    async pull(controller) {
+      const r = held.length ? await held.shift() : await reader.read();
+      if (r.done) {
+        if (sent < declared) {
+          lengthMismatch(target, declared, sent);
+          controller.error(new Error('the body ended short of its Content-Length')); // cut off
+        } else {
+          controller.close();
+        }
+        return;
+      }
+      let chunk = r.value;
+      if (sent + chunk.byteLength > declared) {
+        lengthMismatch(target, declared, sent + chunk.byteLength, 'more than');
+        chunk = chunk.subarray(0, declared - sent);
+        sent = declared;
+        if (chunk.byteLength) controller.enqueue(chunk);
+        controller.close();
+        reader.cancel().catch(() => {});
+        return;
+      }
+      sent += chunk.byteLength;
+      controller.enqueue(chunk);
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
 }
 
 // `response` with Rip-Worker-Id (a Response whose headers are immutable, such as
