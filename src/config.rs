@@ -1135,6 +1135,38 @@ mod tests {
     }
 
     #[test]
+    fn runtime_is_auto_by_default_and_auto_looks_for_an_executable_bun() {
+        use std::os::unix::fs::PermissionsExt;
+        let app = app_dir();
+        let dir = app.path().to_str().unwrap();
+        let bin = tempfile::tempdir().unwrap();
+        let bun = bin.path().join("bun");
+        std::fs::write(&bun, "#!/bin/sh\n").unwrap();
+        let path = bin.path().to_str().unwrap();
+        let runtime = |argv: &[&str], path: &str| {
+            let argv: Vec<&str> = [dir, "http:0"].iter().chain(argv).copied().collect();
+            build(&argv, &[("PATH", path)]).unwrap().js_runtime
+        };
+        // A `bun` that cannot be run is not picked.
+        std::fs::set_permissions(&bun, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(runtime(&[], path), JsRuntime::Node);
+        std::fs::set_permissions(&bun, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(runtime(&[], path), JsRuntime::Bun, "auto is the default");
+        assert_eq!(runtime(&[], "/nonexistent"), JsRuntime::Node);
+        assert_eq!(runtime(&["--runtime=node"], path), JsRuntime::Node);
+        assert_eq!(runtime(&["--runtime=bun"], "/nonexistent"), JsRuntime::Bun);
+        // The config file's key, and the flag over it.
+        let file = app.path().join("rip.conf.toml");
+        std::fs::write(&file, "runtime = \"node\"\n").unwrap();
+        let config_flag = format!("--config={}", file.display());
+        assert_eq!(runtime(&[&config_flag], path), JsRuntime::Node);
+        assert_eq!(
+            runtime(&[&config_flag, "--runtime=auto"], path),
+            JsRuntime::Bun
+        );
+    }
+
+    #[test]
     fn restart_parts_layer_independently() {
         let app = app_dir();
         let dir = app.path().to_str().unwrap();
