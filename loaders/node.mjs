@@ -18,8 +18,14 @@
 // when idle, keeping the last good one on failure; SIGTERM drains (503 + `Rip-Worker-Draining: 1`
 // for new requests), sends quit and exits 0; a second SIGTERM/SIGINT exits at once; the worker
 // exits when its parent dies. Log lines are single-line (the server forwards them to its log).
+//
+// How it serves: under Node, HTTP/1.1 over `net` with a parser of its own and a Request built
+// only as far as the app looks at it (see "the wire" below); under Bun, Bun.serve. Both answer
+// GET /ping several times faster than the node:http bridge they replace (benches/js.sh,
+// docs/benchmarks.md).
 
 import http from 'node:http';
+import net from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -144,87 +150,408 @@ function maybeReloadWhenIdle() {
   if (reloadPending && !loading && !inflight && !draining) reload();
 }
 
-// ---------------------------------------------------------------- request / response bridging
+// ---------------------------------------------------------------- the wire: HTTP/1.1 over net
+//
+// The loader speaks HTTP/1.1 on its socket itself, over `net`, rather than through
+// `node:http`: rip-server is the only client, and it always sends well-formed framing (an
+// origin-form target, one Host, lower-case header names, a body framed by Content-Length or
+// chunked; docs/worker-protocol.md §3), so a small parser suffices, and skipping node:http's
+// IncomingMessage/ServerResponse machinery more than pays for the WHATWG Request and Response
+// every app needs. Anything the parser does not understand gets a 400 and the connection closed.
 
+const MAX_HEAD = 128 * 1024; // above the server's own head limit plus the headers it adds
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade']);
+const STATUS_TEXT = http.STATUS_CODES;
+const CRLF2 = Buffer.from('\r\n\r\n');
+const EMPTY = Buffer.alloc(0);
+// fetch() forbids these methods in a Request; the server never forwards them anyway.
+const FORBIDDEN_METHOD = /^(connect|trace|track)$/i;
+// fetch() upper-cases these methods whatever their case.
+const NORMALIZED_METHOD = { delete: 'DELETE', get: 'GET', head: 'HEAD', options: 'OPTIONS', post: 'POST', put: 'PUT' };
 
-function plain(res, status, body, extra = {}) {
-  if (res.headersSent) {
-    res.destroy();
-    return;
+const sockets = new Set(); // open connections, closed on drain
+
+// One connection from the server: parses request heads and bodies in order, and holds the
+// next head back while a response on this connection is still being written.
+class Conn {
+  constructor(socket) {
+    this.socket = socket;
+    this.pending = EMPTY; // bytes received and not yet parsed
+    this.body = null; // the body being read: { left } (length) or { chunk, left } (chunked)
+    this.sink = null; // where body bytes go: a BodySink, or null to discard them
+    this.responding = false; // a response is being written: hold back the next head
+    this.closing = false; // close after the current response
+    this.onAbort = null; // called when the connection goes away mid-response
+    this.parsing = false; // parse() is running (an answer written inside it must not re-enter)
   }
-  for (const name of res.getHeaderNames()) res.removeHeader(name);
-  res.writeHead(status, {
-    'content-type': 'text/plain; charset=utf-8',
-    'content-length': Buffer.byteLength(body),
-    'rip-worker-id': WORKER_ID,
-    ...extra,
-  });
-  res.end(body);
+
+  onData(chunk) {
+    this.pending = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
+    this.parse();
+  }
+
+  parse() {
+    if (this.parsing) return; // the running loop goes on by itself
+    this.parsing = true;
+    try {
+      this.parseLoop();
+    } finally {
+      this.parsing = false;
+    }
+  }
+
+  parseLoop() {
+    while (this.pending.length && !this.socket.destroyed) {
+      if (this.body) {
+        if (!this.readBody()) return;
+        continue;
+      }
+      if (this.responding || this.closing) return;
+      const end = this.pending.indexOf(CRLF2);
+      if (end < 0) {
+        if (this.pending.length > MAX_HEAD) this.reject(431, 'Request Header Fields Too Large');
+        return;
+      }
+      if (end > MAX_HEAD) return this.reject(431, 'Request Header Fields Too Large');
+      const head = this.pending.latin1Slice(0, end);
+      this.pending = this.pending.subarray(end + 4);
+      const req = parseHead(head);
+      if (!req) return this.reject(400, 'Bad Request');
+      this.startBody(req);
+      if (this.body === false) return this.reject(400, 'Bad Request');
+      dispatch(this, req);
+    }
+  }
+
+  // Sets up the body framing of `req`: `this.body` is null (none), a state object, or false
+  // (framing the loader cannot follow).
+  startBody(req) {
+    const te = req.transferEncoding;
+    if (te !== undefined) {
+      this.body = /(^|,)\s*chunked\s*$/i.test(te) ? { chunked: true, left: -1 } : false;
+    } else if (req.contentLength !== undefined) {
+      const n = /^\d{1,15}$/.test(req.contentLength) ? Number(req.contentLength) : -1;
+      this.body = n < 0 ? false : n === 0 ? null : { chunked: false, left: n };
+    } else {
+      this.body = null;
+    }
+    req.hasBody = !!this.body;
+    this.sink = null;
+  }
+
+  // Consumes body bytes from `pending`; false when more are needed.
+  readBody() {
+    const b = this.body;
+    if (!b.chunked) {
+      const n = Math.min(b.left, this.pending.length);
+      this.deliver(this.pending.subarray(0, n));
+      this.pending = this.pending.subarray(n);
+      b.left -= n;
+      if (b.left === 0) this.endBody();
+      return true;
+    }
+    if (b.left > 0) { // inside a chunk's data
+      const n = Math.min(b.left, this.pending.length);
+      this.deliver(this.pending.subarray(0, n));
+      this.pending = this.pending.subarray(n);
+      b.left -= n;
+      if (b.left === 0) b.left = -2; // the CRLF after the data
+      return true;
+    }
+    const eol = this.pending.indexOf('\r\n');
+    if (eol < 0) {
+      if (this.pending.length > 4096) this.reject(400, 'Bad Request');
+      return false;
+    }
+    const line = this.pending.latin1Slice(0, eol);
+    this.pending = this.pending.subarray(eol + 2);
+    if (b.left === -2) { // after a chunk's data
+      if (line !== '') return this.reject(400, 'Bad Request'), false;
+      b.left = -1;
+    } else if (b.left === -3) { // trailers, up to an empty line
+      if (line === '') this.endBody();
+    } else { // a chunk-size line (extensions ignored)
+      const m = /^([0-9a-fA-F]{1,12})[ \t]*(;.*)?$/.exec(line);
+      if (!m) return this.reject(400, 'Bad Request'), false;
+      const size = parseInt(m[1], 16);
+      b.left = size === 0 ? -3 : size;
+    }
+    return true;
+  }
+
+  deliver(bytes) {
+    if (this.sink && bytes.length) this.sink.push(bytes);
+  }
+
+  endBody() {
+    this.body = null;
+    const sink = this.sink;
+    this.sink = null;
+    if (sink) sink.end();
+  }
+
+  // The body still arriving goes nowhere from now on (the answer is out, or never needed it).
+  discardBody() {
+    if (this.sink) this.sink.discard();
+    this.sink = null;
+    if (this.socket.isPaused()) this.socket.resume();
+  }
+
+  // A framing error: answer it and close, since the stream can no longer be followed.
+  reject(status, text) {
+    this.body = null;
+    this.pending = EMPTY;
+    this.closing = true;
+    if (this.sink) this.sink.error(new Error('malformed request body'));
+    this.sink = null;
+    if (!this.responding) writePlain(this, status, text);
+    else this.socket.destroy();
+  }
+
+  // Called once a response is completely written.
+  responded() {
+    this.responding = false;
+    this.onAbort = null;
+    if (this.closing) {
+      this.socket.end();
+      return;
+    }
+    if (this.pending.length) this.parse();
+  }
+
+  write(data, encoding) {
+    return this.socket.write(data, encoding);
+  }
 }
 
-// The request body as a web stream. Hand-rolled rather than Readable.toWeb so that whatever
-// the app leaves unread is discarded once the response is done: the server keeps one
-// keep-alive connection per worker, and unread body bytes would stall it.
-function bodyStream(req) {
-  let discard = false;
-  let controller;
-  const stream = new ReadableStream(
-    {
-      start(c) {
-        controller = c;
-        req.on('data', (chunk) => {
-          if (discard) return;
-          c.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
-          if (c.desiredSize <= 0) req.pause();
-        });
-        req.on('end', () => {
-          if (!discard) try { c.close(); } catch {}
-        });
-        req.on('error', (e) => {
-          if (!discard) try { c.error(e); } catch {}
-        });
-      },
-      pull() {
-        req.resume();
-      },
-      cancel() {
-        discard = true;
-        req.resume();
-      },
-    },
-    { highWaterMark: 64 * 1024, size: (chunk) => chunk.byteLength },
-  );
-  const finish = () => {
-    if (req.complete || discard) return;
-    discard = true;
-    try { controller.error(new Error('request finished')); } catch {}
-    req.resume();
+// Parses a request head (latin1, without the final CRLF CRLF); null if malformed.
+function parseHead(head) {
+  let eol = head.indexOf('\r\n');
+  const line = eol < 0 ? head : head.slice(0, eol);
+  const sp1 = line.indexOf(' ');
+  const sp2 = line.indexOf(' ', sp1 + 1);
+  if (sp1 <= 0 || sp2 < 0) return null;
+  const version = line.slice(sp2 + 1);
+  if (version !== 'HTTP/1.1' && version !== 'HTTP/1.0') return null;
+  let method = line.slice(0, sp1);
+  method = NORMALIZED_METHOD[method.toLowerCase()] || method;
+  const req = {
+    method,
+    target: line.slice(sp1 + 1, sp2),
+    http10: version === 'HTTP/1.0',
+    raw: [], // [name, value, name, value, ...] as sent
+    host: undefined,
+    proto: undefined,
+    probe: false,
+    connection: undefined,
+    contentLength: undefined,
+    transferEncoding: undefined,
+    hasBody: false,
   };
-  return { stream, finish };
+  while (eol >= 0) {
+    const start = eol + 2;
+    eol = head.indexOf('\r\n', start);
+    const h = eol < 0 ? head.slice(start) : head.slice(start, eol);
+    const colon = h.indexOf(':');
+    if (colon <= 0) return null;
+    const name = h.slice(0, colon).toLowerCase();
+    const value = h.slice(colon + 1).trim();
+    req.raw.push(name, value);
+    switch (name) {
+      case 'host': req.host = value; break;
+      case 'x-forwarded-proto': if (req.proto === undefined) req.proto = value; break;
+      case 'rip-probe': req.probe = value === '1'; break;
+      case 'connection': req.connection = value; break;
+      case 'content-length':
+        if (req.contentLength !== undefined && req.contentLength !== value) return null;
+        req.contentLength = value;
+        break;
+      case 'transfer-encoding':
+        req.transferEncoding = req.transferEncoding === undefined ? value : `${req.transferEncoding}, ${value}`;
+        break;
+    }
+  }
+  return req;
 }
 
-// Builds the web Request; `out.finishBody` is set as soon as a body stream exists, so the
-// caller can discard an unread body even when the Request constructor throws.
-function toRequest(req, signal, out) {
-  let proto = String(req.headers['x-forwarded-proto'] || 'http').split(',')[0].trim().toLowerCase();
-  if (proto !== 'http' && proto !== 'https') proto = 'http';
-  const host = req.headers.host || 'localhost';
-  const target = req.url.startsWith('/') ? req.url : '/';
-  const url = new URL(`${proto}://${host}${target}`);
-  const headers = new Headers();
-  const raw = req.rawHeaders;
-  for (let i = 0; i < raw.length; i += 2) {
-    try { headers.append(raw[i], raw[i + 1]); } catch {}
+// Whether the connection stays open after answering `req`.
+function keepAlive(req) {
+  const c = req.connection && req.connection.toLowerCase();
+  if (req.http10) return !!c && /(^|,)\s*keep-alive\s*(,|$)/.test(c);
+  return !c || !/(^|,)\s*close\s*(,|$)/.test(c);
+}
+
+// Path only: query strings may carry tokens and stay out of the log.
+const pathOf = (req) => req.target.split('?')[0];
+
+// ---------------------------------------------------------------- request bodies
+
+// The request body as a web stream, fed by the connection's parser. Whatever the app leaves
+// unread is discarded once the response is done: the server keeps one keep-alive connection
+// per worker, and unread body bytes would stall it.
+class BodySink {
+  constructor(conn) {
+    this.conn = conn;
+    this.controller = null;
+    this.done = false;
+    this.stream = new ReadableStream(
+      {
+        start: (c) => { this.controller = c; },
+        pull: () => { if (conn.socket.isPaused()) conn.socket.resume(); },
+        cancel: () => { conn.discardBody(); },
+      },
+      { highWaterMark: 64 * 1024, size: (chunk) => chunk.byteLength },
+    );
   }
-  const init = { method: req.method, headers, signal };
-  if (req.method !== 'GET' && req.method !== 'HEAD') {
-    const body = bodyStream(req);
-    out.finishBody = body.finish;
-    init.body = body.stream;
-    init.duplex = 'half';
+
+  push(bytes) {
+    if (this.done) return;
+    // A copy: `bytes` is a view into the connection's read buffer.
+    this.controller.enqueue(new Uint8Array(bytes));
+    if (this.controller.desiredSize <= 0) this.conn.socket.pause();
   }
-  return new Request(url, init);
+
+  end() {
+    if (this.done) return;
+    this.done = true;
+    try { this.controller.close(); } catch {}
+  }
+
+  error(e) {
+    if (this.done) return;
+    this.done = true;
+    try { this.controller.error(e); } catch {}
+  }
+
+  discard() {
+    this.error(new Error('request finished'));
+  }
+}
+
+// ---------------------------------------------------------------- the web Request, lazily
+
+// What the handler receives: a Request that is built only when the app needs one. url, method
+// and headers are answered from the parsed head (most apps route on those and nothing else);
+// anything else (the body, clone(), ...) builds the real Request first and is served by it.
+// `instanceof Request` holds, and properties the app sets on it (routers set `params`) stick.
+function lazyRequest(conn, req, url) {
+  let headers = null;
+  let controller = null;
+  let real = null;
+  let body = null;
+  const state = {
+    signal() {
+      if (!controller) controller = new AbortController();
+      return controller.signal;
+    },
+    abort() {
+      if (controller) controller.abort();
+    },
+    finish() {
+      if (body && !body.done) conn.discardBody();
+    },
+  };
+  if (req.hasBody) {
+    body = new BodySink(conn);
+    conn.sink = body;
+  }
+  const ownHeaders = () => {
+    if (!headers) {
+      headers = new Headers();
+      const raw = req.raw;
+      for (let i = 0; i < raw.length; i += 2) {
+        try { headers.append(raw[i], raw[i + 1]); } catch {}
+      }
+    }
+    return headers;
+  };
+  const materialize = () => {
+    if (!real) {
+      const init = { method: req.method, headers: ownHeaders(), signal: state.signal() };
+      if (body) {
+        init.body = body.stream;
+        init.duplex = 'half';
+      }
+      real = new Request(url, init);
+    }
+    return real;
+  };
+  state.request = new Proxy(Object.create(Request.prototype), {
+    get(target, prop) {
+      if (Object.prototype.hasOwnProperty.call(target, prop)) return target[prop];
+      switch (prop) {
+        case 'url': return url;
+        case 'method': return req.method;
+        case 'headers': return real ? real.headers : ownHeaders();
+        case 'signal': return real ? real.signal : state.signal();
+        case 'body': if (!body) return null; break;
+        case 'bodyUsed': if (!body) return false; break;
+        case 'constructor': return Request;
+      }
+      const r = materialize();
+      const value = Reflect.get(r, prop, r);
+      return typeof value === 'function' && prop in Request.prototype ? value.bind(r) : value;
+    },
+  });
+  return state;
+}
+
+// ---------------------------------------------------------------- responses
+
+// A complete answer of the loader's own (probe, busy, draining, errors).
+function writePlain(conn, status, text, extra = '') {
+  conn.responding = true;
+  const body = Buffer.from(text);
+  conn.write(
+    `HTTP/1.1 ${status} ${STATUS_TEXT[status] || ''}\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+      `content-length: ${body.length}\r\nrip-worker-id: ${WORKER_ID}\r\n${extra}` +
+      `${conn.closing ? 'connection: close\r\n' : ''}\r\n`,
+    'latin1',
+  );
+  conn.write(body);
+  conn.responded();
+}
+
+// undici keeps what a Response was built from (a string or bytes) in its internal state; a
+// body found there goes out whole without reading the web stream. Elsewhere (Bun, a future
+// Node) the symbol is missing and the stream is read as for any other body.
+const STATE = Object.getOwnPropertySymbols(new Response('')).find((s) => s.description === 'state');
+
+// The body of `response` if it is already in memory as a string or bytes, else undefined.
+function memoryBody(response) {
+  const body = STATE && response[STATE] && response[STATE].body;
+  if (!body || response.bodyUsed || (body.stream && body.stream.locked)) return undefined;
+  const src = body.source;
+  if (typeof src === 'string' || src instanceof Uint8Array) return src;
+  if (src instanceof ArrayBuffer) return new Uint8Array(src);
+  return undefined;
+}
+
+// The body length the app declared (a Content-Length value), if it is a valid one.
+function validLength(value) {
+  if (value === undefined || !/^\d{1,15}$/.test(value.trim())) return null;
+  return Number(value.trim());
+}
+
+// The status line and the app's headers, without a length or the final CRLF, and the length
+// the app declared. One pass over the headers, over undici's own header list when it is there
+// (as the body above): the public iterator sorts, and each get() or has() costs a WebIDL
+// conversion, a visible share of a small request.
+function headOf(response) {
+  const status = response.status;
+  let head = `HTTP/1.1 ${status} ${response.statusText || STATUS_TEXT[status] || ''}\r\n`;
+  let length;
+  let cookies = null;
+  const state = STATE && response[STATE];
+  const list = state && state.headersList;
+  const own = list && typeof list[Symbol.iterator] === 'function' && (list.cookies === null || Array.isArray(list.cookies));
+  for (const [name, value] of own ? list : response.headers) {
+    if (name === 'content-length') length = value;
+    else if (name === 'set-cookie') cookies = own ? list.cookies : response.headers.getSetCookie();
+    else if (!HOP_BY_HOP.has(name)) head += `${name}: ${value}\r\n`;
+  }
+  if (cookies) for (const cookie of cookies) head += `set-cookie: ${cookie}\r\n`;
+  return { head: `${head}rip-worker-id: ${WORKER_ID}\r\n`, declared: validLength(length) };
 }
 
 const PENDING = Symbol('pending');
@@ -239,139 +566,157 @@ function readSoon(p) {
   });
 }
 
-function waitWritable(res) {
+// Resolves when the socket can take more, or is gone.
+function waitWritable(socket) {
   return new Promise((resolve) => {
     const done = () => {
-      res.off('drain', done);
-      res.off('close', done);
+      socket.off('drain', done);
+      socket.off('close', done);
       resolve();
     };
-    res.on('drain', done);
-    res.on('close', done);
+    socket.on('drain', done);
+    socket.on('close', done);
   });
-}
-
-function waitDone(res) {
-  return new Promise((resolve) => {
-    if (res.writableFinished || res.destroyed) return resolve();
-    res.once('finish', resolve);
-    res.once('close', resolve);
-  });
-}
-
-// The body length the app declared, if it is a valid one.
-function declaredLength(headers) {
-  const value = headers.get('content-length');
-  if (value === null || !/^\d{1,15}$/.test(value.trim())) return null;
-  return Number(value.trim());
 }
 
 // The wire must never carry a length that does not match the body that follows: the server
 // reads exactly what the framing says, and any byte past it would be read as the answer to
 // the next request. So the loader, not the app, has the last word on Content-Length:
 // - HEAD, 204 and 304 send no body whatever the app returns (204 also no Content-Length);
-// - a body already in memory goes out with its real length;
+// - a body already in memory goes out with its real length, in one write with the head;
 // - a streamed body the app gave a length is held to it: bytes beyond it are dropped, and a
 //   body that ends short has its connection closed, so the client sees a cut-off answer;
 // - a streamed body without a length goes out chunked.
-async function sendResponse(req, res, response) {
+// Returns false when the connection was cut off (and must not be reused); a promise of that
+// for a streamed body (an answer in memory goes out at once, without a trip through promises).
+function sendResponse(conn, req, response) {
   const status = response.status;
-  res.statusCode = status;
-  if (response.statusText) res.statusMessage = response.statusText;
-  const declared = declaredLength(response.headers);
-  for (const [name, value] of response.headers) {
-    if (name === 'set-cookie' || name === 'content-length' || HOP_BY_HOP.has(name)) continue;
-    res.setHeader(name, value);
-  }
-  const cookies = response.headers.getSetCookie ? response.headers.getSetCookie() : [];
-  if (cookies.length) res.setHeader('set-cookie', cookies);
-  res.setHeader('rip-worker-id', WORKER_ID);
-
+  const { head: appHead, declared } = headOf(response);
+  let head = appHead;
+  if (conn.closing) head += 'connection: close\r\n';
   const body = response.body;
+
   if (req.method === 'HEAD' || status === 204 || status === 304) {
     // A HEAD or 304 answer may say how long the body would be.
-    if (declared !== null && status !== 204) res.setHeader('content-length', declared);
+    if (declared !== null && status !== 204) head += `content-length: ${declared}\r\n`;
+    conn.write(`${head}\r\n`, 'latin1');
     if (body) body.cancel().catch(() => {});
-    res.end();
-    return;
+    return true;
   }
   if (!body) {
-    res.setHeader('content-length', 0);
-    res.end();
-    return;
+    conn.write(`${head}content-length: 0\r\n\r\n`, 'latin1');
+    return true;
   }
+  const whole = memoryBody(response);
+  if (whole !== undefined) {
+    const length = typeof whole === 'string' ? Buffer.byteLength(whole) : whole.byteLength;
+    if (declared !== null && declared !== length) lengthMismatch(req, declared, length);
+    writeWhole(conn, `${head}content-length: ${length}\r\n\r\n`, whole);
+    return true;
+  }
+  return sendStream(conn, req, head, body, declared);
+}
 
-  const reader = body.getReader();
-  const onClose = () => {
-    if (!res.writableFinished) reader.cancel().catch(() => {});
-  };
-  res.on('close', onClose);
-  try {
-    // Fast path: a body already in memory goes out whole, with its real length.
-    let next = reader.read();
-    let r = await readSoon(next);
-    if (r !== PENDING && !r.done) {
-      const first = r.value;
-      next = reader.read();
-      r = await readSoon(next);
-      if (r !== PENDING && r.done) {
-        if (declared !== null && declared !== first.byteLength) lengthMismatch(req, declared, first.byteLength);
-        res.setHeader('content-length', first.byteLength);
-        res.end(first);
-        return;
-      }
-      if (declared !== null) res.setHeader('content-length', declared);
-      if (!(await writeLimited(req, res, first, declared))) return;
-    } else if (r !== PENDING && r.done) {
-      if (declared !== null && declared !== 0) lengthMismatch(req, declared, 0);
-      res.setHeader('content-length', 0);
-      res.end();
-      return;
-    } else if (declared !== null) {
-      res.setHeader('content-length', declared);
-    }
-    if (r === PENDING) {
-      if (typeof res.flushHeaders === 'function') res.flushHeaders(); // the server expects headers promptly (SSE, slow streams)
-      r = await next;
-    }
-    // Streaming path: chunk by chunk, honouring backpressure.
-    while (!r.done) {
-      if (res.destroyed) return;
-      if (!(await writeLimited(req, res, r.value, declared))) return;
-      if (res.destroyed) return;
-      r = await reader.read();
-    }
-    if (res.destroyed) return;
-    if (declared !== null && sentBytes(res) < declared) {
-      lengthMismatch(req, declared, sentBytes(res));
-      res.destroy(); // the answer cannot be completed: cut it off rather than let the wire desync
-      return;
-    }
-    res.end();
-  } finally {
-    res.off('close', onClose);
+// One write, so one syscall: a head of ASCII (the usual case) and a string body go out as one
+// string; anything else as one buffer.
+const ASCII = /^[\x00-\x7f]*$/;
+function writeWhole(conn, head, body) {
+  if (typeof body === 'string' && ASCII.test(head)) {
+    conn.write(head + body);
+  } else {
+    const h = Buffer.from(head, 'latin1');
+    const b = typeof body === 'string' ? Buffer.from(body) : body;
+    conn.write(b.byteLength ? Buffer.concat([h, b], h.length + b.byteLength) : h);
   }
 }
 
-const SENT = Symbol('sent');
-const sentBytes = (res) => res[SENT] || 0;
+async function sendStream(conn, req, head, body, declared) {
+  const socket = conn.socket;
+  const reader = body.getReader();
+  const abortRequest = conn.onAbort;
+  conn.onAbort = () => {
+    if (abortRequest) abortRequest();
+    reader.cancel().catch(() => {});
+  };
+  const out = { sent: 0, declared, chunked: declared === null, started: false };
+  // Fast path: a body already in memory goes out whole, with its real length.
+  let next = reader.read();
+  let r = await readSoon(next);
+  if (r !== PENDING && !r.done) {
+    const first = r.value;
+    next = reader.read();
+    r = await readSoon(next);
+    if (r !== PENDING && r.done) {
+      if (declared !== null && declared !== first.byteLength) lengthMismatch(req, declared, first.byteLength);
+      writeWhole(conn, `${head}content-length: ${first.byteLength}\r\n\r\n`, first);
+      return true;
+    }
+    if (!(await writeLimited(conn, req, head, out, first))) return !socket.destroyed;
+  } else if (r !== PENDING && r.done) {
+    if (declared !== null && declared !== 0) lengthMismatch(req, declared, 0);
+    conn.write(`${head}content-length: 0\r\n\r\n`, 'latin1');
+    return true;
+  }
+  if (r === PENDING) {
+    startHead(conn, head, out); // the server expects headers promptly (SSE, slow streams)
+    r = await next;
+  }
+  // Streaming path: chunk by chunk, honouring backpressure.
+  while (!r.done) {
+    if (socket.destroyed) return false;
+    if (!(await writeLimited(conn, req, head, out, r.value))) return !socket.destroyed;
+    if (socket.destroyed) return false;
+    r = await reader.read();
+  }
+  if (socket.destroyed) return false;
+  startHead(conn, head, out);
+  if (declared !== null && out.sent < declared) {
+    lengthMismatch(req, declared, out.sent);
+    socket.destroy(); // the answer cannot be completed: cut it off rather than let the wire desync
+    return false;
+  }
+  if (out.chunked) conn.write('0\r\n\r\n', 'latin1');
+  return true;
+}
+
+// Writes the head of a streamed answer, once.
+function startHead(conn, head, out) {
+  if (out.started) return;
+  out.started = true;
+  const framing = out.chunked ? 'transfer-encoding: chunked\r\n' : `content-length: ${out.declared}\r\n`;
+  conn.write(`${head}${framing}\r\n`, 'latin1');
+}
 
 // Writes `chunk`, or as much of it as the declared length leaves room for. Returns false once
 // the answer is over (the length is reached and the rest of the app's body dropped).
-async function writeLimited(req, res, chunk, declared) {
+async function writeLimited(conn, req, head, out, chunk) {
+  startHead(conn, head, out);
   let piece = chunk;
-  if (declared !== null) {
-    const room = declared - sentBytes(res);
+  if (!(piece instanceof Uint8Array)) throw new TypeError('the response body yielded a chunk that is not a Uint8Array');
+  if (out.declared !== null) {
+    const room = out.declared - out.sent;
     if (piece.byteLength > room) {
-      lengthMismatch(req, declared, sentBytes(res) + piece.byteLength, 'more than');
+      lengthMismatch(req, out.declared, out.sent + piece.byteLength, 'more than');
       piece = piece.subarray(0, Math.max(room, 0));
-      res[SENT] = sentBytes(res) + piece.byteLength;
-      res.end(piece);
+      out.sent += piece.byteLength;
+      if (piece.byteLength) conn.write(piece);
       return false;
     }
   }
-  res[SENT] = sentBytes(res) + piece.byteLength;
-  if (!res.write(piece)) await waitWritable(res);
+  if (!piece.byteLength) return true;
+  out.sent += piece.byteLength;
+  let ok;
+  if (out.chunked) {
+    const socket = conn.socket;
+    socket.cork();
+    socket.write(`${piece.byteLength.toString(16)}\r\n`, 'latin1');
+    socket.write(piece);
+    ok = socket.write('\r\n', 'latin1');
+    socket.uncork();
+  } else {
+    ok = conn.write(piece);
+  }
+  if (!ok) await waitWritable(conn.socket);
   return true;
 }
 
@@ -383,70 +728,289 @@ function lengthMismatch(req, declared, actual, how = '') {
   );
 }
 
-async function serveApp(req, res) {
-  const ac = new AbortController();
-  res.on('close', () => {
-    if (!res.writableFinished) ac.abort();
+// ---------------------------------------------------------------- serving
+
+// The Request URL: `${X-Forwarded-Proto}://${Host}${target}`, normalized as fetch() would.
+function urlOf(req) {
+  let proto = String(req.proto || 'http').split(',')[0].trim().toLowerCase();
+  if (proto !== 'http' && proto !== 'https') proto = 'http';
+  const target = req.target.startsWith('/') ? req.target : '/';
+  return new URL(`${proto}://${req.host || 'localhost'}${target}`).href;
+}
+
+// An answer of the loader's own to `req`, whose body (if any) is discarded.
+function answerPlain(conn, req, status, text, extra) {
+  conn.closing = conn.closing || !keepAlive(req);
+  writePlain(conn, status, text, extra);
+}
+
+function dispatch(conn, req) {
+  if (req.probe && pathOf(req) === '/ready') {
+    if (draining) return answerPlain(conn, req, 503, 'draining', 'rip-worker-draining: 1\r\n');
+    return handler ? answerPlain(conn, req, 200, 'ready') : answerPlain(conn, req, 503, 'loading');
+  }
+  if (draining) return answerPlain(conn, req, 503, 'draining', 'rip-worker-draining: 1\r\n');
+  if (inflight) return answerPlain(conn, req, 503, 'busy', 'rip-worker-busy: 1\r\n');
+  if (FORBIDDEN_METHOD.test(req.method)) return answerPlain(conn, req, 400, 'Bad Request');
+  let url;
+  try {
+    url = urlOf(req);
+  } catch {
+    return answerPlain(conn, req, 400, 'Bad Request');
+  }
+  inflight = true;
+  conn.responding = true;
+  conn.closing = !keepAlive(req);
+  serveApp(conn, req, url).catch((e) => {
+    logErr(`rip-loader: internal error: ${errText(e)}`);
+    conn.socket.destroy();
+    requestDone(conn);
   });
-  const body = { finishBody: () => {} };
+}
+
+async function serveApp(conn, req, url) {
+  const lazy = lazyRequest(conn, req, url);
+  conn.onAbort = () => lazy.abort();
+  let ok = true;
   try {
     while (loading || reloadPending) {
       if (!loading && !draining) reload();
       if (loading) await loading;
       else break;
     }
-    let request;
-    try {
-      request = toRequest(req, ac.signal, body);
-    } catch (e) {
-      plain(res, 400, 'Bad Request');
-      return;
-    }
     let response;
     try {
-      response = await handler(request);
+      response = handler(lazy.request);
+      if (response && typeof response.then === 'function') response = await response;
       if (!(response instanceof Response)) {
         throw new TypeError(`handler returned ${response === null ? 'null' : typeof response}, not a Response`);
       }
     } catch (e) {
       logErr(`error in ${ENTRY} handling ${req.method} ${pathOf(req)}: ${errText(e)}`);
-      plain(res, 500, 'Internal Server Error');
+      if (!conn.socket.destroyed) writeError(conn);
       return;
     }
     try {
-      await sendResponse(req, res, response);
+      ok = sendResponse(conn, req, response);
+      if (ok !== true && ok !== false) ok = await ok;
     } catch (e) {
-      if (!res.destroyed) {
+      if (!conn.socket.destroyed) {
         logErr(`error in ${ENTRY} streaming ${req.method} ${pathOf(req)}: ${errText(e)}`);
-        plain(res, 500, 'Internal Server Error'); // destroys the connection if headers went out
+        conn.socket.destroy(); // the head may be out: the answer cannot be completed
       }
+      ok = false;
     }
   } finally {
-    await waitDone(res);
-    body.finishBody();
+    lazy.finish();
+    if (ok) conn.responded();
+    requestDone(conn);
+  }
+}
+
+// A 500 before any byte of the answer went out.
+function writeError(conn) {
+  const body = 'Internal Server Error';
+  conn.write(
+    `HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n` +
+      `content-length: ${body.length}\r\nrip-worker-id: ${WORKER_ID}\r\n` +
+      `${conn.closing ? 'connection: close\r\n' : ''}\r\n${body}`,
+    'latin1',
+  );
+}
+
+function requestDone(conn) {
+  if (!inflight) return;
+  inflight = false;
+  if (draining) finishDrain();
+  else maybeReloadWhenIdle();
+}
+
+function onConnection(socket) {
+  const conn = new Conn(socket);
+  sockets.add(socket);
+  socket.on('data', (chunk) => conn.onData(chunk));
+  socket.on('error', () => {}); // 'close' follows
+  socket.on('close', () => {
+    sockets.delete(socket);
+    if (conn.sink) conn.sink.error(new Error('connection closed'));
+    if (conn.onAbort) conn.onAbort();
+  });
+}
+
+// ---------------------------------------------------------------- Bun: Bun.serve
+
+// Under Bun the loader serves with Bun.serve({ unix }): on this socket it answers several
+// times faster than Bun's node:http, or the parser above running on Bun's node:net
+// (benches/js.sh). Bun keeps the framing honest itself (a body in memory goes out with its
+// real length, a streamed one chunked, HEAD and 304 answers carry no body); an answer whose
+// app set a Content-Length is held to the same rules as under Node (see bunLength).
+const BUN = typeof Bun !== 'undefined' && typeof Bun.serve === 'function';
+
+const plainResponse = (status, text, extra) =>
+  new Response(text, {
+    status,
+    headers: { 'content-type': 'text/plain; charset=utf-8', 'rip-worker-id': WORKER_ID, ...extra },
+  });
+
+// The path of a Request URL (`http://host/path?query`), without parsing the whole URL.
+function bunPath(url) {
+  const start = url.indexOf('/', url.indexOf('//') + 2);
+  if (start < 0) return '/';
+  const q = url.indexOf('?', start);
+  return q < 0 ? url.slice(start) : url.slice(start, q);
+}
+
+let bunServer = null;
+
+async function bunFetch(req, srv) {
+  if (req.headers.get('rip-probe') === '1' && bunPath(req.url) === '/ready') {
+    if (draining) return plainResponse(503, 'draining', { 'rip-worker-draining': '1' });
+    return handler ? plainResponse(200, 'ready') : plainResponse(503, 'loading');
+  }
+  if (draining) return plainResponse(503, 'draining', { 'rip-worker-draining': '1' });
+  // pendingRequests counts this request and any answer still streaming.
+  if (inflight || srv.pendingRequests > 1) return plainResponse(503, 'busy', { 'rip-worker-busy': '1' });
+  inflight = true;
+  try {
+    while (loading || reloadPending) {
+      if (!loading && !draining) reload();
+      if (loading) await loading;
+      else break;
+    }
+    let request = req;
+    // Bun builds the URL as http://; the server says how the client came.
+    const proto = req.headers.get('x-forwarded-proto');
+    if (proto && proto.split(',')[0].trim().toLowerCase() === 'https' && req.url.startsWith('http:')) {
+      request = new Request(`https:${req.url.slice(5)}`, req);
+    }
+    let response;
+    try {
+      response = handler(request);
+      if (response && typeof response.then === 'function') response = await response;
+      if (!(response instanceof Response)) {
+        throw new TypeError(`handler returned ${response === null ? 'null' : typeof response}, not a Response`);
+      }
+    } catch (e) {
+      logErr(`error in ${ENTRY} handling ${req.method} ${bunPath(req.url)}: ${errText(e)}`);
+      return plainResponse(500, 'Internal Server Error');
+    }
+    if (response.headers.has('content-length')) response = await bunLength(req, response);
+    return withWorkerId(response);
+  } finally {
     inflight = false;
     if (draining) finishDrain();
     else maybeReloadWhenIdle();
   }
 }
 
-// Path only: query strings may carry tokens and stay out of the log.
-const pathOf = (req) => req.url.split('?')[0];
-
-function onRequest(req, res) {
-  const probe = req.headers['rip-probe'] === '1' && pathOf(req) === '/ready';
-  if (probe) {
-    if (draining) return plain(res, 503, 'draining', { 'rip-worker-draining': '1' });
-    return handler ? plain(res, 200, 'ready') : plain(res, 503, 'loading');
+// An answer whose app declared a length, under the rules sendResponse applies under Node: a
+// 204 has neither a length nor a body; a body in memory goes out with its real length; a
+// streamed body is held to the declared length (bytes beyond it dropped, a body that ends
+// short cut off). Bun would send a stream chunked, whole, whatever it was declared as. One
+// difference remains: Bun sends a stream's head at once, so a body that ends short is cut
+// off after a 200 went out (under Node the server sees the cut before and answers 502).
+async function bunLength(req, response) {
+  const status = response.status;
+  const declared = validLength(response.headers.get('content-length') ?? undefined);
+  const headers = new Headers(response.headers);
+  if (declared === null && status !== 204) return response; // not a length: Bun ignores it
+  if (status === 204) {
+    headers.delete('content-length');
+    if (response.body) response.body.cancel().catch(() => {});
+    return new Response(null, { status, statusText: response.statusText, headers });
   }
-  if (draining) return plain(res, 503, 'draining', { 'rip-worker-draining': '1' });
-  if (inflight) return plain(res, 503, 'busy', { 'rip-worker-busy': '1' });
-  inflight = true;
-  serveApp(req, res).catch((e) => {
-    logErr(`rip-loader: internal error: ${errText(e)}`);
-    inflight = false;
-    try { plain(res, 500, 'Internal Server Error'); } catch {}
+  if (req.method === 'HEAD' || status === 304 || !response.body) return response;
+  headers.delete('content-length');
+  const init = { status, statusText: response.statusText, headers };
+  const reader = response.body.getReader();
+  const target = { method: req.method, target: bunPath(req.url) };
+  const firstRead = reader.read();
+  const first = await readSoon(firstRead);
+  if (first === PENDING) return new Response(limited(target, reader, declared, [firstRead]), init);
+  if (first.done) {
+    if (declared !== 0) lengthMismatch(target, declared, 0);
+    return new Response(new Uint8Array(0), init);
+  }
+  const nextRead = reader.read();
+  const next = await readSoon(nextRead);
+  if (next !== PENDING && next.done) { // in memory: its real length
+    if (declared !== first.value.byteLength) lengthMismatch(target, declared, first.value.byteLength);
+    return new Response(first.value, init);
+  }
+  return new Response(limited(target, reader, declared, [first, nextRead]), init);
+}
+
+// The rest of a streamed body, held to `declared` bytes. `held` are reads already taken from
+// `reader` (results, or promises of them), in order.
+function limited(target, reader, declared, held) {
+  let sent = 0;
+  return new ReadableStream({
+    async pull(controller) {
+      const r = held.length ? await held.shift() : await reader.read();
+      if (r.done) {
+        if (sent < declared) {
+          lengthMismatch(target, declared, sent);
+          controller.error(new Error('the body ended short of its Content-Length')); // cut off
+        } else {
+          controller.close();
+        }
+        return;
+      }
+      let chunk = r.value;
+      if (sent + chunk.byteLength > declared) {
+        lengthMismatch(target, declared, sent + chunk.byteLength, 'more than');
+        chunk = chunk.subarray(0, declared - sent);
+        sent = declared;
+        if (chunk.byteLength) controller.enqueue(chunk);
+        controller.close();
+        reader.cancel().catch(() => {});
+        return;
+      }
+      sent += chunk.byteLength;
+      controller.enqueue(chunk);
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
   });
+}
+
+// `response` with Rip-Worker-Id (a Response whose headers are immutable, such as
+// Response.redirect's, is copied).
+function withWorkerId(response) {
+  try {
+    response.headers.set('rip-worker-id', WORKER_ID);
+    return response;
+  } catch {
+    const headers = new Headers(response.headers);
+    headers.set('rip-worker-id', WORKER_ID);
+    return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+  }
+}
+
+function listenBun(onListening) {
+  try {
+    bunServer = Bun.serve({
+      unix: SOCKET,
+      idleTimeout: 0, // the server holds one connection per worker for its whole life
+      maxRequestBodySize: Number.MAX_SAFE_INTEGER, // the server enforces its own limit
+      development: false,
+      fetch: bunFetch,
+      error(e) {
+        logErr(`error in ${ENTRY}: ${errText(e)}`);
+        return plainResponse(500, 'Internal Server Error');
+      },
+    });
+  } catch (e) {
+    logErr(`rip-loader: cannot listen on ${SOCKET}: ${errShort(e)}`);
+    process.exit(1);
+  }
+  onListening();
+}
+
+// Resolves once no answer is streaming any more (Bun counts them as pending requests).
+async function bunIdle() {
+  while (bunServer && bunServer.pendingRequests > 0) await new Promise((resolve) => setTimeout(resolve, 10));
 }
 
 // ---------------------------------------------------------------- control socket
@@ -494,25 +1058,41 @@ function unlinkSocket() {
   try { fs.unlinkSync(SOCKET); } catch {}
 }
 
-const server = http.createServer({
-  keepAliveTimeout: 0, // the server holds one connection per worker for its whole life
-  requestTimeout: 0, // long uploads and streams
-  headersTimeout: 60_000,
-  maxHeaderSize: 128 * 1024, // above the server's own head limit plus the headers it adds
-}, onRequest);
-server.keepAliveTimeout = 0;
-server.requestTimeout = 0;
-server.timeout = 0;
+// No timeouts: the server holds one connection per worker for its whole life, and uploads
+// and streams may be long (the server enforces its own limits).
+const server = BUN ? null : net.createServer(onConnection);
 
 let drainFinishing = false;
 async function finishDrain() {
   if (inflight || drainFinishing) return;
   drainFinishing = true;
+  if (BUN) await bunIdle(); // a streamed answer may still be going out
   await control({ op: 'quit', workerId: WORKER_NUM, pid: process.pid, version: VERSION }, 500);
-  try { server.close(); } catch {}
-  if (typeof server.closeAllConnections === 'function') server.closeAllConnections();
+  if (BUN) {
+    try { bunServer.stop(true); } catch {}
+  } else {
+    try { server.close(); } catch {}
+    await closeConnections(500);
+  }
   unlinkSocket();
   process.exit(0);
+}
+
+// Ends every connection once what was written to it has gone out (the last answer must not
+// be lost to process.exit), or after `timeoutMs`.
+function closeConnections(timeoutMs) {
+  const ends = [...sockets].map(
+    (socket) =>
+      new Promise((resolve) => {
+        socket.once('close', resolve);
+        socket.end(() => {
+          socket.destroy();
+          resolve();
+        });
+      }),
+  );
+  const timer = new Promise((resolve) => setTimeout(resolve, timeoutMs).unref());
+  return Promise.race([Promise.all(ends), timer]);
 }
 
 function onStop() {
@@ -540,13 +1120,7 @@ setInterval(() => {
   }
 }, 1000).unref();
 
-server.on('error', (e) => {
-  logErr(`rip-loader: cannot listen on ${SOCKET}: ${errShort(e)}`);
-  process.exit(1);
-});
-
-unlinkSocket(); // stale socket from an earlier worker
-server.listen(SOCKET, () => {
+function onListening() {
   // Listening before the app is loaded: the probe answers 503 `loading` until then.
   loading = loadHandler(ENTRY_URL).then(
     (h) => {
@@ -562,4 +1136,15 @@ server.listen(SOCKET, () => {
       process.exit(1);
     },
   );
-});
+}
+
+unlinkSocket(); // stale socket from an earlier worker
+if (BUN) {
+  listenBun(onListening);
+} else {
+  server.on('error', (e) => {
+    logErr(`rip-loader: cannot listen on ${SOCKET}: ${errShort(e)}`);
+    process.exit(1);
+  });
+  server.listen(SOCKET, onListening);
+}

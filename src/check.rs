@@ -8,8 +8,6 @@
 //! directory and starts no worker, so it is safe beside a running instance
 //! (the NixOS module's flag round trip and an operator's `nginx -t` habit).
 
-use std::os::unix::fs::PermissionsExt;
-
 use crate::app::EntryKind;
 use crate::config::{self, Config, Listen};
 use crate::{check_socket_path, control, tls, Error};
@@ -44,7 +42,7 @@ pub fn check(config: &Config) -> Result<String, Error> {
     for app in apps {
         if app.kind == EntryKind::JsModule {
             let program = config.js_runtime.program();
-            if !on_path(program) {
+            if !crate::cli::on_path(program, std::env::var_os("PATH").as_deref()) {
                 return Err(Error::RuntimeMissing {
                     program: program.into(),
                     entry: app.entry.clone(),
@@ -76,17 +74,6 @@ pub fn check(config: &Config) -> Result<String, Error> {
         config.reload.as_str(),
         describe_listen(&config.listen),
     ))
-}
-
-/// Whether `program` is an executable file in a `PATH` directory.
-fn on_path(program: &str) -> bool {
-    let Some(path) = std::env::var_os("PATH") else {
-        return false;
-    };
-    std::env::split_paths(&path).any(|dir| {
-        std::fs::metadata(dir.join(program))
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
 }
 
 /// `https on port 443 (redirect from 80, hsts)` and the like.

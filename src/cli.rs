@@ -213,9 +213,10 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 
-    /// JavaScript runtime for fetch-handler apps: node or bun (default node).
+    /// JavaScript runtime for fetch-handler apps: auto, node or bun (default auto: bun when
+    /// `bun` is on PATH, else node).
     #[arg(long, value_enum, value_name = "RUNTIME")]
-    pub runtime: Option<JsRuntime>,
+    pub runtime: Option<RuntimeChoice>,
 
     /// Listen on this address only (repeatable: 127.0.0.1, ::1, [::1]); the port comes from the
     /// listener tokens (default: every IPv4 and IPv6 interface).
@@ -319,9 +320,42 @@ impl ReloadMode {
     }
 }
 
-/// Which JavaScript runtime runs the Node loader.
+/// `--runtime`: a JavaScript runtime, or `auto` to pick one by what is installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum RuntimeChoice {
+    /// Bun when `bun` is on `PATH` (it serves fetch handlers faster), else Node.
+    Auto,
+    Node,
+    Bun,
+}
+
+impl RuntimeChoice {
+    /// The runtime to use; `auto` looks for `bun` in `path` (a `PATH` value).
+    pub fn resolve(self, path: Option<&std::ffi::OsStr>) -> JsRuntime {
+        match self {
+            RuntimeChoice::Node => JsRuntime::Node,
+            RuntimeChoice::Bun => JsRuntime::Bun,
+            RuntimeChoice::Auto if on_path("bun", path) => JsRuntime::Bun,
+            RuntimeChoice::Auto => JsRuntime::Node,
+        }
+    }
+}
+
+/// Whether `program` is an executable file in a directory of `path` (a `PATH` value).
+pub fn on_path(program: &str, path: Option<&std::ffi::OsStr>) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = path else {
+        return false;
+    };
+    std::env::split_paths(path).any(|dir| {
+        std::fs::metadata(dir.join(program))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// Which JavaScript runtime runs the Node loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JsRuntime {
     Node,
     Bun,

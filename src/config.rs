@@ -34,7 +34,9 @@ use crate::privileges::{PrivilegeError, RunAs};
 use crate::registry::{self, RawEntry, RawRegistry, RegistryError, RegistrySpec};
 
 use crate::app::{App, ResolveError};
-use crate::cli::{ArgsError, JsRuntime, ListenSpec, ReloadMode, RestartSpec, ServeArgs, Token};
+use crate::cli::{
+    ArgsError, JsRuntime, ListenSpec, ReloadMode, RestartSpec, RuntimeChoice, ServeArgs, Token,
+};
 use crate::cli::{Cli, WorkerCount};
 use crate::tls::{CertPair, TlsSource};
 
@@ -342,7 +344,7 @@ struct FileConfig {
     no_public_status: Option<bool>,
     /// The declarative host registry (`[hosts."name"]`).
     hosts: Option<BTreeMap<String, RawEntry>>,
-    runtime: Option<JsRuntime>,
+    runtime: Option<RuntimeChoice>,
     threads: Option<usize>,
     json_logging: Option<bool>,
     no_access_log: Option<bool>,
@@ -547,7 +549,11 @@ impl Config {
                 access_log: !(cli.no_access_log || file.no_access_log.unwrap_or(false)),
                 query: cli.log_query || file.log_query.unwrap_or(false),
             },
-            js_runtime: cli.runtime.or(file.runtime).unwrap_or(JsRuntime::Node),
+            js_runtime: cli
+                .runtime
+                .or(file.runtime)
+                .unwrap_or(RuntimeChoice::Auto)
+                .resolve(env.var("PATH").as_deref().map(std::ffi::OsStr::new)),
             threads: layers.threads()?,
             runtime_dir: runtime_dir(env),
             config_file: cli.config.clone(),
@@ -1220,6 +1226,38 @@ mod tests {
         assert_eq!(
             c.timeouts.connect,
             Duration::from_millis(defaults::CONNECT_TIMEOUT_MS)
+        );
+    }
+
+    #[test]
+    fn runtime_is_auto_by_default_and_auto_looks_for_an_executable_bun() {
+        use std::os::unix::fs::PermissionsExt;
+        let app = app_dir();
+        let dir = app.path().to_str().unwrap();
+        let bin = tempfile::tempdir().unwrap();
+        let bun = bin.path().join("bun");
+        std::fs::write(&bun, "#!/bin/sh\n").unwrap();
+        let path = bin.path().to_str().unwrap();
+        let runtime = |argv: &[&str], path: &str| {
+            let argv: Vec<&str> = [dir, "http:0"].iter().chain(argv).copied().collect();
+            build(&argv, &[("PATH", path)]).unwrap().js_runtime
+        };
+        // A `bun` that cannot be run is not picked.
+        std::fs::set_permissions(&bun, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(runtime(&[], path), JsRuntime::Node);
+        std::fs::set_permissions(&bun, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(runtime(&[], path), JsRuntime::Bun, "auto is the default");
+        assert_eq!(runtime(&[], "/nonexistent"), JsRuntime::Node);
+        assert_eq!(runtime(&["--runtime=node"], path), JsRuntime::Node);
+        assert_eq!(runtime(&["--runtime=bun"], "/nonexistent"), JsRuntime::Bun);
+        // The config file's key, and the flag over it.
+        let file = app.path().join("rip.conf.toml");
+        std::fs::write(&file, "runtime = \"node\"\n").unwrap();
+        let config_flag = format!("--config={}", file.display());
+        assert_eq!(runtime(&[&config_flag], path), JsRuntime::Node);
+        assert_eq!(
+            runtime(&[&config_flag, "--runtime=auto"], path),
+            JsRuntime::Bun
         );
     }
 

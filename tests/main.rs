@@ -10,6 +10,7 @@ mod hostile;
 mod hosts;
 mod limits;
 mod listen;
+mod loader;
 mod logging;
 mod proxy;
 mod queue;

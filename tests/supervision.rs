@@ -105,8 +105,10 @@ async fn recycling_by_request_count_keeps_capacity_and_answering() {
     let first = worker_pids(&server.wait_ready().await);
     let status = recycle_under_load(&server, 2, 4, |s| {
         let pids = worker_pids(s);
-        // Both original workers gone, their replacements alone.
-        first.iter().all(|p| !pids.contains(p)) && s["workers"].as_array().unwrap().len() == 2
+        // Both original workers gone, their replacements serving. (Not "and alone": at r:5
+        // a worker is due again within milliseconds of taking over, so with workers this
+        // fast a moment without a replacement booting is too short for a sampler to see.)
+        first.iter().all(|p| !pids.contains(p)) && serving_workers(s).len() >= 2
     })
     .await;
     let metrics = server.metrics().await;

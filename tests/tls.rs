@@ -293,6 +293,7 @@ fn start_expecting_failure_with(env: &[(&str, &str)], args: &[&str]) -> String {
         .arg(app.to_str().unwrap())
         .arg("https:0")
         .arg("--no-redirect-http")
+        .arg("--runtime=node")
         .args(args)
         .output()
         .unwrap();

@@ -12,6 +12,8 @@
                                               busy %, the round and the proxy's CPU seconds)
   summarize.py tlstable RESULTS.tsv           the same for benches/tls.sh (each line led by
                                               its test: h1-16, h2, hs-full, ...)
+  summarize.py jstable RESULTS.tsv            benches/js.sh's table (each line led by its runtime):
+                                              each row's median, the ratios against the targets
   summarize.py rolls DIR ROUNDS               benches/rolls.sh's tables: per round (DIR/rN/:
                                               oha JSON of both phases, benches/load/rolls.py's
                                               output, /status before and after phase B, the
@@ -478,6 +480,65 @@ def timeline(paths, saves_at):
     print(f"busy retries during the timelines: {retries:.0f}; largest queue depth sampled: {depth:.0f}")
 
 
+def jstable(path):
+    """benches/js.sh's results: per runtime, the bare servers, the loader run directly and
+    rip-server in front of it; each ratio is taken within a round, then the median (and
+    range) over the rounds."""
+    rows = read_results(path, with_test=True)
+    rounds = max((r["round"] for r in rows), default=0)
+    by = {}
+    for r in rows:
+        by.setdefault((r["test"], r["name"], r["conc"]), {})[r["round"]] = r
+    print(f"Each row: the median over its {rounds} round(s). Direct rows: W oha, each -c 1 on one "
+          "process's socket (requests/s summed). CPU µs/request: the row's own processes (the "
+          "servers; for rip-server, it and its workers).")
+    print()
+    print("| runtime | row | connections | requests/s | p50 ms | p99 ms | CPU µs/request | non-2xx | errors | other CPU % (max) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (rt, name, conc), runs in by.items():
+        rs = list(runs.values())
+        busy = max((int(r["busy"]) for r in rs if r["busy"].isdigit()), default="?")
+        print(f"| {rt} | {name} | {conc} | {median([r['rps'] for r in rs]):,.0f} | "
+              f"{median([r['p50'] for r in rs]):.2f} | {median([r['p99'] for r in rs]):.2f} | "
+              f"{fmt(median_or_none([r['cpu_us'] for r in rs]), '.1f')} | "
+              f"{sum(r['non2xx'] for r in rs)} | {sum(r['errors'] for r in rs)} | {busy} |")
+    print()
+    print("| runtime | ratio (requests/s) | median (range over rounds) | target | verdict |")
+    print("|---|---|---:|---:|---|")
+    runtimes = list(dict.fromkeys(r["test"] for r in rows))
+
+    def runs_of(rt, name):
+        return next((runs for (t, n, c), runs in by.items() if t == rt and n == name), {})
+
+    for rt in runtimes:
+        loader = runs_of(rt, "loader")
+        bares = [n for n in ("bare-http", "bare-serve") if runs_of(rt, n)]
+        ratios = []
+        for rnd, lr in loader.items():
+            best = max((runs_of(rt, n)[rnd]["rps"] for n in bares if rnd in runs_of(rt, n)), default=0)
+            if best:
+                ratios.append(lr["rps"] / best)
+        what = "loader / bare-http" if bares == ["bare-http"] else f"loader / faster of {' and '.join(bares)}"
+        if len(bares) > 1:
+            meds = {n: median([r["rps"] for r in runs_of(rt, n).values()]) for n in bares}
+            what += f" (faster: {max(meds, key=meds.get)})"
+        target = 0.8
+        print(f"| {rt} | {what} | {spread(ratios)} | ≥ {target} | "
+              f"{verdict(bool(ratios) and median(ratios) >= target)} |")
+        for (t, name, conc), runs in by.items():
+            if t != rt or name != "rip-server":
+                continue
+            ratios = [r["rps"] / loader[rnd]["rps"] for rnd, r in runs.items() if rnd in loader and loader[rnd]["rps"]]
+            print(f"| {rt} | rip-server c={conc} / loader | {spread(ratios)} | ≥ 0.7 | "
+                  f"{verdict(bool(ratios) and median(ratios) >= 0.7)} |")
+    print()
+    print("| round | runtime | row | connections | requests/s | p99 ms | CPU µs/request | non-2xx | errors | other CPU % |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: r["round"]):
+        print(f"| {r['round']} | {r['test']} | {r['name']} | {r['conc']} | {r['rps']:,.0f} | {r['p99']:.2f} | "
+              f"{fmt(r['cpu_us'], '.1f')} | {r['non2xx']} | {r['errors']} | {r['busy']} |")
+
+
 def median(values):
     values = sorted(values)
     n = len(values)
@@ -497,6 +558,8 @@ def main(argv):
         table(argv[2])
     elif len(argv) == 3 and argv[1] == "tlstable":
         tlstable(argv[2])
+    elif len(argv) == 3 and argv[1] == "jstable":
+        jstable(argv[2])
     elif len(argv) == 4 and argv[1] == "rolls":
         rolls(argv[2], argv[3])
     else:

@@ -241,10 +241,13 @@ fn spawner(
                     message: format!("cannot write the node loader: {e}"),
                 }
             })?;
-            (
-                config.js_runtime.program().into(),
-                vec![loader.into_os_string()],
-            )
+            let mut args = Vec::new();
+            if config.js_runtime == crate::cli::JsRuntime::Bun {
+                // Bun's default head limit (16 KiB) is below what the server forwards.
+                args.push("--max-http-header-size=131072".into());
+            }
+            args.push(loader.into_os_string());
+            (config.js_runtime.program().into(), args)
         }
         EntryKind::Executable => (spec.app.entry.clone().into_os_string(), Vec::new()),
     };

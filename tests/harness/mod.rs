@@ -7,7 +7,11 @@
 //! `RUNTIME_DIRECTORY`, listens on a kernel-chosen port (`http:0`), and is
 //! stopped on drop. When a test fails, the server's captured log is printed.
 //! Automatic certificates never come from an `mkcert` that happens to be
-//! installed: `RIP_MKCERT=off` unless a test sets its own.
+//! installed: `RIP_MKCERT=off` unless a test sets its own. Likewise the
+//! JavaScript runtime: every builder passes `--runtime=node`, so a `bun` on
+//! the machine does not change what the suite tests (`.js_runtime("auto")`
+//! to leave the choice to the server; `RIP_TEST_RUNTIME=bun cargo test …`
+//! runs the JavaScript apps of a test run under Bun instead, by hand).
 
 #![allow(dead_code)]
 
@@ -47,6 +51,12 @@ pub const EXAMPLE_WORKER: &str = env!("CARGO_BIN_EXE_rip-example-worker");
 /// The bundled Node example app.
 pub fn node_app() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/api")
+}
+
+/// `--runtime=node`, or `--runtime=$RIP_TEST_RUNTIME` when that is set.
+fn test_runtime() -> String {
+    let runtime = std::env::var("RIP_TEST_RUNTIME").unwrap_or_else(|_| "node".into());
+    format!("--runtime={runtime}")
 }
 
 /// A running rip-server.
@@ -111,6 +121,7 @@ impl Builder {
                 "http:0".to_string(),
                 format!("--name={name}"),
                 format!("--config={}", file.display()),
+                test_runtime(),
             ],
             env: Vec::new(),
             name: name.to_string(),
@@ -141,6 +152,7 @@ impl Builder {
                 path.to_string(),
                 "http:0".to_string(),
                 format!("--name={name}"),
+                test_runtime(),
             ],
             env: Vec::new(),
             name: name.to_string(),
@@ -168,6 +180,13 @@ impl Builder {
 
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_string());
+        self
+    }
+
+    /// `--runtime=RUNTIME` instead of the harness's `--runtime=node`.
+    pub fn js_runtime(mut self, runtime: &str) -> Self {
+        self.args.retain(|a| !a.starts_with("--runtime="));
+        self.args.push(format!("--runtime={runtime}"));
         self
     }
 
