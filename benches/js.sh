@@ -146,11 +146,6 @@ start_load() {
   pids+=("$load_pid")
 }
 
-finish_load() { # PID OUT
-  wait "$1" || die "oha failed ($2): $(tail -n 3 "$2.err")"
-  forget "$1"
-}
-
 # measure RUNTIME ROW: one warm-up and one measured run of a row, one results line
 # (runtime, then benches/load/summarize.py's row, the other CPU %, the round and the CPU
 # seconds of the row's own processes: the servers for direct rows, rip-server and its

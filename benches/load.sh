@@ -163,11 +163,6 @@ start_load() {
   pids+=("$load_pid")
 }
 
-finish_load() { # PID OUT
-  wait "$1" || die "$LOADGEN failed ($2): $(tail -n 3 "$2.err")"
-  forget "$1"
-}
-
 # measure NAME CONNECTIONS PORT: warm-up, measured run, one results row (with
 # the CPU seconds the proxy's own processes, proxy_pids[NAME], used meanwhile)
 measure() {

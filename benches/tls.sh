@@ -165,11 +165,6 @@ start_load() {
   pids+=("$load_pid")
 }
 
-finish_load() { # PID OUT
-  wait "$1" || die "load generator failed ($2): $(tail -n 3 "$2.err")"
-  forget "$1"
-}
-
 conns_label() { # TEST CONNECTIONS
   case $1 in h2) echo "${H2_CONNECTIONS}x${H2_STREAMS}" ;; *) echo "$2" ;; esac
 }

@@ -155,6 +155,13 @@ settle() {
   fi
 }
 
+# finish_load PID OUT: waits for a load generator started in the background
+# (recorded in pids) and forgets it; its failure ends the script with its stderr.
+finish_load() {
+  wait "$1" || die "${LOADGEN:-the load generator} failed ($2): $(tail -n 3 "$2.err")"
+  forget "$1"
+}
+
 rss_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 
 # proc_cpu PID...: CPU seconds (utime + stime) the live processes have used,
