@@ -153,7 +153,10 @@ async fn head_and_204_answers_carry_no_body_whatever_the_app_returns() {
             .unwrap();
         // hyper's client takes the next request only once the last answer is
         // read off the connection: sending earlier fails "not ready".
-        sender.ready().await.expect("the connection ready for the next request");
+        sender
+            .ready()
+            .await
+            .expect("the connection ready for the next request");
         let response = sender.send_request(request).await.expect("an answer");
         assert_eq!(response.status().as_u16(), status, "{method} {path}");
         let body = http_body_util::BodyExt::collect(response.into_body())
