@@ -254,12 +254,11 @@ for r in "${runtimes[@]}"; do
   echo "$r workers' memory after the run: loader $(rss_line "$r" loader); bare-http $(rss_line "$r" bare-http)"
 done
 for r in "${runtimes[@]}"; do
-  # (running as root is said at WARN and is no anomaly of the run)
-  warnings=$(grep -E 'WARN|ERROR' "$scratch/rip-$r.log" | grep -vc 'running as root' || true)
+  warnings=$(rip_warnings "$scratch/rip-$r.log" | grep -c . || true)
   if ((warnings > 0)); then
     anomaly=1
     echo "rip-server ($r) logged $warnings lines at WARN or ERROR:"
-    grep -E 'WARN|ERROR' "$scratch/rip-$r.log" | grep -v 'running as root' | head -n 10 | sed 's/^/  /'
+    rip_warnings "$scratch/rip-$r.log" | head -n 10 | sed 's/^/  /'
   fi
 done
 if ((anomaly)); then echo "non-2xx answers, failed requests or warnings: see above and $scratch"; fi

@@ -391,13 +391,11 @@ echo "rip-server entry process (pid $rip_pid): VmRSS idle $(mib "$rss_idle"), pe
 if ((rss_peak < 20 * 1024 && rss_hwm < 20 * 1024)); then memory=met; else memory="**MISSED**"; fi
 echo "target, entry process under 20 MiB: $memory (peak $(mib "$rss_peak"), VmHWM $(mib "$rss_hwm"))"
 echo "rip-server worker restarts during the run: $restarts"
-# (The warning that workers run as root, when the benchmark does, is expected.)
-log_warnings() { grep -E 'WARN|ERROR' "$scratch/rip-server.log" | grep -v 'rip_server::privileges: running as root' || true; }
-warnings=$(log_warnings | grep -c . || true)
+warnings=$(rip_warnings "$scratch/rip-server.log" | grep -c . || true)
 echo "rip-server log lines at WARN or ERROR: $warnings"
 if ((warnings > 0)); then
   anomaly=1
-  log_warnings | head -n 20 | sed 's/^/  /'
+  rip_warnings "$scratch/rip-server.log" | head -n 20 | sed 's/^/  /'
 fi
 if ((anomaly)); then
   echo "rip-server answered non-2xx, failed requests or logged warnings: see above and $scratch"

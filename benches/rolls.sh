@@ -273,11 +273,11 @@ for b in bad:
     print("ANOMALY:", b)
 sys.exit(1 if bad else 0)
 PY
-warnings=$(grep -cE 'WARN|ERROR' "$scratch/rip-server.log" || true)
+warnings=$(rip_warnings "$scratch/rip-server.log" | grep -c . || true)
 echo "rip-server log lines at WARN or ERROR: $warnings"
 if ((warnings > 0)); then
   anomaly=1
-  grep -E 'WARN|ERROR' "$scratch/rip-server.log" | head -n 20 | sed 's/^/  /'
+  rip_warnings "$scratch/rip-server.log" | head -n 20 | sed 's/^/  /'
 fi
 if ((anomaly)); then
   echo "rip-server answered non-2xx, failed requests, missed a version or logged warnings: see above and $scratch"

@@ -362,11 +362,11 @@ echo
 python3 "$here/summarize.py" tlstable "$results"
 echo
 echo "rip-server worker restarts during the run: $restarts"
-warnings=$(grep -cE 'WARN|ERROR' "$scratch/rip-server.log" || true)
+warnings=$(rip_warnings "$scratch/rip-server.log" | grep -c . || true)
 echo "rip-server log lines at WARN or ERROR: $warnings"
 if ((warnings > 0)); then
   anomaly=1
-  grep -E 'WARN|ERROR' "$scratch/rip-server.log" | head -n 20 | sed 's/^/  /'
+  rip_warnings "$scratch/rip-server.log" | head -n 20 | sed 's/^/  /'
 fi
 for n in "${nginx_workers[@]}"; do
   e=$(grep -c '\[error\]' "$scratch/nginx-$n/error.log" || true)

@@ -162,6 +162,10 @@ finish_load() {
   forget "$1"
 }
 
+# rip_warnings LOG: rip-server's log lines at WARN or ERROR, but for the
+# warning that workers run as root (benchmarks run as root; no anomaly)
+rip_warnings() { grep -E 'WARN|ERROR' "$1" | grep -v 'rip_server::privileges: running as root' || true; }
+
 rss_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 
 # proc_cpu PID...: CPU seconds (utime + stime) the live processes have used,
