@@ -92,11 +92,7 @@ OHA=${OHA:-$(command -v oha || echo "$HOME/.cargo/bin/oha")}
 [[ -x $OHA ]] || die "oha not found at '$OHA' (cargo install oha --locked); wrk cannot load a Unix socket"
 
 rip="$BIN_DIR/rip-server"
-if [[ $BUILD == 1 || ! -x $rip ]]; then
-  [[ $(basename "$BIN_DIR") == release ]] || die "BIN_DIR must end in /release to be built, or hold rip-server"
-  note "building: CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins"
-  (cd "$root" && CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins) >&2
-fi
+ensure_built "$rip"
 
 bench_init rip-js # scratch directory, traps (benches/load/lib.sh)
 results="$scratch/results.tsv"

@@ -123,11 +123,7 @@ BASELINE_BIN_DIR=${BASELINE_BIN_DIR:-}
 if [[ -n $BASELINE_BIN_DIR ]]; then
   [[ -x $BASELINE_BIN_DIR/rip-server ]] || die "BASELINE_BIN_DIR=$BASELINE_BIN_DIR holds no rip-server"
 fi
-if [[ $BUILD == 1 || ! -x $rip || ! -x $worker ]]; then
-  [[ $(basename "$BIN_DIR") == release ]] || die "BIN_DIR must end in /release to be built, or hold both binaries"
-  note "building: CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins"
-  (cd "$root" && CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins) >&2
-fi
+ensure_built "$rip" "$worker"
 
 # ---------------------------------------------------------------- processes
 

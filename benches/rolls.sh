@@ -90,11 +90,7 @@ OHA=${OHA:-$(command -v oha || echo "$HOME/.cargo/bin/oha")}
 [[ -x $OHA ]] || die "oha not found at '$OHA' (cargo install oha --locked)"
 
 rip="$BIN_DIR/rip-server"
-if [[ $BUILD == 1 || ! -x $rip ]]; then
-  [[ $(basename "$BIN_DIR") == release ]] || die "BIN_DIR must end in /release to be built, or hold rip-server"
-  note "building: CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins"
-  (cd "$root" && CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins) >&2
-fi
+ensure_built "$rip"
 ROLL_SECONDS=$(awk -v n="$SAVES" -v i="$INTERVAL" 'BEGIN { printf "%d", n * i + 3.999 }')
 
 bench_init rip-rolls

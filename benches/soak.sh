@@ -53,11 +53,7 @@ for tool in node python3 curl; do command -v "$tool" >/dev/null || die "$tool is
 read -r -a rip_args <<<"$RIP_ARGS"
 
 rip="$BIN_DIR/rip-server"
-if [[ $BUILD == 1 || ! -x $rip ]]; then
-  [[ $(basename "$BIN_DIR") == release ]] || die "BIN_DIR must end in /release to be built, or hold rip-server"
-  note "building: CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins"
-  (cd "$root" && CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins) >&2
-fi
+ensure_built "$rip"
 
 bench_init rip-soak
 bench_header "soak: rolls every ${ROLL_EVERY}s, a worker SIGKILLed every ${KILL_EVERY}s, $SLOW slow clients" \

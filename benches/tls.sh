@@ -109,11 +109,7 @@ OHA=${OHA:-$(command -v oha || echo "$HOME/.cargo/bin/oha")}
 
 rip="$BIN_DIR/rip-server"
 worker="$BIN_DIR/rip-example-worker"
-if [[ $BUILD == 1 || ! -x $rip || ! -x $worker ]]; then
-  [[ $(basename "$BIN_DIR") == release ]] || die "BIN_DIR must end in /release to be built, or hold both binaries"
-  note "building: CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins"
-  (cd "$root" && CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins) >&2
-fi
+ensure_built "$rip" "$worker"
 client="$CLIENT_TARGET/release/rip-bench-tls-client"
 # always (cheap when up to date; the resumption probe uses it too); offline first,
 # as its dependencies are a subset of rip-server's own

@@ -155,6 +155,17 @@ settle() {
   fi
 }
 
+# ensure_built BINARY...: builds the release binaries (CARGO_TARGET_DIR=BIN_DIR/..)
+# when BUILD=1 or one of BINARY is missing; BIN_DIR must then end in /release
+ensure_built() {
+  local b missing=0
+  for b in "$@"; do [[ -x $b ]] || missing=1; done
+  [[ ${BUILD:-0} == 1 || $missing == 1 ]] || return 0
+  [[ $(basename "$BIN_DIR") == release ]] || die "BIN_DIR must end in /release to be built, or hold: ${*##*/}"
+  note "building: CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins"
+  (cd "$root" && CARGO_TARGET_DIR=$(dirname "$BIN_DIR") cargo build --release --bins) >&2
+}
+
 # finish_load PID OUT: waits for a load generator started in the background
 # (recorded in pids) and forgets it; its failure ends the script with its stderr.
 finish_load() {
