@@ -2,9 +2,9 @@
 //! bad token and what was expected; nothing starts.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{clean_command, closed_pipe, node_app, BIN};
+use crate::harness::{clean_command, closed_pipe, node_app, output_within, BIN};
 
 fn run(args: &[&str]) -> (i32, String) {
     let runtime = tempfile::tempdir().unwrap();
@@ -208,28 +208,20 @@ impl HungInstance {
     /// Runs `rip-server ARGS` against it; fails the test if the command is
     /// still running after `limit`. Returns the exit code and stderr.
     fn run(&self, args: &[&str], limit: Duration) -> (Option<i32>, String) {
-        let mut child = clean_command(BIN, self.runtime.path())
+        let child = clean_command(BIN, self.runtime.path())
             .env("HOME", self.runtime.path())
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("rip-server {args:?} still waiting on a hung instance after {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        (status.code(), stderr)
+        let out = output_within(child, limit).unwrap_or_else(|| {
+            panic!("rip-server {args:?} still waiting on a hung instance after {limit:?}")
+        });
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 

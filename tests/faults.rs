@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::harness::{serving_workers, worker_pids, Builder, Server};
+use crate::harness::{output_within, serving_workers, worker_pids, Builder, Server};
 
 fn faulty() -> Builder {
     let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faulty");
@@ -366,7 +366,7 @@ async fn a_worker_killed_during_a_roll_is_started_again_and_the_deploy_lands() {
         .start();
     let before = server.wait_ready().await;
     let old_generation = before["generation"].as_u64().unwrap();
-    let mut reload = server
+    let reload = server
         .cli_command(&["reload", "--name", "faulty"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -384,7 +384,8 @@ async fn a_worker_killed_during_a_roll_is_started_again_and_the_deploy_lands() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let out = wait_output(&mut reload, Duration::from_secs(60));
+    let out = output_within(reload, Duration::from_secs(60))
+        .expect("rip-server reload did not finish within 60 s");
     assert!(
         out.status.success(),
         "the roll failed: {}{}",
@@ -409,31 +410,6 @@ fn new_generation_pid(status: &serde_json::Value, generation: u64) -> Option<u32
         .find(|w| w["generation"].as_u64().is_some_and(|g| g > generation))
         .and_then(|w| w["pid"].as_u64())
         .map(|p| p as u32)
-}
-
-/// Waits (bounded) for a child and collects its output.
-fn wait_output(child: &mut std::process::Child, limit: Duration) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the command did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut out = std::process::Output {
-        status: child.wait().unwrap(),
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-    };
-    use std::io::Read;
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_end(&mut out.stdout);
-    }
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_end(&mut out.stderr);
-    }
-    out
 }
 
 /// Out of file descriptors, the control socket cannot accept; the pending

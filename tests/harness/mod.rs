@@ -587,6 +587,17 @@ impl Server {
     }
 }
 
+/// Waits (bounded) for a spawned command and collects what it piped; `None`
+/// if it is still running after `limit` (it is then killed and reaped).
+pub fn output_within(mut child: Child, limit: Duration) -> Option<std::process::Output> {
+    if wait_child(&mut child, limit).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    }
+    child.wait_with_output().ok()
+}
+
 fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
