@@ -74,18 +74,30 @@ pub fn admit(parts: &mut request::Parts) -> Result<(), Refusal> {
         return Err(Refusal::TransferCoding);
     }
     match effective_authority(parts)? {
-        Some(authority) => {
-            check_authority(authority.as_bytes()).map_err(Refusal::BadAuthority)?;
+        // The common case: the one valid `Host` is the authority already.
+        Authority::Host => {}
+        Authority::Target(authority) => {
             parts.headers.insert(header::HOST, authority);
         }
         // HTTP/1.0 may name no host; workers speak HTTP/1.1, which needs one.
-        None => {
+        Authority::Missing => {
             parts
                 .headers
                 .insert(header::HOST, HeaderValue::from_static(NO_HOST));
         }
     }
     Ok(())
+}
+
+/// Where a request's authority comes from, once checked.
+enum Authority {
+    /// Its one `Host` header.
+    Host,
+    /// Its target (absolute form, or HTTP/2's `:authority`), which wins
+    /// over any `Host`.
+    Target(HeaderValue),
+    /// Nowhere (HTTP/1.0 without `Host`).
+    Missing,
 }
 
 /// No `Transfer-Encoding`, or exactly one `chunked` coding.
@@ -100,25 +112,29 @@ fn only_chunked<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
     }
 }
 
-/// The authority the request is for, if it names one.
-fn effective_authority(parts: &request::Parts) -> Result<Option<HeaderValue>, Refusal> {
+/// The authority the request is for, checked (RFC 9112 §3.2, RFC 9113 §8.3.1).
+fn effective_authority(parts: &request::Parts) -> Result<Authority, Refusal> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
-    let host = hosts.next().cloned();
+    let host = hosts.next();
     if hosts.next().is_some() {
         return Err(Refusal::DuplicateHost);
     }
     if parts.version == Version::HTTP_11 && host.is_none() {
         return Err(Refusal::MissingHost);
     }
-    if let Some(host) = &host {
-        // Validated even when the target's authority wins (RFC 9112 §3.2).
+    if let Some(host) = host {
+        // Checked even when the target's authority wins (RFC 9112 §3.2).
         check_authority(host.as_bytes()).map_err(Refusal::BadAuthority)?;
     }
-    match parts.uri.authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str())
-            .map(Some)
-            .map_err(|_| Refusal::BadAuthority("not visible ASCII")),
-        None => Ok(host),
+    match (parts.uri.authority(), host) {
+        (Some(authority), _) => {
+            check_authority(authority.as_str().as_bytes()).map_err(Refusal::BadAuthority)?;
+            HeaderValue::from_str(authority.as_str())
+                .map(Authority::Target)
+                .map_err(|_| Refusal::BadAuthority("not visible ASCII"))
+        }
+        (None, Some(_)) => Ok(Authority::Host),
+        (None, None) => Ok(Authority::Missing),
     }
 }
 
@@ -150,12 +166,7 @@ pub fn check_authority(value: &[u8]) -> Result<(), &'static str> {
         }
     };
     if let Some(port) = port {
-        if port.len() > 5 || !port.iter().all(u8::is_ascii_digit) {
-            return Err("the port is not a number");
-        }
-        if port.len() == 5 && port > &b"65535"[..] {
-            return Err("the port is over 65535");
-        }
+        check_port(port)?;
     }
     if host.first() != Some(&b'[') {
         check_reg_name(host)?;
@@ -172,13 +183,41 @@ fn check_reg_name(name: &[u8]) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("no host name");
     }
-    for &b in name {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {}
-            b'@' => return Err("userinfo is not allowed"),
-            b'/' | b'?' | b'#' => return Err("a path, query or fragment is not allowed"),
-            _ => return Err("a character a host name cannot hold"),
+    // One table lookup per byte: this runs on every request.
+    match name.iter().find(|&&b| !HOST_NAME_BYTES[b as usize]) {
+        None => Ok(()),
+        Some(b'@') => Err("userinfo is not allowed"),
+        Some(b'/' | b'?' | b'#') => Err("a path, query or fragment is not allowed"),
+        Some(_) => Err("a character a host name cannot hold"),
+    }
+}
+
+/// The bytes [`check_reg_name`] allows, by value.
+static HOST_NAME_BYTES: [bool; 256] = {
+    let mut allowed = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        allowed[b] =
+            matches!(b as u8, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_');
+        b += 1;
+    }
+    allowed
+};
+
+/// An authority's port: up to five digits, at most 65535 (RFC 3986 allows it empty).
+fn check_port(port: &[u8]) -> Result<(), &'static str> {
+    if port.len() > 5 {
+        return Err("the port is not a number");
+    }
+    let mut value = 0u32;
+    for &b in port {
+        if !b.is_ascii_digit() {
+            return Err("the port is not a number");
         }
+        value = value * 10 + u32::from(b - b'0');
+    }
+    if value > 65535 {
+        return Err("the port is over 65535");
     }
     Ok(())
 }
