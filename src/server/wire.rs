@@ -16,11 +16,13 @@
 //!
 //! [`super::upstream`] moves these bytes over the worker's socket.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, StatusCode};
+use smallvec::SmallVec;
 
 use super::proxy::ClientInfo;
 
@@ -29,6 +31,8 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// The most header lines a worker's response head may have.
 const MAX_HEADERS: usize = 100;
+/// Header lines a response head may have before their spans spill to the heap.
+const INLINE_HEADERS: usize = 24;
 
 /// The readiness probe of worker-protocol §2.
 pub const PROBE_REQUEST: &[u8] = b"GET /ready HTTP/1.1\r\nhost: rip-server\r\nrip-probe: 1\r\n\r\n";
@@ -262,11 +266,6 @@ struct Span {
 }
 
 impl Span {
-    const EMPTY: Span = Span {
-        name: (0, 0),
-        value: (0, 0),
-    };
-
     fn range(part: (u32, u32)) -> Range<usize> {
         part.0 as usize..part.1 as usize
     }
@@ -280,9 +279,16 @@ pub fn parse_response_head(
     head_request: bool,
 ) -> Result<Option<ResponseHead>, WireError> {
     loop {
-        let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut raw);
-        let len = match response.parse(buf) {
+        // Left uninitialized: writing 100 empty headers (and 100 spans) cost
+        // more than parsing a typical head.
+        let mut raw = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut raw,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
                 return Err(WireError::HeadTooLarge)
@@ -311,16 +317,16 @@ pub fn parse_response_head(
             let start = (s.as_ptr() as usize - base) as u32;
             (start, start + s.len() as u32)
         };
-        let mut spans = [Span::EMPTY; MAX_HEADERS];
-        let count = response.headers.len();
-        for (span, line) in spans.iter_mut().zip(response.headers.iter()) {
-            *span = Span {
+        let spans: SmallVec<[Span; INLINE_HEADERS]> = response
+            .headers
+            .iter()
+            .map(|line| Span {
                 name: offset(line.name.as_bytes()),
                 value: offset(line.value),
-            };
-        }
+            })
+            .collect();
         let head = buf.split_to(len).freeze();
-        return build_head(&head, &spans[..count], status, http10, head_request).map(Some);
+        return build_head(&head, &spans, status, http10, head_request).map(Some);
     }
 }
 
