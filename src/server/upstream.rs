@@ -97,6 +97,38 @@ pub enum InHand {
     Partial(Bytes),
 }
 
+/// Body pieces gathered into one: a body that came in one piece (the
+/// common case) is kept as it is, without a copy.
+#[derive(Default)]
+struct Gathered {
+    first: Bytes,
+    /// Set once a second piece came: every piece so far, copied together.
+    joined: Option<BytesMut>,
+}
+
+impl Gathered {
+    fn push(&mut self, piece: Bytes) {
+        match &mut self.joined {
+            Some(joined) => joined.extend_from_slice(&piece),
+            None if self.first.is_empty() => self.first = piece,
+            None => {
+                let mut joined = BytesMut::with_capacity(self.first.len() + piece.len());
+                joined.extend_from_slice(&self.first);
+                joined.extend_from_slice(&piece);
+                self.joined = Some(joined);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.joined.as_ref().map_or(self.first.len(), BytesMut::len)
+    }
+
+    fn freeze(self) -> Bytes {
+        self.joined.map_or(self.first, BytesMut::freeze)
+    }
+}
+
 /// Why a small response body could not be taken whole.
 #[derive(Debug, thiserror::Error)]
 pub enum SmallBodyError {
@@ -817,7 +849,7 @@ impl Upstream {
             self.conn.as_deref().map(|c| &c.phase),
             Some(Phase::Body { reader: BodyReader::Length(n), .. }) if *n <= limit as u64
         );
-        let mut parts = BytesMut::new();
+        let mut parts = Gathered::default();
         loop {
             let piece = if sized_small {
                 match tokio::time::timeout(idle, poll_fn(|cx| self.poll_body(cx))).await {
@@ -838,7 +870,7 @@ impl Upstream {
             match piece {
                 None => return Ok(InHand::Whole(parts.freeze())),
                 Some(Ok(data)) => {
-                    parts.extend_from_slice(&data);
+                    parts.push(data);
                     if !sized_small && parts.len() > limit {
                         return Ok(InHand::Partial(parts.freeze()));
                     }
@@ -1074,5 +1106,29 @@ async fn dial(socket: &Path, timeout: Duration) -> Result<UnixStream, DialError>
             socket: socket.to_path_buf(),
             timeout,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_in_one_piece_is_not_copied() {
+        let piece = Bytes::from_static(b"pong");
+        let mut gathered = Gathered::default();
+        gathered.push(piece.clone());
+        assert_eq!(gathered.len(), 4);
+        assert_eq!(gathered.freeze().as_ptr(), piece.as_ptr());
+    }
+
+    #[test]
+    fn pieces_are_joined_in_order() {
+        let mut gathered = Gathered::default();
+        for piece in ["a", "", "bc", "def"] {
+            gathered.push(Bytes::from(piece));
+        }
+        assert_eq!(gathered.len(), 6);
+        assert_eq!(gathered.freeze(), "abcdef");
     }
 }
