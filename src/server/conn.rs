@@ -8,10 +8,12 @@
 //! reading may be much later, so the listener drops the whole connection
 //! instead, with a reset (no lingering to deliver what is still queued).
 
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use atomic_waker::AtomicWaker;
 
 #[derive(Default)]
 pub struct ClientConn {
@@ -20,23 +22,34 @@ pub struct ClientConn {
     /// Requests ever begun on the connection.
     begun: AtomicU64,
     aborted: AtomicBool,
-    abort: Notify,
+    /// The connection's task, woken by [`ClientConn::abort`]. An atomic
+    /// waker rather than a `Notify`: the task polls this every time it
+    /// wakes, and registering here takes no lock.
+    task: AtomicWaker,
 }
 
 impl ClientConn {
     /// Drops the connection (its task does, at once).
     pub fn abort(&self) {
-        self.aborted.store(true, Ordering::Relaxed);
-        self.abort.notify_one();
+        self.aborted.store(true, Ordering::Release);
+        self.task.wake();
     }
 
     /// Resolves once [`ClientConn::abort`] was called.
     pub async fn aborted(&self) {
-        let notified = self.abort.notified();
-        if self.aborted.load(Ordering::Relaxed) {
-            return;
+        poll_fn(|cx| self.poll_aborted(cx)).await
+    }
+
+    fn poll_aborted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.aborted.load(Ordering::Acquire) {
+            return Poll::Ready(());
         }
-        notified.await;
+        self.task.register(cx.waker());
+        // An abort between the load and the registration woke no one.
+        match self.aborted.load(Ordering::Acquire) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
     }
 
     pub fn begun(&self) -> u64 {
@@ -63,5 +76,32 @@ impl Ongoing {
 impl Drop for Ongoing {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::{Wake, Waker};
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_abort_wakes_the_waiting_connection() {
+        let conn = ClientConn::default();
+        let woken = Arc::new(Flag::default());
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(conn.poll_aborted(&mut cx).is_pending());
+        conn.abort();
+        assert!(woken.0.load(Ordering::SeqCst), "the abort woke the task");
+        assert!(conn.poll_aborted(&mut cx).is_ready());
     }
 }
