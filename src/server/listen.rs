@@ -46,7 +46,7 @@ use super::accept::AcceptBackoff;
 use super::body::{BoxError, ResponseBody};
 use super::conn::{ClientConn, Ongoing};
 use super::proxy::{ClientInfo, Scheme};
-use super::routes::Router;
+use super::routes::{Routed, Router};
 use crate::config::{Limits, PortChoice, Timeouts, TrustedProxies};
 
 /// Longest a client may take to complete its TLS handshake.
@@ -677,11 +677,13 @@ fn service(
     Future = impl std::future::Future<Output = ServiceResult> + Send,
 > + Clone {
     service_fn(move |request| {
-        let router = router.clone();
         let ongoing = Ongoing::begin(&activity);
-        let conn = activity.clone();
+        let routed = router.route(request, client, activity.clone());
         async move {
-            let mut response = router.handle(request, client, &conn).await;
+            let mut response = match routed {
+                Routed::Answered(response) => response,
+                Routed::Forwarded(forwarded) => forwarded.await,
+            };
             if hsts
                 && !response
                     .headers()

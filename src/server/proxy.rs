@@ -14,9 +14,10 @@
 //!
 //! [`Rejection::status`] is the one place that maps outcomes to statuses.
 
+use std::future::Future;
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -24,7 +25,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body as _, SizeHint};
 use hyper::body::Incoming;
 
-use bytes::{Bytes, BytesMut};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http_body_util::Full;
 use tokio::sync::Semaphore;
 
@@ -37,7 +39,7 @@ use super::relay::{self, RelayLimits};
 use super::upstream::{
     settle, ExchangeError, InHand, Outgoing, Prestart, SmallBodyError, StreamedBody, Upstream,
 };
-use super::wire::{self, BodyFraming, RequestFraming, ResponseHead};
+use super::wire::{self, BodyFraming, RequestFraming, ResponseHead, UnframedHead};
 use crate::config::{Limits, Timeouts};
 
 /// How many workers one request may try before giving up with 503.
@@ -193,14 +195,28 @@ impl Rejection {
     }
 }
 
+/// A client's request as the proxy keeps it once encoded.
+struct Encoded {
+    head: UnframedHead,
+    head_request: bool,
+    body: Incoming,
+}
+
+/// The limits and timeouts a request runs under.
+struct Tuning {
+    limits: Limits,
+    timeouts: Timeouts,
+}
+
 /// Forwards requests to one app's pool.
 pub struct Proxy {
     /// The app's name, for the access log.
     app: Arc<str>,
     pool: Arc<Pool<Upstream>>,
     metrics: Arc<Metrics>,
-    /// Replaced when the config is re-read (SIGHUP); copied per request.
-    tuning: RwLock<(Limits, Timeouts)>,
+    /// Replaced when the config is re-read (SIGHUP); each request holds
+    /// the one it began with.
+    tuning: ArcSwap<Tuning>,
     access_log: bool,
     /// Response bytes queued for slow clients, server-wide ([`relay`]).
     relay_budget: Arc<Semaphore>,
@@ -262,7 +278,7 @@ impl Proxy {
             app: Arc::from(app),
             pool,
             metrics,
-            tuning: RwLock::new((limits, timeouts)),
+            tuning: ArcSwap::from_pointee(Tuning { limits, timeouts }),
             access_log,
             relay_budget: Arc::new(Semaphore::new(relay::TOTAL_BUFFER_BYTES)),
         }
@@ -270,67 +286,73 @@ impl Proxy {
 
     /// Applies new limits and timeouts to requests from now on.
     pub fn retune(&self, limits: Limits, timeouts: Timeouts) {
-        *self.tuning.write().unwrap_or_else(|p| p.into_inner()) = (limits, timeouts);
-    }
-
-    fn tuning(&self) -> (Limits, Timeouts) {
-        *self.tuning.read().unwrap_or_else(|p| p.into_inner())
+        self.tuning.store(Arc::new(Tuning { limits, timeouts }));
     }
 
     /// Answers one client request through a worker.
-    pub async fn forward(
-        &self,
+    ///
+    /// The request is encoded for the worker here, before the future is
+    /// first polled: the future then holds those bytes and the body, not
+    /// the parsed request, and stays small. It is moved whole at every
+    /// level of the call chain, so its size is paid per request.
+    pub fn forward(
+        self: Arc<Self>,
         request: Request<Incoming>,
         client: ClientInfo,
-        conn: &Arc<ClientConn>,
-    ) -> Response<ResponseBody> {
+        conn: Arc<ClientConn>,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         let (parts, body) = request.into_parts();
-        let mut record = Unfinished(
+        let record = Unfinished(
             self.access_log
                 .then(|| Box::new(AccessRecord::begin(&self.app, &parts, Instant::now()))),
         );
-        let response = match self
-            .exchange(parts, body, client, conn, &mut record.0)
-            .await
-        {
-            Ok(response) => response,
-            Err(rejection) => rejection.response(),
+        let request = Encoded {
+            head: wire::encode_unframed_head(&parts, client),
+            head_request: parts.method == Method::HEAD,
+            body,
         };
-        self.metrics.count_response(response.status().as_u16());
-        // Local answers are complete now; relayed bodies log when they end.
-        if let (ResponseBody::Local(body), Some(mut record)) = (response.body(), record.0.take()) {
-            record.status = response.status().as_u16();
-            record.bytes = body.size_hint().exact().unwrap_or(0);
-            record.emit("ok");
+        async move {
+            let mut record = record;
+            let response = match self.exchange(request, &conn, &mut record.0).await {
+                Ok(response) => response,
+                Err(rejection) => rejection.response(),
+            };
+            self.metrics.count_response(response.status().as_u16());
+            // Local answers are complete now; relayed bodies log when they end.
+            if let (ResponseBody::Local(body), Some(mut record)) =
+                (response.body(), record.0.take())
+            {
+                record.status = response.status().as_u16();
+                record.bytes = body.size_hint().exact().unwrap_or(0);
+                record.emit("ok");
+            }
+            response
         }
-        response
     }
 
     async fn exchange(
         &self,
-        parts: http::request::Parts,
-        body: Incoming,
-        client: ClientInfo,
+        request: Encoded,
         conn: &Arc<ClientConn>,
         record: &mut Option<Box<AccessRecord>>,
     ) -> Result<Response<ResponseBody>, Rejection> {
-        let (limits, timeouts) = self.tuning();
+        let tuning = self.tuning.load_full();
+        let Tuning { limits, timeouts } = &*tuning;
+        let Encoded {
+            head,
+            head_request,
+            body,
+        } = request;
         let declared = body.size_hint().exact().or(body.size_hint().upper());
         if declared.is_some_and(|len| len > limits.max_body_bytes) {
             return Err(Rejection::BodyTooLarge);
         }
-        let head_request = parts.method == Method::HEAD;
-        let (framing, whole, streamed) = self.read_body(body, &limits, &timeouts).await?;
+        let (framing, whole, streamed) = self.read_body(body, limits, timeouts).await?;
         // A request whose body is in hand (or that has none) can be sent
         // again, to another worker.
         let replayable = streamed.is_none();
-        let mut head = wire::encode_request_head(&parts, client, framing);
-        if !whole.is_empty() {
-            let mut with_body = BytesMut::with_capacity(head.len() + whole.len());
-            with_body.extend_from_slice(&head);
-            with_body.extend_from_slice(&whole);
-            head = with_body.freeze();
-        }
+        let head = head.finish(framing, &whole);
+        drop(whole);
         // The encoded request serves every attempt and the pool's hand-off.
         let prestart = Prestart {
             head,
@@ -359,7 +381,7 @@ impl Proxy {
             queued += checked_out - waited;
             self.metrics.queue_wait.record(checked_out - waited);
 
-            let (attempt, mut lease) = self.attempt(lease, request, &timeouts, checked_out).await;
+            let (attempt, mut lease) = self.attempt(lease, request, timeouts, checked_out).await;
             match attempt {
                 Attempt::Answered(response, worker_time) => {
                     if let Some(record) = record.as_mut() {
@@ -369,7 +391,7 @@ impl Proxy {
                         record.status = response.status.as_u16();
                     }
                     return self
-                        .client_response(response, lease, conn, record, &limits, &timeouts)
+                        .client_response(response, lease, conn, record, limits, timeouts)
                         .await;
                 }
                 Attempt::NotSent(request) => {
@@ -399,7 +421,7 @@ impl Proxy {
                         record.status = response.status.as_u16();
                     }
                     return self
-                        .client_response(response, lease, conn, record, &limits, &timeouts)
+                        .client_response(response, lease, conn, record, limits, timeouts)
                         .await;
                 }
                 Attempt::Failed(rejection) => {

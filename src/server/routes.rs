@@ -14,6 +14,7 @@
 //!
 //! The table is read with one atomic load per request and never locked.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,6 +39,14 @@ pub struct PublicInfo {
     pub enabled: bool,
 }
 
+/// What [`Router::route`] made of a request.
+pub enum Routed<F> {
+    /// The server's own answer (an endpoint of its own, or a refusal).
+    Answered(Response<ResponseBody>),
+    /// The app's answer, once this future is done.
+    Forwarded(F),
+}
+
 pub struct Router {
     table: Arc<ArcSwap<RouteTable>>,
     public: PublicInfo,
@@ -59,41 +68,39 @@ impl Router {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    pub async fn handle(
+    /// Routes one request: answered here at once, or forwarded to its app
+    /// (the future that will answer it, owning all it needs).
+    pub fn route(
         &self,
         request: Request<Incoming>,
         client: ClientInfo,
-        conn: &Arc<ClientConn>,
-    ) -> Response<ResponseBody> {
+        conn: Arc<ClientConn>,
+    ) -> Routed<impl Future<Output = Response<ResponseBody>> + Send + 'static> {
         let (mut parts, body) = request.into_parts();
         if let Err(refusal) = edge::admit(&mut parts) {
-            return refused(refusal, parts.version);
+            return Routed::Answered(refused(refusal, parts.version));
         }
         if matches!(parts.method, Method::GET | Method::HEAD) {
             match parts.uri.path() {
                 "/server" => {
-                    return match self.draining.load(Ordering::Relaxed) {
+                    return Routed::Answered(match self.draining.load(Ordering::Relaxed) {
                         false => server_ok(),
                         true => server_draining(),
-                    }
+                    })
                 }
-                "/status" if self.public.enabled => return self.public_status(),
+                "/status" if self.public.enabled => return Routed::Answered(self.public_status()),
                 _ => {}
             }
         }
-        let table = self.table.load();
         let host = parts
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or_default();
-        let Some(app) = table.lookup(host).cloned() else {
-            return host_not_found();
+        let Some(proxy) = self.table.load().lookup(host).map(|app| app.proxy.clone()) else {
+            return Routed::Answered(host_not_found());
         };
-        drop(table);
-        app.proxy
-            .forward(Request::from_parts(parts, body), client, conn)
-            .await
+        Routed::Forwarded(proxy.forward(Request::from_parts(parts, body), client, conn))
     }
 
     /// The public health JSON: `healthy`, or `degraded` while an app has

@@ -84,6 +84,37 @@ pub fn encode_request_head(
     client: ClientInfo,
     framing: RequestFraming,
 ) -> Bytes {
+    encode_unframed_head(parts, client).finish(framing, &[])
+}
+
+/// A request head encoded for a worker but for its framing: the body's
+/// `Content-Length` or `Transfer-Encoding`, and the blank line, wait until
+/// the body has been read (whole, if it is small). The client's parsed
+/// request can be dropped meanwhile: the proxy's future, moved at every
+/// level of the call chain, holds these bytes instead.
+pub struct UnframedHead(BytesMut);
+
+impl UnframedHead {
+    /// The whole head, followed by `body` (a body read whole, or nothing).
+    pub fn finish(self, framing: RequestFraming, body: &[u8]) -> Bytes {
+        let mut out = self.0;
+        out.reserve(48 + body.len());
+        match framing {
+            RequestFraming::Empty => {}
+            RequestFraming::Length(length) => {
+                let mut digits = itoa::Buffer::new();
+                put_header(&mut out, "content-length", digits.format(length).as_bytes());
+            }
+            RequestFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        }
+        out.put_slice(b"\r\n");
+        out.put_slice(body);
+        out.freeze()
+    }
+}
+
+/// See [`encode_request_head`] and [`UnframedHead`].
+pub fn encode_unframed_head(parts: &request::Parts, client: ClientInfo) -> UnframedHead {
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut out = BytesMut::with_capacity(320 + target.len() + 48 * parts.headers.len());
     out.put_slice(parts.method.as_str().as_bytes());
@@ -98,32 +129,24 @@ pub fn encode_request_head(
     // worker would read it as a second request).
     let listed: Vec<HeaderName> =
         connection_options(parts.headers.get_all(header::CONNECTION)).collect();
+    // The edge has left one `Host` at most (`edge::admit`); it is taken on the way.
+    let mut host = None;
     for (name, value) in &parts.headers {
-        let written_below =
-            *name == header::HOST || *name == header::CONTENT_LENGTH || is_forwarding(name);
+        if *name == header::HOST {
+            host = Some(value.as_bytes());
+            continue;
+        }
+        let written_below = *name == header::CONTENT_LENGTH || is_forwarding(name);
         if !written_below && crosses(name, &listed) && !name.as_str().contains('_') {
             put_header(&mut out, name.as_str(), value.as_bytes());
         }
     }
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .map(HeaderValue::as_bytes)
-        .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
+    let host = host.or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
     if let Some(host) = host {
         put_header(&mut out, "host", host);
     }
-    match framing {
-        RequestFraming::Empty => {}
-        RequestFraming::Length(length) => {
-            let mut digits = itoa::Buffer::new();
-            put_header(&mut out, "content-length", digits.format(length).as_bytes());
-        }
-        RequestFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
-    }
     put_forwarding(&mut out, parts, client, host);
-    out.put_slice(b"\r\n");
-    out.freeze()
+    UnframedHead(out)
 }
 
 /// The forwarding headers (see [`encode_request_head`]).
@@ -144,8 +167,9 @@ fn put_forwarding(
     }
     out.put_slice(client.ip_text());
     out.put_slice(b"\r\n");
-    // From a trusted proxy, what it says wins; from anyone else, ours.
-    let from_proxy = |name: &HeaderName| headers.get(name).filter(|_| trusted);
+    // From a trusted proxy, what it says wins; from anyone else, ours (and
+    // its headers are not even looked up).
+    let from_proxy = |name: &HeaderName| trusted.then(|| headers.get(name)).flatten();
     match from_proxy(&X_REAL_IP) {
         Some(real) => put_header(out, "x-real-ip", real.as_bytes()),
         None => put_header(out, "x-real-ip", client.ip_text()),
