@@ -16,6 +16,8 @@
 #   BIN_DIR=target/release      this build (built if missing, or if BUILD=1)
 #   BASELINE_BIN_DIR            another build's directory (holding rip-server)
 #   BASELINE_COMMIT             names it in the header
+#   CALLGRIND_ARGS              more callgrind options, e.g. --cache-sim=yes (the dumps then
+#                               hold simulated cache misses too; the table stays instructions)
 #   KEEP=0                      1 keeps the scratch directory (the callgrind dumps)
 #
 # Every process this script starts is recorded by PID and stopped by PID on
@@ -34,6 +36,7 @@ RIP_ARGS=${RIP_ARGS:-r:0 --reload=none}
 BIN_DIR=${BIN_DIR:-$root/target/release}
 BASELINE_BIN_DIR=${BASELINE_BIN_DIR:-}
 BASELINE_COMMIT=${BASELINE_COMMIT:-}
+CALLGRIND_ARGS=${CALLGRIND_ARGS:-}
 KEEP=${KEEP:-0}
 THREADS=1 # under valgrind every thread runs in turn anyway
 
@@ -68,7 +71,7 @@ measure() {
   cat >"$wrapper" <<EOF
 #!/bin/sh
 case "\$1" in --help|--version) exec "$binary" "\$@" ;; esac
-exec valgrind --tool=callgrind --callgrind-out-file="$scratch/$name.callgrind.%p" "$binary" "\$@"
+exec valgrind --tool=callgrind --callgrind-out-file="$scratch/$name.callgrind.%p" $CALLGRIND_ARGS "$binary" "\$@"
 EOF
   chmod +x "$wrapper"
   rip=$wrapper
@@ -99,7 +102,7 @@ PY
 }
 
 bench_header "rip-server instructions per request (valgrind --tool=callgrind), keep-alive GET, oha -c $CONCURRENCY" \
-  "$(settings W REQUESTS WARMUP_REQUESTS CONCURRENCY URL_PATHS RIP_ARGS BIN_DIR BASELINE_BIN_DIR BASELINE_COMMIT) benches/instructions.sh"
+  "$(settings W REQUESTS WARMUP_REQUESTS CONCURRENCY URL_PATHS RIP_ARGS CALLGRIND_ARGS BIN_DIR BASELINE_BIN_DIR BASELINE_COMMIT) benches/instructions.sh"
 note "$(valgrind --version); load: $("$OHA" --version)"
 [[ -z $BASELINE_BIN_DIR ]] || note "baseline: $BASELINE_BIN_DIR/rip-server (commit ${BASELINE_COMMIT:-?})"
 
@@ -119,6 +122,26 @@ for path in "${url_paths[@]}"; do
   fi
 done
 echo "(instructions per request in rip-server, every thread; ratio: this build / baseline, lower is cheaper)"
+
+# With --cache-sim=yes (CALLGRIND_ARGS) each dump holds more events than Ir:
+# data reads and writes, and simulated first-level and last-level misses.
+if [[ $(awk '/^events:/ { print NF - 1; exit }' "$scratch/rip.${url_paths[0]//\//}.out") -gt 1 ]]; then
+  echo
+  echo "every event per request (callgrind's names: Dr/Dw data reads/writes, I1mr/D1mr/D1mw first-level misses, ILmr/DLmr/DLmw last-level)"
+  for name in rip rip-base; do
+    for path in "${url_paths[@]}"; do
+      dump="$scratch/$name.${path//\//}.out"
+      [[ -f $dump ]] || continue
+      awk -v n="$REQUESTS" -v label="$name $path" '
+        /^events:/ { for (i = 2; i <= NF; i++) event[i] = $i }
+        /^summary:/ {
+          line = sprintf("%-16s", label)
+          for (i = 2; i <= NF; i++) line = line sprintf(" %s %.1f", event[i], $i / n)
+          print line; exit
+        }' "$dump"
+    done
+  done
+fi
 
 for name in rip rip-base; do
   for path in "${url_paths[@]}"; do
