@@ -1125,7 +1125,7 @@ mod tests {
     #[test]
     fn pieces_are_joined_in_order() {
         let mut gathered = Gathered::default();
-        for piece in ["a", "", "bc", "def"] {
+        for piece in ["a", "bc", "", "def"] {
             gathered.push(Bytes::from(piece));
         }
         assert_eq!(gathered.len(), 6);
