@@ -352,6 +352,8 @@ impl Proxy {
         // again, to another worker.
         let replayable = streamed.is_none();
         let head = head.finish(framing, &whole);
+        // Now in `head`: not held (nor made part of this future) while the
+        // worker works.
         drop(whole);
         // The encoded request serves every attempt and the pool's hand-off.
         let prestart = Prestart {
