@@ -19,10 +19,11 @@
 // for new requests), sends quit and exits 0; a second SIGTERM/SIGINT exits at once; the worker
 // exits when its parent dies. Log lines are single-line (the server forwards them to its log).
 //
-// How it serves: under Node, HTTP/1.1 over `net` with a parser of its own and a Request built
-// only as far as the app looks at it (see "the wire" below); under Bun, Bun.serve. Both answer
-// GET /ping several times faster than the node:http bridge they replace (benches/js.sh,
-// docs/benchmarks.md).
+// How it serves: under Node, HTTP/1.1 over `net` with a parser of its own, a Request built
+// only as far as the app looks at it (see "the wire" below), and a global Response that keeps
+// simple answers to write them itself (see "the web Response, lazily"); under Bun, Bun.serve.
+// Both answer GET /ping several times faster than the node:http bridge they replace
+// (benches/js.sh, docs/benchmarks.md).
 
 import http from 'node:http';
 import net from 'node:net';
@@ -41,6 +42,9 @@ const RELOAD = env.RIP_RELOAD || 'none';
 const CONTROL = env.RIP_CONTROL || '';
 const VERSION = Number(env.RIP_VERSION ?? 0) || 0;
 const WORKER_NUM = Number(WORKER_ID) || 0;
+
+// Bun serves with Bun.serve (see "Bun" below); everything else runs on Node.
+const BUN = typeof Bun !== 'undefined' && typeof Bun.serve === 'function';
 
 const oneLine = (v) => String(v).replace(/\s*\n\s*/g, ' | ').trim();
 // An error with its stack on one line, leaving out Node-internal and loader frames.
@@ -496,6 +500,132 @@ function lazyRequest(conn, req, url) {
   return state;
 }
 
+// ---------------------------------------------------------------- the web Response, lazily
+
+// Most answers are a string and a few headers: `new Response('pong', { headers: {...} })`.
+// undici builds a web stream, a header list and WebIDL conversions for each one, which cost
+// more than everything else the loader does for a request. So under Node the global Response
+// is the loader's: built from a string (or no body) and a plain object of headers, it checks
+// them as undici's constructor would (a bad status or header throws where the app builds the
+// answer, with undici's own error) and keeps them, and sendResponse writes them to the wire
+// from there. Anything else the app does with it (reads headers or body, clone(), ...) first
+// builds undici's Response from what was kept, which serves from then on. Bodies of other
+// kinds (bytes, streams, forms) and headers given as a Headers or a list build undici's
+// Response at once. `instanceof Response` holds for both, and the static Response.error and
+// Response.redirect are undici's. Under Bun, Bun.serve takes Bun's own Response.
+const NativeResponse = globalThis.Response;
+const PLAIN = Symbol('rip.plain'); // the kept answer, until undici's Response is built
+const REAL = Symbol('rip.real'); // undici's Response, once built
+
+// Fetch's token (a header name) and reason phrase; a header value (a ByteString) without NUL,
+// CR or LF, and without the leading or trailing whitespace undici would strip.
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const REASON = /^[\t\x20-\x7e\x80-\xff]*$/;
+const FIELD_VALUE = /^(?:[^\0\r\n\t \u0100-\uffff](?:[^\0\r\n\u0100-\uffff]*[^\0\r\n\t \u0100-\uffff])?)?$/;
+const NULL_BODY_STATUS = new Set([204, 205, 304]);
+
+// What `new Response(body, init)` is made of when the loader can keep it itself:
+// { status, statusText, headers: [name, value, ...] (lower-case names), body: string | null },
+// or null when undici must build it (another kind of body or headers, or input it would
+// convert or refuse: its constructor then converts or throws).
+function plainAnswer(body, init, contentType) {
+  if (body === undefined) body = null;
+  if (body !== null && typeof body !== 'string') return null;
+  if (init === undefined || init === null) init = {};
+  else if (!isPlainObject(init)) return null;
+  const { status = 200, statusText = '', headers } = init;
+  if (typeof status !== 'number' || !Number.isInteger(status) || status < 200 || status > 599) return null;
+  if (typeof statusText !== 'string' || !REASON.test(statusText)) return null;
+  if (body !== null && NULL_BODY_STATUS.has(status)) return null;
+  const list = [];
+  let typed = false;
+  if (headers !== undefined) {
+    if (!isPlainObject(headers) || Object.getOwnPropertySymbols(headers).length) return null;
+    for (const key of Object.keys(headers)) {
+      const value = headers[key];
+      if (!TOKEN.test(key) || typeof value !== 'string' || !FIELD_VALUE.test(value)) return null;
+      const name = key.toLowerCase();
+      if (name !== key && Object.prototype.hasOwnProperty.call(headers, name)) return null; // undici joins these
+      if (name === 'content-type') typed = true;
+      list.push(name, value);
+    }
+  }
+  if (body !== null && !typed) list.push('content-type', contentType);
+  return { status, statusText, headers: list, body };
+}
+
+function isPlainObject(v) {
+  if (typeof v !== 'object' || v === null) return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+// undici's Response for `response` (built now from what was kept, if it was not yet).
+function realResponse(response) {
+  let real = response[REAL];
+  if (!real) {
+    const { status, statusText, headers, body } = response[PLAIN];
+    const pairs = [];
+    for (let i = 0; i < headers.length; i += 2) pairs.push([headers[i], headers[i + 1]]);
+    real = new NativeResponse(body, { status, statusText, headers: pairs });
+    response[REAL] = real;
+    response[PLAIN] = null;
+  }
+  return real;
+}
+
+class LightResponse {
+  constructor(body, init) {
+    const plain = plainAnswer(body, init, 'text/plain;charset=UTF-8');
+    this[PLAIN] = plain;
+    this[REAL] = plain ? null : new NativeResponse(body, init);
+  }
+
+  static json(data, init) {
+    // undici refuses a null init here (not in the constructor): it is left to throw that.
+    const body = init === null ? undefined : JSON.stringify(data);
+    const plain = typeof body === 'string' ? plainAnswer(body, init, 'application/json') : null;
+    if (!plain) return NativeResponse.json(data, init);
+    const response = Object.create(LightResponse.prototype);
+    response[PLAIN] = plain;
+    response[REAL] = null;
+    return response;
+  }
+
+  // undici's Responses (from fetch(), Response.redirect, ...) are Responses too.
+  static [Symbol.hasInstance](value) {
+    return this === LightResponse
+      ? value instanceof NativeResponse
+      : Function.prototype[Symbol.hasInstance].call(this, value);
+  }
+}
+
+// Every property and method of a Response, served by undici's.
+for (const key of Reflect.ownKeys(NativeResponse.prototype)) {
+  if (key === 'constructor' || key === Symbol.toStringTag) continue;
+  const d = Object.getOwnPropertyDescriptor(NativeResponse.prototype, key);
+  if (d.get) {
+    Object.defineProperty(LightResponse.prototype, key, {
+      get() { return realResponse(this)[key]; },
+      configurable: true,
+      enumerable: d.enumerable,
+    });
+  } else if (typeof d.value === 'function') {
+    Object.defineProperty(LightResponse.prototype, key, {
+      value(...args) { return d.value.apply(realResponse(this), args); },
+      configurable: true,
+      enumerable: d.enumerable,
+      writable: true,
+    });
+  }
+}
+Object.setPrototypeOf(LightResponse.prototype, NativeResponse.prototype);
+Object.setPrototypeOf(LightResponse, NativeResponse);
+Object.defineProperty(LightResponse, 'name', { value: 'Response' });
+if (!BUN) {
+  Object.defineProperty(globalThis, 'Response', { value: LightResponse, writable: true, configurable: true });
+}
+
 // ---------------------------------------------------------------- responses
 
 // A complete answer of the loader's own (probe, busy, draining, errors).
@@ -515,7 +645,7 @@ function writePlain(conn, status, text, extra = '') {
 // undici keeps what a Response was built from (a string or bytes) in its internal state; a
 // body found there goes out whole without reading the web stream. Elsewhere (Bun, a future
 // Node) the symbol is missing and the stream is read as for any other body.
-const STATE = Object.getOwnPropertySymbols(new Response('')).find((s) => s.description === 'state');
+const STATE = Object.getOwnPropertySymbols(new NativeResponse('')).find((s) => s.description === 'state');
 
 // The body of `response` if it is already in memory as a string or bytes, else undefined.
 function memoryBody(response) {
@@ -538,6 +668,8 @@ function validLength(value) {
 // (as the body above): the public iterator sorts, and each get() or has() costs a WebIDL
 // conversion, a visible share of a small request.
 function headOf(response) {
+  const plain = response[PLAIN];
+  if (plain) return plainHead(plain);
   const status = response.status;
   let head = `HTTP/1.1 ${status} ${response.statusText || STATUS_TEXT[status] || ''}\r\n`;
   let length;
@@ -551,6 +683,18 @@ function headOf(response) {
     else if (!HOP_BY_HOP.has(name)) head += `${name}: ${value}\r\n`;
   }
   if (cookies) for (const cookie of cookies) head += `set-cookie: ${cookie}\r\n`;
+  return { head: `${head}rip-worker-id: ${WORKER_ID}\r\n`, declared: validLength(length) };
+}
+
+// headOf for an answer the loader kept itself (see LightResponse).
+function plainHead({ status, statusText, headers }) {
+  let head = `HTTP/1.1 ${status} ${statusText || STATUS_TEXT[status] || ''}\r\n`;
+  let length;
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i];
+    if (name === 'content-length') length = headers[i + 1];
+    else if (!HOP_BY_HOP.has(name)) head += `${name}: ${headers[i + 1]}\r\n`;
+  }
   return { head: `${head}rip-worker-id: ${WORKER_ID}\r\n`, declared: validLength(length) };
 }
 
@@ -590,24 +734,25 @@ function waitWritable(socket) {
 // Returns false when the connection was cut off (and must not be reused); a promise of that
 // for a streamed body (an answer in memory goes out at once, without a trip through promises).
 function sendResponse(conn, req, response) {
-  const status = response.status;
+  const plain = response[PLAIN];
+  const status = plain ? plain.status : response.status;
   const { head: appHead, declared } = headOf(response);
   let head = appHead;
   if (conn.closing) head += 'connection: close\r\n';
-  const body = response.body;
+  const body = plain ? plain.body : response.body;
 
   if (req.method === 'HEAD' || status === 204 || status === 304) {
     // A HEAD or 304 answer may say how long the body would be.
     if (declared !== null && status !== 204) head += `content-length: ${declared}\r\n`;
     conn.write(`${head}\r\n`, 'latin1');
-    if (body) body.cancel().catch(() => {});
+    if (body && !plain) body.cancel().catch(() => {});
     return true;
   }
-  if (!body) {
+  if (body === null) {
     conn.write(`${head}content-length: 0\r\n\r\n`, 'latin1');
     return true;
   }
-  const whole = memoryBody(response);
+  const whole = plain ? body : memoryBody(response);
   if (whole !== undefined) {
     const length = typeof whole === 'string' ? Buffer.byteLength(whole) : whole.byteLength;
     if (declared !== null && declared !== length) lengthMismatch(req, declared, length);
@@ -844,8 +989,6 @@ function onConnection(socket) {
 // (benches/js.sh). Bun keeps the framing honest itself (a body in memory goes out with its
 // real length, a streamed one chunked, HEAD and 304 answers carry no body); an answer whose
 // app set a Content-Length is held to the same rules as under Node (see bunLength).
-const BUN = typeof Bun !== 'undefined' && typeof Bun.serve === 'function';
-
 const plainResponse = (status, text, extra) =>
   new Response(text, {
     status,

@@ -173,3 +173,140 @@ async fn head_and_204_answers_carry_no_body_whatever_the_app_returns() {
         server.log()
     );
 }
+
+/// What the client gets of `/answer/{name}` of the fetch app: status, the named headers (each
+/// joined as sent), body.
+async fn answer(server: &Server, name: &str) -> (u16, Vec<(String, String)>, String) {
+    let reply = server.get(&format!("/answer/{name}")).await;
+    let headers = reply
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("<not text>").to_string()))
+        .collect();
+    (reply.status, headers, reply.body)
+}
+
+/// `/answer/{name}`: the status, headers and body the client must get.
+type Answer<'a> = (&'a str, u16, &'a [(&'a str, &'a str)], &'a str);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_the_app_builds_reach_the_client_as_undici_would_send_them() {
+    let server = fetch_app();
+    server.wait_ready().await;
+    const TEXT: (&str, &str) = ("content-type", "text/plain;charset=UTF-8");
+    let cases: &[Answer] = &[
+        ("default-type", 200, &[TEXT], "plain"),
+        (
+            "own-headers",
+            201,
+            &[("content-type", "application/json"), ("x-set", "yes")],
+            "{}",
+        ),
+        ("joined", 200, &[TEXT, ("x-dup", "a, b")], "x"),
+        ("trimmed", 200, &[TEXT, ("x-pad", "padded")], "x"),
+        ("number-value", 200, &[TEXT, ("x-n", "5")], "x"),
+        ("late-header", 200, &[TEXT, ("x-late", "1")], "x"),
+        (
+            "json",
+            200,
+            &[("content-type", "application/json"), ("x-j", "1")],
+            r#"{"ok":true}"#,
+        ),
+        ("no-body", 202, &[("content-length", "0")], ""),
+        ("empty", 200, &[TEXT, ("content-length", "0")], ""),
+        ("bytes", 200, &[("content-length", "5")], "bytes"),
+        ("cookie", 200, &[TEXT, ("set-cookie", "a=1; Path=/")], "x"),
+        ("read-back", 200, &[TEXT, ("x-r", "1")], "round trip"),
+        ("reused", 200, &[TEXT], "the same object every time"),
+        ("reused", 200, &[TEXT], "the same object every time"),
+    ];
+    for (name, status, expected, body) in cases {
+        let (got_status, headers, got_body) = answer(&server, name).await;
+        assert_eq!(
+            (got_status, got_body.as_str()),
+            (*status, *body),
+            "{name}: {headers:?}\n{}",
+            server.log()
+        );
+        for (key, value) in *expected {
+            let got: Vec<_> = headers.iter().filter(|(k, _)| k == key).collect();
+            assert_eq!(
+                got,
+                [&(key.to_string(), value.to_string())],
+                "{name}: {key} in {headers:?}"
+            );
+        }
+    }
+
+    // What undici refuses to build is refused where the app builds it: a 500, nothing of it
+    // on the wire, and the app's error in the log.
+    for (name, error) in [
+        ("injection", "TypeError"),
+        ("bad-status", "RangeError"),
+        ("bad-name", "TypeError"),
+        ("body-on-204", "TypeError"),
+        ("bad-json", "TypeError"),
+    ] {
+        let (status, headers, body) = answer(&server, name).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (500, "Internal Server Error"),
+            "{name}: {headers:?}"
+        );
+        assert!(
+            headers.iter().all(|(k, _)| k != "x-injected" && k != "x-bad"),
+            "{name}: {headers:?}"
+        );
+        server
+            .wait_log(&format!("handling GET /answer/{name}: {error}"))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_the_app_builds_behave_as_responses() {
+    let server = fetch_app();
+    server.wait_ready().await;
+    let reply = server.get("/answer-shape").await;
+    assert_eq!(reply.status, 200, "{}", server.log());
+    let shape: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(
+        shape,
+        serde_json::json!({
+            "builtIsResponse": true,
+            "redirectIsResponse": true,
+            "name": "Response",
+            "constructorIsResponse": true,
+            "tag": "[object Response]",
+            "status": 200,
+            "ok": true,
+            "header": "1",
+            "type": "text/plain;charset=UTF-8",
+            "text": "x",
+            "bodyUsed": true,
+            "cloneText": "c",
+        })
+    );
+}
+
+/// The loader keeps simple Responses itself (loaders/node.mjs, LightResponse); for any input,
+/// what it builds must be what undici builds, or throw what undici throws. The app builds
+/// thousands of random ones both ways and reports the differences.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_loaders_response_is_undicis_for_any_input() {
+    let server = fetch_app();
+    server.wait_ready().await;
+    for seed in [1, 2, 3] {
+        let reply = server.get(&format!("/answer-parity?seed={seed}")).await;
+        assert_eq!(reply.status, 200, "{}", server.log());
+        let report: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(
+            report["differences"],
+            serde_json::json!([]),
+            "seed {seed}: {report:#}"
+        );
+        // The comparison means something only if the loader kept many of them itself.
+        let kept = report["kept"].as_u64().unwrap_or(0);
+        assert!(kept >= 300, "seed {seed}: only {kept} kept: {report}");
+    }
+}
