@@ -1005,7 +1005,10 @@ function bunPath(url) {
 
 let bunServer = null;
 
-async function bunFetch(req, srv) {
+// Answers without a trip through promises where it can: Bun sends a Response returned at once
+// sooner than one it has to await, and most answers (the probe, a handler that answers at
+// once) need none.
+function bunFetch(req, srv) {
   if (req.headers.get('rip-probe') === '1' && bunPath(req.url) === '/ready') {
     if (draining) return plainResponse(503, 'draining', { 'rip-worker-draining': '1' });
     return handler ? plainResponse(200, 'ready') : plainResponse(503, 'loading');
@@ -1014,36 +1017,77 @@ async function bunFetch(req, srv) {
   // pendingRequests counts this request and any answer still streaming.
   if (inflight || srv.pendingRequests > 1) return plainResponse(503, 'busy', { 'rip-worker-busy': '1' });
   inflight = true;
+  if (loading || reloadPending) return bunAfterLoad(req);
+  return bunServe(req);
+}
+
+// bunFetch once the handler (re)loading when the request came is done.
+async function bunAfterLoad(req) {
   try {
     while (loading || reloadPending) {
       if (!loading && !draining) reload();
       if (loading) await loading;
       else break;
     }
-    let request = req;
-    // Bun builds the URL as http://; the server says how the client came.
-    const proto = req.headers.get('x-forwarded-proto');
-    if (proto && proto.split(',')[0].trim().toLowerCase() === 'https' && req.url.startsWith('http:')) {
-      request = new Request(`https:${req.url.slice(5)}`, req);
-    }
-    let response;
-    try {
-      response = handler(request);
-      if (response && typeof response.then === 'function') response = await response;
-      if (!(response instanceof Response)) {
-        throw new TypeError(`handler returned ${response === null ? 'null' : typeof response}, not a Response`);
-      }
-    } catch (e) {
-      logErr(`error in ${ENTRY} handling ${req.method} ${bunPath(req.url)}: ${errText(e)}`);
-      return plainResponse(500, 'Internal Server Error');
-    }
-    if (response.headers.has('content-length')) response = await bunLength(req, response);
-    return withWorkerId(response);
-  } finally {
-    inflight = false;
-    if (draining) finishDrain();
-    else maybeReloadWhenIdle();
+  } catch (e) {
+    bunDone();
+    throw e;
   }
+  return bunServe(req);
+}
+
+// Runs the handler on `req` (inflight is set); its answer, or a promise of it.
+function bunServe(req) {
+  let request = req;
+  // Bun builds the URL as http://; the server says how the client came.
+  const proto = req.headers.get('x-forwarded-proto');
+  if (proto && proto.split(',')[0].trim().toLowerCase() === 'https' && req.url.startsWith('http:')) {
+    request = new Request(`https:${req.url.slice(5)}`, req);
+  }
+  let response;
+  try {
+    response = handler(request);
+  } catch (e) {
+    return bunFailed(req, e);
+  }
+  if (response && typeof response.then === 'function') {
+    return response.then((r) => bunAnswer(req, r), (e) => bunFailed(req, e));
+  }
+  return bunAnswer(req, response);
+}
+
+// What the handler returned, checked, held to its length and marked with the worker id.
+function bunAnswer(req, response) {
+  if (!(response instanceof Response)) {
+    return bunFailed(req, new TypeError(`handler returned ${response === null ? 'null' : typeof response}, not a Response`));
+  }
+  const headers = response.headers;
+  if (!headers.has('content-length')) {
+    bunDone();
+    return withWorkerId(response);
+  }
+  return bunLength(req, response).then(
+    (r) => {
+      bunDone();
+      return withWorkerId(r);
+    },
+    (e) => {
+      bunDone();
+      throw e;
+    },
+  );
+}
+
+function bunFailed(req, e) {
+  logErr(`error in ${ENTRY} handling ${req.method} ${bunPath(req.url)}: ${errText(e)}`);
+  bunDone();
+  return plainResponse(500, 'Internal Server Error');
+}
+
+function bunDone() {
+  inflight = false;
+  if (draining) finishDrain();
+  else maybeReloadWhenIdle();
 }
 
 // An answer whose app declared a length, under the rules sendResponse applies under Node: a
