@@ -13,6 +13,8 @@
 #   W=2  REQUESTS=20000  WARMUP_REQUESTS=2000  CONCURRENCY=4  TOP=25
 #   URL_PATHS="/ping /server"   paths measured, each in its own window
 #   RIP_ARGS="r:0 --reload=none"  extra rip-server arguments
+#   ACCESS_LOG=0                1 keeps rip-server's access log on (its default; written to a
+#                               file here), to count what a line per request costs
 #   BIN_DIR=target/release      this build (built if missing, or if BUILD=1)
 #   BASELINE_BIN_DIR            another build's directory (holding rip-server)
 #   BASELINE_COMMIT             names it in the header
@@ -37,6 +39,7 @@ BIN_DIR=${BIN_DIR:-$root/target/release}
 BASELINE_BIN_DIR=${BASELINE_BIN_DIR:-}
 BASELINE_COMMIT=${BASELINE_COMMIT:-}
 CALLGRIND_ARGS=${CALLGRIND_ARGS:-}
+ACCESS_LOG=${ACCESS_LOG:-0}
 KEEP=${KEEP:-0}
 THREADS=1 # under valgrind every thread runs in turn anyway
 
@@ -75,7 +78,9 @@ exec valgrind --tool=callgrind --callgrind-out-file="$scratch/$name.callgrind.%p
 EOF
   chmod +x "$wrapper"
   rip=$wrapper
-  start_rip "$name" http "$W" "$scratch/$name.log" "$worker" "w:$W" http:0 --no-access-log "${rip_args[@]}"
+  local access_log=(--no-access-log)
+  [[ $ACCESS_LOG == 1 ]] && access_log=()
+  start_rip "$name" http "$W" "$scratch/$name.log" "$worker" "w:$W" http:0 "${access_log[@]}" "${rip_args[@]}"
   for path in "${url_paths[@]}"; do
     "$OHA" -n "$WARMUP_REQUESTS" -c "$CONCURRENCY" --no-tui "http://127.0.0.1:$rip_port$path" >/dev/null
     callgrind_control --zero "$rip_pid" >/dev/null 2>&1 || die "callgrind_control could not zero rip-server's counters"
@@ -102,7 +107,7 @@ PY
 }
 
 bench_header "rip-server instructions per request (valgrind --tool=callgrind), keep-alive GET, oha -c $CONCURRENCY" \
-  "$(settings W REQUESTS WARMUP_REQUESTS CONCURRENCY URL_PATHS RIP_ARGS CALLGRIND_ARGS BIN_DIR BASELINE_BIN_DIR BASELINE_COMMIT) benches/instructions.sh"
+  "$(settings W REQUESTS WARMUP_REQUESTS CONCURRENCY URL_PATHS RIP_ARGS ACCESS_LOG CALLGRIND_ARGS BIN_DIR BASELINE_BIN_DIR BASELINE_COMMIT) benches/instructions.sh"
 note "$(valgrind --version); load: $("$OHA" --version)"
 [[ -z $BASELINE_BIN_DIR ]] || note "baseline: $BASELINE_BIN_DIR/rip-server (commit ${BASELINE_COMMIT:-?})"
 
