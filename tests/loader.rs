@@ -181,7 +181,12 @@ async fn answer(server: &Server, name: &str) -> (u16, Vec<(String, String)>, Str
     let headers = reply
         .headers
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("<not text>").to_string()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.to_str().unwrap_or("<not text>").to_string(),
+            )
+        })
         .collect();
     (reply.status, headers, reply.body)
 }
@@ -254,7 +259,9 @@ async fn answers_the_app_builds_reach_the_client_as_undici_would_send_them() {
             "{name}: {headers:?}"
         );
         assert!(
-            headers.iter().all(|(k, _)| k != "x-injected" && k != "x-bad"),
+            headers
+                .iter()
+                .all(|(k, _)| k != "x-injected" && k != "x-bad"),
             "{name}: {headers:?}"
         );
         server
