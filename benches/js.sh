@@ -180,10 +180,13 @@ measure() {
     for ((i = 0; i < ${#started[@]}; i++)); do finish_load "${started[i]}" "${outs[i]}"; done
   done
   cpu_s=$(cpu_delta "$cpu0" "$(proc_cpu $own)")
-  busy_now=$(other_cpu "$snap0" "$(cpu_snap)")
+  local snap1
+  snap1=$(cpu_snap)
+  busy_now=$(other_cpu "$snap0" "$snap1")
+  machine_s=$(machine_cpu "$snap0" "$snap1")
   local name=${row%-c*}
   python3 "$here/summarize.py" row "$name" "${conc}" "${outs[@]}" |
-    sed "s/^/$runtime\t/; s/\$/\t$busy_now\t$round\t$cpu_s/" | tee -a "$results" |
+    sed "s/^/$runtime\t/; s/\$/\t$busy_now\t$round\t$cpu_s\t$machine_s/" | tee -a "$results" |
     awk -F'\t' '{ printf "#   %-4s %-10s c=%-4s %8s req/s  p99 %6s ms  non-2xx %s  errors %s  (other processes: %s%% CPU)\n", $1, $2, $3, $4, $6, $7, $8, $10 }'
   local line
   line=$(tail -n 1 "$results")

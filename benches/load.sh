@@ -14,7 +14,9 @@
 # in ROUNDS rounds (2 and 3 alternate, each round starting with the next row,
 # so a slow drift of a shared machine touches every row alike), then the
 # medians, the ratios (taken within each round: requests/s, p50, p99 and the
-# proxy's own CPU per request), and rip-server's entry-process memory.
+# proxy's own CPU per request), the headroom each proxy's cost leaves (what
+# even a proxy costing nothing could gain here, from the machine's CPU per
+# answer), and rip-server's entry-process memory.
 # Results and method: docs/benchmarks.md.
 #
 # Settings (environment):
@@ -162,7 +164,7 @@ start_load() {
 # measure NAME CONNECTIONS PORT: warm-up, measured run, one results row (with
 # the CPU seconds the proxy's own processes, proxy_pids[NAME], used meanwhile)
 measure() {
-  local name=$1 conns=$2 target=$3 out="$scratch/$1-c$2-r$round.json" sampler='' snap0 cpu0
+  local name=$1 conns=$2 target=$3 out="$scratch/$1-c$2-r$round.json" sampler='' snap0 snap1 cpu0
   # the self-* rows ask for GET /server (start_load reads URL_PATH)
   local URL_PATH=$URL_PATH
   if [[ $name == self-* ]]; then URL_PATH=/server; fi
@@ -181,7 +183,9 @@ measure() {
   start_load "$out" "$conns" "$DURATION" "$target"
   finish_load "$load_pid" "$out"
   cpu_s=$(cpu_delta "$cpu0" "$(proc_cpu ${proxy_pids[$name]})")
-  busy_now=$(other_cpu "$snap0" "$(cpu_snap)")
+  snap1=$(cpu_snap)
+  busy_now=$(other_cpu "$snap0" "$snap1")
+  machine_s=$(machine_cpu "$snap0" "$snap1")
   if [[ -n $sampler ]]; then
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
@@ -194,7 +198,7 @@ measure() {
 # measure_limit: W generators in parallel, each -c 1 (one thread) on one
 # worker's socket; the most any proxy in front of these workers could reach.
 measure_limit() {
-  local i phase secs out outs=() started=() snap0
+  local i phase secs out outs=() started=() snap0 snap1
   settle
   for phase in warmup limit; do
     secs=$DURATION
@@ -213,14 +217,17 @@ measure_limit() {
     done
     for ((i = 0; i < W; i++)); do finish_load "${started[i]}" "${outs[i]}"; done
   done
-  busy_now=$(other_cpu "$snap0" "$(cpu_snap)")
-  cpu_s=-
+  snap1=$(cpu_snap)
+  busy_now=$(other_cpu "$snap0" "$snap1")
+  machine_s=$(machine_cpu "$snap0" "$snap1")
+  cpu_s=$'-\t-'
   python3 "$here/summarize.py" row limit "${W}x1" "${outs[@]}" | add_busy | tee -a "$results" | row_echo
   check_clean limit "${outs[@]}"
 }
 
-# a summarize.py row, then: other CPU %, round, the proxy's CPU seconds
-add_busy() { sed "s/\$/\t$busy_now\t$round\t$cpu_s/"; }
+# a summarize.py row, then: other CPU %, round, the proxy's CPU seconds (all,
+# and the kernel's part), the whole machine's busy CPU seconds
+add_busy() { sed "s/\$/\t$busy_now\t$round\t$cpu_s\t$machine_s/"; }
 row_echo() { awk -F'\t' '{ cpu = ($11 == "-" || $8 == 0) ? "-" : sprintf("%.1f", $11 * 1e6 / $8)
   printf "#   %-10s c=%-5s %8s req/s  p50 %7s ms  p99 %7s ms  non-2xx %s  errors %s  CPU %s us/request  (other processes: %s%% CPU)\n", $1, $2, $3, $4, $5, $6, $7, cpu, $9 }'; }
 

@@ -179,25 +179,44 @@ rip_warnings() { grep -E 'WARN|ERROR' "$1" | grep -v 'rip_server::privileges: ru
 
 rss_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 
-# proc_cpu PID...: CPU seconds (utime + stime) the live processes have used,
-# summed: read before and after a measured run for the proxy's CPU per request.
+# proc_cpu PID...: "TOTAL SYS", the CPU seconds (utime + stime, and stime alone)
+# the live processes have used, summed: read before and after a measured run
+# for the proxy's CPU per request and how much of it the kernel spent.
 proc_cpu() {
   python3 - "$@" <<'PY'
 import os, sys
-total = 0
+total = system = 0
 for pid in sys.argv[1:]:
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read().rsplit(")", 1)[1].split()
         total += int(stat[11]) + int(stat[12])  # utime, stime (fields 14 and 15 in proc(5))
+        system += int(stat[12])
     except OSError:
         pass
-print(f"{total / os.sysconf('SC_CLK_TCK'):.2f}")
+tick = os.sysconf('SC_CLK_TCK')
+print(f"{total / tick:.2f} {system / tick:.2f}")
 PY
 }
 
-# cpu_delta BEFORE AFTER: seconds between two proc_cpu readings
-cpu_delta() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+# cpu_delta BEFORE AFTER: "TOTAL<tab>SYS" seconds between two proc_cpu readings
+cpu_delta() {
+  local total0 sys0 total1 sys1
+  read -r total0 sys0 <<<"$1"
+  read -r total1 sys1 <<<"$2"
+  awk -v a="$total0" -v b="$total1" -v c="$sys0" -v d="$sys1" 'BEGIN { printf "%.2f\t%.2f", b - a, d - c }'
+}
+
+# machine_cpu BEFORE AFTER: "SECONDS<tab>PERCENT", how long the whole machine
+# (every CPU, every process, the kernel) was busy between two cpu_snap
+# readings, and that as a share of all its CPUs' time
+machine_cpu() {
+  local t0 b0 o0 t1 b1 o1
+  read -r t0 b0 o0 <<<"$1"
+  read -r t1 b1 o1 <<<"$2"
+  awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%.2f\t%.0f", b / hz, (t > 0 ? 100 * b / t : 0) }'
+}
 
 # rotate N ITEM...: the items, starting at index N modulo their count, so
 # each round of a benchmark starts with a different row (no row is always

@@ -9,7 +9,9 @@
                                               the rounds, the ratios (taken within each round,
                                               then their median and range), and every round
                                               (RESULTS.tsv: row's columns, then the other-CPU
-                                              busy %, the round and the proxy's CPU seconds)
+                                              busy %, the round, the proxy's CPU seconds and
+                                              their kernel part, the machine's busy seconds
+                                              and busy %)
   summarize.py tlstable RESULTS.tsv           the same for benches/tls.sh (each line led by
                                               its test: h1-16, h2, hs-full, ...)
   summarize.py jstable RESULTS.tsv            benches/js.sh's table (each line led by its runtime):
@@ -28,7 +30,9 @@ output with the `JSON {...}` line printed by benches/load/wrk-report.lua.
 requests/s counts 2xx answers only. Combining parallel runs: requests/s are summed; p50 and p99 are the worst of
 the runs (percentiles cannot be merged exactly without the raw samples). CPU µs per request: the proxy's
 own processes' CPU time (utime + stime from /proc, measured by the shell script around the measured
-run) divided by the 2xx answers of that run.
+run) divided by the 2xx answers of that run; "of it kernel %": its stime's share. Machine CPU µs per
+request: every CPU's busy time in the run (/proc/stat: all processes and the kernel) per 2xx answer,
+with the machine's busy share; the "headroom" lines derive from these what the proxy's own cost bounds.
 """
 
 import json
@@ -110,7 +114,8 @@ def detail(paths):
         print(f"{path}: status codes {json.dumps(r['statuses'])}, errors {json.dumps(r['errors'])}")
 
 
-RESULT_FIELDS = ["name", "conc", "rps", "p50", "p99", "non2xx", "errors", "ok", "busy", "round", "cpu_s"]
+RESULT_FIELDS = ["name", "conc", "rps", "p50", "p99", "non2xx", "errors", "ok", "busy", "round", "cpu_s", "sys_s",
+                 "machine_s", "machine_pct"]
 
 
 def read_results(path, with_test):
@@ -127,12 +132,20 @@ def read_results(path, with_test):
                 r[k] = float(r[k])
             for k in ("non2xx", "errors", "ok", "round"):
                 r[k] = int(r[k])
-            cpu = r.get("cpu_s", "")
-            # µs of the proxy's CPU per 2xx answer (none for the limit row)
-            r["cpu_us"] = float(cpu) * 1e6 / r["ok"] if cpu not in ("", "-") and r["ok"] else None
+            # µs per 2xx answer: of the proxy's CPU (none for the limit row), of it in the
+            # kernel, and of the whole machine's busy CPU
+            r["cpu_us"] = per_answer(r, "cpu_s")
+            r["sys_us"] = per_answer(r, "sys_s")
+            r["machine_us"] = per_answer(r, "machine_s")
             r["test"] = test
             rows.append(r)
     return rows
+
+
+def per_answer(r, field):
+    """FIELD's CPU seconds as µs per 2xx answer, or None where the run has none."""
+    seconds = r.get(field, "")
+    return float(seconds) * 1e6 / r["ok"] if seconds not in ("", "-") and r["ok"] else None
 
 
 def fmt(value, spec):
@@ -153,16 +166,52 @@ def medians_table(rows, with_test):
     print(f"Each row: the median over its {rounds} round(s); every round is listed at the end.")
     print()
     lead = "| test " if with_test else ""
-    print(f"{lead}| run | concurrency | requests/s | p50 ms | p99 ms | non-2xx | errors | CPU µs/request | other CPU % (max) |")
-    print(("|---" if with_test else "") + "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"{lead}| run | concurrency | requests/s | p50 ms | p99 ms | non-2xx | errors | CPU µs/request | "
+          "of it kernel % | machine CPU µs/request (busy %) | other CPU % (max) |")
+    print(("|---" if with_test else "") + "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (test, name, conc), runs in groups.items():
         busy = max((int(r["busy"]) for r in runs if r["busy"].isdigit()), default="?")
         cell = f"| {test} " if with_test else ""
         print(f"{cell}| {name} | {conc} | {median([r['rps'] for r in runs]):,.0f} | "
               f"{median([r['p50'] for r in runs]):.2f} | {median([r['p99'] for r in runs]):.2f} | "
               f"{sum(r['non2xx'] for r in runs)} | {sum(r['errors'] for r in runs)} | "
-              f"{fmt(median_or_none([r['cpu_us'] for r in runs]), '.1f')} | {busy} |")
+              f"{fmt(median_or_none([r['cpu_us'] for r in runs]), '.1f')} | "
+              f"{fmt(kernel_share(runs), '.0f')} | {machine_cell(runs)} | {busy} |")
     return groups
+
+
+def kernel_share(runs):
+    """The median share (%) of the proxy's CPU that its kernel time was."""
+    return median_or_none([100 * r["sys_us"] / r["cpu_us"] for r in runs if r["cpu_us"] and r["sys_us"] is not None])
+
+
+def machine_cell(runs):
+    machine = median_or_none([r["machine_us"] for r in runs])
+    busy = median_or_none([float(r["machine_pct"]) for r in runs if r.get("machine_pct", "") not in ("", "-")])
+    return "—" if machine is None else f"{machine:.1f} ({fmt(busy, '.0f')})"
+
+
+def headroom(groups, with_test):
+    """What the proxy's own cost bounds: with every other process and the kernel's
+    work for them as they were, the machine's CPU per answer less the proxy's is
+    what a proxy costing nothing would leave, and less only its user time is
+    what one making the same system calls at no cost of its own would leave."""
+    lines = []
+    for (test, name, conc), runs in groups.items():
+        machine = median_or_none([r["machine_us"] for r in runs])
+        proxy = median_or_none([r["cpu_us"] for r in runs])
+        system = median_or_none([r["sys_us"] for r in runs])
+        if name.startswith("self-") or None in (machine, proxy, system) or machine <= proxy:
+            continue
+        what = f"{test} {name}" if with_test else f"{name} at c={conc}"
+        lines.append(f"headroom, {what}: the machine spent {machine:.1f} µs of CPU per answer, {proxy:.1f} "
+                     f"in the proxy ({system:.1f} in the kernel for it); with the rest as it was, a proxy "
+                     f"costing nothing would serve at most {machine / (machine - proxy):.2f}× these requests/s, "
+                     f"one with the same kernel time and no user time {machine / (machine - proxy + system):.2f}×")
+    if lines:
+        print("\n".join(lines))
+        print("(meaningful where the machine was busy near 100 %: then its CPU per answer sets the rate)")
+        print()
 
 
 def family(name):
@@ -268,6 +317,8 @@ def table(path):
         print(f"target, HTTP keep-alive at c={conc}: requests/s at least {j['label']}'s: {verdict(j['rps'] >= 1)} "
               f"({j['rps']:.2f}); p99 no longer: {verdict(p99 is not None and p99 <= 1)} ({fmt(p99, '.2f')})")
     paired_targets(rows)
+    print()
+    headroom(groups, with_test=False)
     limit = next((runs for (t, name, conc), runs in groups.items() if name == "limit"), None)
     if limit:
         limit_rps = median([r["rps"] for r in limit])
@@ -326,7 +377,7 @@ def spread(values):
 def tlstable(path):
     """benches/tls.sh's results."""
     rows = read_results(path, with_test=True)
-    medians_table(rows, with_test=True)
+    groups = medians_table(rows, with_test=True)
     print()
     judged = ratios_table(rows, with_test=True)
     print()
@@ -340,6 +391,7 @@ def tlstable(path):
     print("requests/s counts 2xx answers only; a p99 ratio against a peer that answered non-2xx compares")
     print("different work (an error is fast).")
     print()
+    headroom(groups, with_test=True)
     rounds_table(rows, with_test=True)
 
 
@@ -493,16 +545,18 @@ def jstable(path):
           "process's socket (requests/s summed). CPU µs/request: the row's own processes (the "
           "servers; for rip-server, it and its workers).")
     print()
-    print("| runtime | row | connections | requests/s | p50 ms | p99 ms | CPU µs/request | non-2xx | errors | other CPU % (max) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| runtime | row | connections | requests/s | p50 ms | p99 ms | CPU µs/request | "
+          "machine CPU µs/request (busy %) | non-2xx | errors | other CPU % (max) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (rt, name, conc), runs in by.items():
         rs = list(runs.values())
         busy = max((int(r["busy"]) for r in rs if r["busy"].isdigit()), default="?")
         print(f"| {rt} | {name} | {conc} | {median([r['rps'] for r in rs]):,.0f} | "
               f"{median([r['p50'] for r in rs]):.2f} | {median([r['p99'] for r in rs]):.2f} | "
-              f"{fmt(median_or_none([r['cpu_us'] for r in rs]), '.1f')} | "
+              f"{fmt(median_or_none([r['cpu_us'] for r in rs]), '.1f')} | {machine_cell(rs)} | "
               f"{sum(r['non2xx'] for r in rs)} | {sum(r['errors'] for r in rs)} | {busy} |")
     print()
+    hop_cost(by)
     print("| runtime | ratio (requests/s) | median (range over rounds) | target | verdict |")
     print("|---|---|---:|---:|---|")
     runtimes = list(dict.fromkeys(r["test"] for r in rows))
@@ -537,6 +591,24 @@ def jstable(path):
     for r in sorted(rows, key=lambda r: r["round"]):
         print(f"| {r['round']} | {r['test']} | {r['name']} | {r['conc']} | {r['rps']:,.0f} | {r['p99']:.2f} | "
               f"{fmt(r['cpu_us'], '.1f')} | {r['non2xx']} | {r['errors']} | {r['busy']} |")
+
+
+def hop_cost(by):
+    """What rip-server's hop costs the machine per answer (through it, less direct to
+    the same loader), against what the 0.7× target leaves it: at a saturated machine
+    the rate is the inverse of the CPU per answer, so through/direct = direct/through."""
+    for (rt, name, conc), runs in by.items():
+        if name != "rip-server":
+            continue
+        direct = median_or_none([r["machine_us"] for (t, n, c), rs in by.items()
+                                 if t == rt and n == "loader" for r in rs.values()])
+        through = median_or_none([r["machine_us"] for r in runs.values()])
+        if direct is None or through is None:
+            continue
+        print(f"hop, {rt} c={conc}: the machine spent {through:.1f} µs of CPU per answer through rip-server, "
+              f"{direct:.1f} direct to the loader: the hop costs {through - direct:.1f} µs; 0.7× the direct "
+              f"rate leaves it at most {direct * (1 / 0.7 - 1):.1f} µs")
+    print()
 
 
 def median(values):
