@@ -66,6 +66,13 @@ ensure_built "$rip" "$worker"
 
 bench_init rip-instructions
 
+# The app gets a directory of its own: with --reload=process rip-server watches
+# the app's directory and hashes it at start, and the worker's own directory is
+# target/release (thousands of build files, slow to hash under valgrind).
+mkdir -p "$scratch/app"
+cp "$worker" "$scratch/app/"
+worker="$scratch/app/$(basename "$worker")"
+
 # measure NAME BINARY: prints "NAME PATH INSTRUCTIONS_PER_REQUEST" per path and
 # leaves the dumps in $scratch/NAME.PATH.out
 measure() {
