@@ -1050,6 +1050,14 @@ function bunServe(req) {
   } catch (e) {
     return bunFailed(req, e);
   }
+  if (response instanceof Promise) {
+    // An async handler that never awaited has settled already: answer from its result at
+    // once, as Bun does with a settled promise, not with another promise of the answer.
+    switch (Bun.peek.status(response)) {
+      case 'fulfilled': return bunAnswer(req, Bun.peek(response));
+      case 'rejected': return bunRejected(req, response);
+    }
+  }
   if (response && typeof response.then === 'function') {
     return response.then((r) => bunAnswer(req, r), (e) => bunFailed(req, e));
   }
@@ -1076,6 +1084,13 @@ function bunAnswer(req, response) {
       throw e;
     },
   );
+}
+
+// A handler's promise that has settled rejected: its error, handled here (Bun would report
+// a rejection nobody handled).
+function bunRejected(req, promise) {
+  promise.catch(() => {});
+  return bunFailed(req, Bun.peek(promise));
 }
 
 function bunFailed(req, e) {
