@@ -164,7 +164,7 @@ start_load() {
 # measure NAME CONNECTIONS PORT: warm-up, measured run, one results row (with
 # the CPU seconds the proxy's own processes, proxy_pids[NAME], used meanwhile)
 measure() {
-  local name=$1 conns=$2 target=$3 out="$scratch/$1-c$2-r$round.json" sampler='' snap0 snap1 cpu0
+  local name=$1 conns=$2 target=$3 out="$scratch/$1-c$2-r$round.json" sampler='' snap0 snap1 cpu0 workers0
   # the self-* rows ask for GET /server (start_load reads URL_PATH)
   local URL_PATH=$URL_PATH
   if [[ $name == self-* ]]; then URL_PATH=/server; fi
@@ -180,9 +180,11 @@ measure() {
   fi
   snap0=$(cpu_snap)
   cpu0=$(proc_cpu ${proxy_pids[$name]})
+  workers0=$(workers_cpu $(row_workers "$name" "${proxy_pids[$name]%% *}"))
   start_load "$out" "$conns" "$DURATION" "$target"
   finish_load "$load_pid" "$out"
   cpu_s=$(cpu_delta "$cpu0" "$(proc_cpu ${proxy_pids[$name]})")
+  workers_s=$(awk -v a="$workers0" -v b="$(workers_cpu $(row_workers "$name" "${proxy_pids[$name]%% *}"))" 'BEGIN { printf "%.2f", b - a }')
   snap1=$(cpu_snap)
   busy_now=$(other_cpu "$snap0" "$snap1")
   machine_s=$(machine_cpu "$snap0" "$snap1")
@@ -221,13 +223,15 @@ measure_limit() {
   busy_now=$(other_cpu "$snap0" "$snap1")
   machine_s=$(machine_cpu "$snap0" "$snap1")
   cpu_s=$'-\t-'
+  workers_s=-
   python3 "$here/summarize.py" row limit "${W}x1" "${outs[@]}" | add_busy | tee -a "$results" | row_echo
   check_clean limit "${outs[@]}"
 }
 
 # a summarize.py row, then: other CPU %, round, the proxy's CPU seconds (all,
-# and the kernel's part), the whole machine's busy CPU seconds
-add_busy() { sed "s/\$/\t$busy_now\t$round\t$cpu_s\t$machine_s/"; }
+# and the kernel's part), the whole machine's busy CPU seconds and busy %, the
+# workers' CPU seconds
+add_busy() { sed "s/\$/\t$busy_now\t$round\t$cpu_s\t$machine_s\t$workers_s/"; }
 row_echo() { awk -F'\t' '{ cpu = ($11 == "-" || $8 == 0) ? "-" : sprintf("%.1f", $11 * 1e6 / $8)
   printf "#   %-10s c=%-5s %8s req/s  p50 %7s ms  p99 %7s ms  non-2xx %s  errors %s  CPU %s us/request  (other processes: %s%% CPU)\n", $1, $2, $3, $4, $5, $6, $7, cpu, $9 }'; }
 

@@ -168,7 +168,7 @@ conns_label() { # TEST CONNECTIONS
 # measure NAME TEST CONNECTIONS PORT: warm-up, measured run, one results row
 # (with the CPU seconds the peer's own processes, owner_pids[NAME], used)
 measure() {
-  local name=$1 test=$2 conns=$3 port=$4 out="$scratch/$1-$2-r$round.json" snap0 snap1 row cpu0 cpu_s machine_s
+  local name=$1 test=$2 conns=$3 port=$4 out="$scratch/$1-$2-r$round.json" snap0 snap1 row cpu0 cpu_s machine_s workers0 workers_s
   settle
   if ((WARMUP > 0)); then
     start_load "$scratch/warmup.json" "$test" "$conns" "$WARMUP" "$port"
@@ -176,6 +176,7 @@ measure() {
   fi
   snap0=$(cpu_snap)
   cpu0=$(proc_cpu ${owner_pids[$name]})
+  workers0=$(workers_cpu $(row_workers "$name" "${owner_pids[$name]%% *}"))
   start_load "$out" "$test" "$conns" "$DURATION" "$port"
   # halfway through: how many connections the proxy holds open to the workers' sockets
   upstream_conns "$name" "$out.upstream" &
@@ -183,6 +184,7 @@ measure() {
   local counter=$!
   finish_load "$load_pid" "$out"
   cpu_s=$(cpu_delta "$cpu0" "$(proc_cpu ${owner_pids[$name]})")
+  workers_s=$(awk -v a="$workers0" -v b="$(workers_cpu $(row_workers "$name" "${owner_pids[$name]%% *}"))" 'BEGIN { printf "%.2f", b - a }')
   snap1=$(cpu_snap)
   busy_now=$(other_cpu "$snap0" "$snap1")
   machine_s=$(machine_cpu "$snap0" "$snap1")
@@ -191,7 +193,7 @@ measure() {
   local allowed=0
   if [[ $test == h2 ]]; then allowed=$((H2_CONNECTIONS * H2_STREAMS)); fi
   row=$(DEADLINE_ABORTS_ALLOWED=$allowed python3 "$here/summarize.py" row "$name" "$(conns_label "$test" "$conns")" "$out")
-  row="$test	$row	$busy_now	$round	$cpu_s	$machine_s"
+  row="$test	$row	$busy_now	$round	$cpu_s	$machine_s	$workers_s"
   echo "$row" >>"$results"
   awk -F'\t' -v up="$(cat "$out.upstream" 2>/dev/null || echo '?')" '{ cpu = $9 > 0 ? sprintf("%.1f", $12 * 1e6 / $9) : "-"
     printf "#   %-7s %-11s c=%-5s %8s req/s  p50 %7s ms  p99 %7s ms  non-2xx %s  errors %s  CPU %s us/request  (other processes: %s%% CPU; worker connections: %s)\n", $1, $2, $3, $4, $5, $6, $7, $8, cpu, $10, up }' <<<"$row"

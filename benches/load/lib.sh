@@ -258,8 +258,55 @@ start_workers() {
     RIP_SOCKET="$dir/w$i.sock" RIP_WORKER_ID=$i RIP_VERSION=0 "$bin" \
       </dev/null >"$dir/w$i.log" 2>&1 &
     pids+=("$!")
+    worker_pids+=("$!")
     wait_until "$!" "$dir/w$i.log" 10 "worker $i" ping_unix "$dir/w$i.sock"
   done
+}
+worker_pids=() # the standalone workers start_workers started (the peers' upstream)
+
+# row_workers NAME PROXY_PID: what workers_cpu reads for a row's workers:
+# rip-server's own (its children: "tree:PID"), or the standalone workers
+# behind the peers
+row_workers() {
+  case $1 in
+    rip-* | self-rip) echo "tree:$2" ;;
+    *) echo "${worker_pids[*]}" ;;
+  esac
+}
+
+# workers_cpu ARG...: CPU seconds (utime + stime) of the processes named, summed:
+# a PID, or tree:PID for PID's children, live ones and those it has reaped
+# (recycled workers, whose time the kernel adds to PID's cutime and cstime)
+workers_cpu() {
+  python3 - "$@" <<'PY'
+import os, sys
+def fields(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+total = 0
+for arg in sys.argv[1:]:
+    try:
+        if arg.startswith("tree:"):
+            parent = arg[5:]
+            stat = fields(parent)
+            total += int(stat[13]) + int(stat[14])  # cutime, cstime (fields 16 and 17 in proc(5))
+            children = set()
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children.update(f.read().split())
+            for child in children:
+                try:
+                    stat = fields(child)
+                    total += int(stat[11]) + int(stat[12])
+                except OSError:
+                    pass
+        else:
+            stat = fields(arg)
+            total += int(stat[11]) + int(stat[12])
+    except (OSError, ValueError):
+        pass
+print(f"{total / os.sysconf('SC_CLK_TCK'):.2f}")
+PY
 }
 
 ping_unix() { [[ $(curl -sf --max-time 1 --unix-socket "$1" "http://localhost/ping") == pong ]]; }

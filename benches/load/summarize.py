@@ -11,7 +11,7 @@
                                               (RESULTS.tsv: row's columns, then the other-CPU
                                               busy %, the round, the proxy's CPU seconds and
                                               their kernel part, the machine's busy seconds
-                                              and busy %)
+                                              and busy %, the workers' CPU seconds)
   summarize.py tlstable RESULTS.tsv           the same for benches/tls.sh (each line led by
                                               its test: h1-16, h2, hs-full, ...)
   summarize.py jstable RESULTS.tsv            benches/js.sh's table (each line led by its runtime):
@@ -33,6 +33,8 @@ own processes' CPU time (utime + stime from /proc, measured by the shell script 
 run) divided by the 2xx answers of that run; "of it kernel %": its stime's share. Machine CPU µs per
 request: every CPU's busy time in the run (/proc/stat: all processes and the kernel) per 2xx answer,
 with the machine's busy share; the "headroom" lines derive from these what the proxy's own cost bounds.
+Workers' CPU µs per request: the app workers' CPU time (rip-server's children, or the standalone
+workers behind a peer) per 2xx answer: what the same workers spend answering through each proxy.
 """
 
 import json
@@ -115,7 +117,7 @@ def detail(paths):
 
 
 RESULT_FIELDS = ["name", "conc", "rps", "p50", "p99", "non2xx", "errors", "ok", "busy", "round", "cpu_s", "sys_s",
-                 "machine_s", "machine_pct"]
+                 "machine_s", "machine_pct", "workers_s"]
 
 
 def read_results(path, with_test):
@@ -137,6 +139,7 @@ def read_results(path, with_test):
             r["cpu_us"] = per_answer(r, "cpu_s")
             r["sys_us"] = per_answer(r, "sys_s")
             r["machine_us"] = per_answer(r, "machine_s")
+            r["workers_us"] = per_answer(r, "workers_s")
             r["test"] = test
             rows.append(r)
     return rows
@@ -167,8 +170,8 @@ def medians_table(rows, with_test):
     print()
     lead = "| test " if with_test else ""
     print(f"{lead}| run | concurrency | requests/s | p50 ms | p99 ms | non-2xx | errors | CPU µs/request | "
-          "of it kernel % | machine CPU µs/request (busy %) | other CPU % (max) |")
-    print(("|---" if with_test else "") + "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "of it kernel % | workers' CPU µs/request | machine CPU µs/request (busy %) | other CPU % (max) |")
+    print(("|---" if with_test else "") + "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (test, name, conc), runs in groups.items():
         busy = max((int(r["busy"]) for r in runs if r["busy"].isdigit()), default="?")
         cell = f"| {test} " if with_test else ""
@@ -176,7 +179,8 @@ def medians_table(rows, with_test):
               f"{median([r['p50'] for r in runs]):.2f} | {median([r['p99'] for r in runs]):.2f} | "
               f"{sum(r['non2xx'] for r in runs)} | {sum(r['errors'] for r in runs)} | "
               f"{fmt(median_or_none([r['cpu_us'] for r in runs]), '.1f')} | "
-              f"{fmt(kernel_share(runs), '.0f')} | {machine_cell(runs)} | {busy} |")
+              f"{fmt(kernel_share(runs), '.0f')} | {fmt(median_or_none([r['workers_us'] for r in runs]), '.1f')} | "
+              f"{machine_cell(runs)} | {busy} |")
     return groups
 
 
