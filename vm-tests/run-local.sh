@@ -303,8 +303,13 @@ build_overlay() {
 VM_PIDS=()
 VM_LOGS=()
 start_vms() {
-  local n=${#SCENARIO_VMS[@]} i role cpu ports=() netargs port mac
+  local n=${#SCENARIO_VMS[@]} i role cpu ports=() netargs port mac accel=$ACCEL
   [ "$ACCEL" = kvm ] && cpu=host || cpu=max
+  # Under TCG a guest's vCPUs share one host thread (thread=single). With a thread per vCPU,
+  # one vCPU can run a translation of kernel code that another has just patched through an
+  # int3 (text_poke_bp, for static keys at boot); the guest kernel then dies with "Oops:
+  # int3" before anything of ours runs (seen here: tls-hosts, sched_clock_cpu, on CPU 1).
+  [ "$ACCEL" = tcg ] && ((SCENARIO_SMP > 1)) && accel=tcg,thread=single
   for ((i = 1; i < n; i++)); do
     port="$(free_port)"
     while [[ " ${ports[*]} " == *" $port "* ]]; do port="$(free_port)"; done
@@ -330,7 +335,7 @@ start_vms() {
     ((n > 1)) && ip_arg="rip.ip=$(role_ip "$i")/24"
     VM_LOGS[i]="$RUN/serial-$role.log"
     : >"${VM_LOGS[i]}"
-    qemu-system-x86_64 -name "rip-vm-$SCENARIO-$role" -accel "$ACCEL" -cpu "$cpu" \
+    qemu-system-x86_64 -name "rip-vm-$SCENARIO-$role" -accel "$accel" -cpu "$cpu" \
       -smp "$SCENARIO_SMP" -m "$SCENARIO_MEM" -nodefaults -no-user-config -display none \
       -no-reboot -monitor none -serial "file:${VM_LOGS[i]}" \
       -kernel "$KERNEL" -initrd "$RUN/$role/initrd" \
