@@ -164,7 +164,7 @@ start_load() {
 # measure NAME CONNECTIONS PORT: warm-up, measured run, one results row (with
 # the CPU seconds the proxy's own processes, proxy_pids[NAME], used meanwhile)
 measure() {
-  local name=$1 conns=$2 target=$3 out="$scratch/$1-c$2-r$round.json" sampler='' snap0 snap1 cpu0 workers0
+  local name=$1 conns=$2 target=$3 out="$scratch/$1-c$2-r$round.json" sampler='' snap0 snap1 cpu0 workers workers0
   # the self-* rows ask for GET /server (start_load reads URL_PATH)
   local URL_PATH=$URL_PATH
   if [[ $name == self-* ]]; then URL_PATH=/server; fi
@@ -180,11 +180,12 @@ measure() {
   fi
   snap0=$(cpu_snap)
   cpu0=$(proc_cpu ${proxy_pids[$name]})
-  workers0=$(workers_cpu $(row_workers "$name" "${proxy_pids[$name]%% *}"))
+  workers=$(row_workers "$name" "${proxy_pids[$name]%% *}")
+  workers0=$(proc_cpu $workers)
   start_load "$out" "$conns" "$DURATION" "$target"
   finish_load "$load_pid" "$out"
   cpu_s=$(cpu_delta "$cpu0" "$(proc_cpu ${proxy_pids[$name]})")
-  workers_s=$(awk -v a="$workers0" -v b="$(workers_cpu $(row_workers "$name" "${proxy_pids[$name]%% *}"))" 'BEGIN { printf "%.2f", b - a }')
+  workers_s=$(cpu_delta "$workers0" "$(proc_cpu $workers)" | cut -f1)
   snap1=$(cpu_snap)
   busy_now=$(other_cpu "$snap0" "$snap1")
   machine_s=$(machine_cpu "$snap0" "$snap1")

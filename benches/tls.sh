@@ -168,7 +168,7 @@ conns_label() { # TEST CONNECTIONS
 # measure NAME TEST CONNECTIONS PORT: warm-up, measured run, one results row
 # (with the CPU seconds the peer's own processes, owner_pids[NAME], used)
 measure() {
-  local name=$1 test=$2 conns=$3 port=$4 out="$scratch/$1-$2-r$round.json" snap0 snap1 row cpu0 cpu_s machine_s workers0 workers_s
+  local name=$1 test=$2 conns=$3 port=$4 out="$scratch/$1-$2-r$round.json" snap0 snap1 row cpu0 cpu_s machine_s workers workers0 workers_s
   settle
   if ((WARMUP > 0)); then
     start_load "$scratch/warmup.json" "$test" "$conns" "$WARMUP" "$port"
@@ -176,7 +176,8 @@ measure() {
   fi
   snap0=$(cpu_snap)
   cpu0=$(proc_cpu ${owner_pids[$name]})
-  workers0=$(workers_cpu $(row_workers "$name" "${owner_pids[$name]%% *}"))
+  workers=$(row_workers "$name" "${owner_pids[$name]%% *}")
+  workers0=$(proc_cpu $workers)
   start_load "$out" "$test" "$conns" "$DURATION" "$port"
   # halfway through: how many connections the proxy holds open to the workers' sockets
   upstream_conns "$name" "$out.upstream" &
@@ -184,7 +185,7 @@ measure() {
   local counter=$!
   finish_load "$load_pid" "$out"
   cpu_s=$(cpu_delta "$cpu0" "$(proc_cpu ${owner_pids[$name]})")
-  workers_s=$(awk -v a="$workers0" -v b="$(workers_cpu $(row_workers "$name" "${owner_pids[$name]%% *}"))" 'BEGIN { printf "%.2f", b - a }')
+  workers_s=$(cpu_delta "$workers0" "$(proc_cpu $workers)" | cut -f1)
   snap1=$(cpu_snap)
   busy_now=$(other_cpu "$snap0" "$snap1")
   machine_s=$(machine_cpu "$snap0" "$snap1")

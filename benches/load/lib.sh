@@ -179,22 +179,41 @@ rip_warnings() { grep -E 'WARN|ERROR' "$1" | grep -v 'rip_server::privileges: ru
 
 rss_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 
-# proc_cpu PID...: "TOTAL SYS", the CPU seconds (utime + stime, and stime alone)
-# the live processes have used, summed: read before and after a measured run
-# for the proxy's CPU per request and how much of it the kernel spent.
+# proc_cpu ARG...: "TOTAL SYS", the CPU seconds (utime + stime, and stime alone)
+# the processes named have used, summed: read before and after a measured run
+# for a row's CPU per request and how much of it the kernel spent. ARG is a PID,
+# or tree:PID for PID's children, live ones and those it has reaped (recycled
+# workers, whose time the kernel adds to PID's cutime and cstime).
 proc_cpu() {
   python3 - "$@" <<'PY'
 import os, sys
+def stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return [int(x) for x in f.read().rsplit(")", 1)[1].split()[11:15]]  # utime stime cutime cstime
+def children(pid):
+    found = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found.update(f.read().split())
+    return found
 total = system = 0
-for pid in sys.argv[1:]:
+for arg in sys.argv[1:]:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read().rsplit(")", 1)[1].split()
-        total += int(stat[11]) + int(stat[12])  # utime, stime (fields 14 and 15 in proc(5))
-        system += int(stat[12])
-    except OSError:
+        if arg.startswith("tree:"):
+            _, _, cutime, cstime = stat(arg[5:])
+            total, system = total + cutime + cstime, system + cstime
+            pids = children(arg[5:])
+        else:
+            pids = [arg]
+        for pid in pids:
+            try:
+                utime, stime, _, _ = stat(pid)
+                total, system = total + utime + stime, system + stime
+            except OSError:
+                pass  # gone since it was listed
+    except (OSError, ValueError):
         pass
-tick = os.sysconf('SC_CLK_TCK')
+tick = os.sysconf("SC_CLK_TCK")
 print(f"{total / tick:.2f} {system / tick:.2f}")
 PY
 }
@@ -264,7 +283,7 @@ start_workers() {
 }
 worker_pids=() # the standalone workers start_workers started (the peers' upstream)
 
-# row_workers NAME PROXY_PID: what workers_cpu reads for a row's workers:
+# row_workers NAME PROXY_PID: what proc_cpu reads for a row's workers:
 # rip-server's own (its children: "tree:PID"), or the standalone workers
 # behind the peers
 row_workers() {
@@ -272,41 +291,6 @@ row_workers() {
     rip-* | self-rip) echo "tree:$2" ;;
     *) echo "${worker_pids[*]}" ;;
   esac
-}
-
-# workers_cpu ARG...: CPU seconds (utime + stime) of the processes named, summed:
-# a PID, or tree:PID for PID's children, live ones and those it has reaped
-# (recycled workers, whose time the kernel adds to PID's cutime and cstime)
-workers_cpu() {
-  python3 - "$@" <<'PY'
-import os, sys
-def fields(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-total = 0
-for arg in sys.argv[1:]:
-    try:
-        if arg.startswith("tree:"):
-            parent = arg[5:]
-            stat = fields(parent)
-            total += int(stat[13]) + int(stat[14])  # cutime, cstime (fields 16 and 17 in proc(5))
-            children = set()
-            for task in os.listdir(f"/proc/{parent}/task"):
-                with open(f"/proc/{parent}/task/{task}/children") as f:
-                    children.update(f.read().split())
-            for child in children:
-                try:
-                    stat = fields(child)
-                    total += int(stat[11]) + int(stat[12])
-                except OSError:
-                    pass
-        else:
-            stat = fields(arg)
-            total += int(stat[11]) + int(stat[12])
-    except (OSError, ValueError):
-        pass
-print(f"{total / os.sysconf('SC_CLK_TCK'):.2f}")
-PY
 }
 
 ping_unix() { [[ $(curl -sf --max-time 1 --unix-socket "$1" "http://localhost/ping") == pong ]]; }
